@@ -1,0 +1,3 @@
+from memflow_cli.cli import main
+
+main()

@@ -1,0 +1,17 @@
+"""Errors that carry a message meant for a person: the CLI prints them without a traceback."""
+
+
+class MemflowError(Exception):
+    """Base class: something the user can act on (bad input, missing file, wrong weights)."""
+
+    exit_code = 1
+
+
+class CheckpointError(MemflowError):
+    """A weight file is missing, unreadable, truncated or does not fit the model."""
+
+
+class InputError(MemflowError):
+    """A timeline or option is invalid. Exit code 2, like a usage error."""
+
+    exit_code = 2

@@ -1,0 +1,267 @@
+"""The streaming loop: chunks of latent frames, each denoised in a few steps against everything remembered.
+
+Per chunk (MemFlow's interactive pipeline):
+  1. if the conditioning changed since the last chunk: re-cache — the last `local_attn_size` clean frames
+     run once more under the new prompt, rewriting the local window (the sink keeps the first prompt);
+  2. denoise: one DiT pass per step on the noisy chunk; between steps x0 is re-noised to the next sigma;
+     only the first step refreshes the memory bank;
+  3. context pass: the clean x0 once more at t = context_noise, committing its keys/values to the cache
+     and, on record chunks, staging its first frame for the memory bank.
+
+Random numbers follow one generator seeded once: the whole initial noise `[1, T, C, h, w]` is drawn first,
+then three re-noising draws `[3, C, h, w]` per chunk, in order. Both can be injected instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from memflow_cli.memory import MemoryLayout, StreamMemory
+from memflow_cli.model.dit import CausalDiT
+from memflow_cli.scheduler import DEFAULT_STEPS, FlowMatchSchedule, add_noise, flow_to_x0
+
+BANK_STAGING_MODES = ("interactive", "every_chunk")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How MemFlow streams. Defaults are the released interactive configuration."""
+
+    frames_per_chunk: int = 3
+    local_attn_size: int = 12  # frames of self-attention context: sink + local window
+    sink_size: int = 3
+    bank_size: int = 3  # memory-bank slots, one frame each
+    record_interval: int = 3  # a record chunk (staging a bank frame) every this many chunks
+    sma: bool = False  # sparse memory activation
+    sma_top_k: int = 3
+    # "interactive": only record chunks stage a bank frame (the multi-prompt pipeline, default);
+    # "every_chunk": every chunk stages, record chunks advance the slot (the single-prompt pipeline).
+    bank_staging: str = "interactive"
+    context_noise: float = 0.0
+    denoising_steps: tuple[int, ...] = DEFAULT_STEPS
+    warp: bool = True
+    shift: float = 5.0
+
+    def __post_init__(self):
+        if self.bank_staging not in BANK_STAGING_MODES:
+            raise ValueError(f"bank_staging must be one of {BANK_STAGING_MODES}, got {self.bank_staging!r}")
+        if not 0 <= self.sink_size < self.local_attn_size:
+            raise ValueError("sink_size must be at least 0 and smaller than local_attn_size")
+        if self.local_attn_size - self.sink_size < self.frames_per_chunk:
+            raise ValueError("the local window (local_attn_size - sink_size) must hold at least one chunk")
+        if not self.denoising_steps:
+            raise ValueError("denoising_steps must not be empty")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def switch_chunks(switch_frames: list[int], num_chunks: int, frames_per_chunk: int = 3) -> list[int]:
+    """Chunk index at which each segment after the first starts, by the reference's rule.
+
+    A switch at latent frame i acts at the first chunk whose start frame is >= i, and at most one segment
+    advances per chunk (two switches inside one chunk push the later one to the next chunk).
+    """
+    starts, pending = [], list(switch_frames)
+    for chunk in range(num_chunks):
+        if pending and chunk * frames_per_chunk >= pending[0]:
+            starts.append(chunk)
+            pending.pop(0)
+    return starts
+
+
+@dataclass
+class ChunkRecord:
+    """What a chunk did, for traces and tests (filled only when the generator keeps records)."""
+
+    index: int
+    recached: bool
+    step_x0: list[torch.Tensor] = field(default_factory=list)
+    renoise: list[torch.Tensor] = field(default_factory=list)
+    key_frames: list[int] = field(default_factory=list)  # per pass, layer-independent unless SMA
+    bank_frames: list[list[int]] = field(default_factory=list)
+
+
+class StreamingGenerator:
+    """Generates a video's latents chunk by chunk. One object per video: it owns caches, bank and RNG."""
+
+    def __init__(
+        self,
+        model: CausalDiT,
+        settings: StreamSettings = StreamSettings(),
+        *,
+        num_latent_frames: int,
+        latent_height: int,
+        latent_width: int,
+        seed: int | None = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        noise: torch.Tensor | None = None,
+        renoise: Callable[[int, int], torch.Tensor] | None = None,
+        keep_records: bool = False,
+    ):
+        config = model.config
+        param = next(model.parameters())
+        self.device = torch.device(device) if device is not None else param.device
+        self.dtype = dtype or param.dtype
+        n = settings.frames_per_chunk
+        if num_latent_frames <= 0 or num_latent_frames % n:
+            raise ValueError(f"num_latent_frames must be a positive multiple of {n}, got {num_latent_frames}")
+        _, ph, pw = config.patch_size
+        if latent_height % ph or latent_width % pw:
+            raise ValueError(f"latent size {latent_height}x{latent_width} must be a multiple of the patch {ph}x{pw}")
+
+        self.model = model
+        self.settings = settings
+        self.num_latent_frames = num_latent_frames
+        self.latent_shape = (config.in_dim, latent_height, latent_width)
+        self.frame_tokens = config.frame_tokens(latent_height, latent_width)
+        layout = MemoryLayout(
+            layers=config.num_layers,
+            heads=config.num_heads,
+            head_dim=config.head_dim,
+            frame_tokens=self.frame_tokens,
+            sink_frames=settings.sink_size,
+            bank_slots=settings.bank_size,
+            window_frames=settings.local_attn_size - settings.sink_size,
+        )
+        self.memory = StreamMemory(layout, config.text_len, self.device, self.dtype, settings.sma_top_k if settings.sma else None)
+
+        schedule = FlowMatchSchedule(shift=settings.shift)
+        self.timesteps = schedule.warped_timesteps(settings.denoising_steps, settings.warp)
+        self.sigmas = [schedule.sigma(t) for t in self.timesteps]
+        self.context_sigma = schedule.sigma(settings.context_noise)
+
+        self._rng = None
+        if noise is None or renoise is None:
+            self._rng = torch.Generator(device=self.device)
+            self._rng.manual_seed(0 if seed is None else int(seed))
+        self.noise = noise.to(self.device, self.dtype) if noise is not None else self._randn(1, num_latent_frames, *self.latent_shape)
+        expected = (1, num_latent_frames, *self.latent_shape)
+        if tuple(self.noise.shape) != expected:
+            raise ValueError(f"noise has shape {tuple(self.noise.shape)}, expected {expected}")
+        self._renoise = renoise
+
+        self.latents: list[torch.Tensor] = []  # clean chunks (needed by the re-cache; at most a window's worth kept)
+        self.chunk_index = 0
+        self._prompt: torch.Tensor | None = None
+        self._prompt_changed = False
+        self.keep_records = keep_records
+        self.records: list[ChunkRecord] = []
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    @property
+    def num_chunks(self) -> int:
+        return self.num_latent_frames // self.settings.frames_per_chunk
+
+    def set_conditioning(self, text_embedding: torch.Tensor) -> None:
+        """Text embedding [L, text_dim] or [1, L, text_dim] (L <= text_len, zero-padded by the model).
+
+        Takes effect at the next chunk; after the first chunk a change triggers the KV re-cache.
+        """
+        self._prompt = self.model.pad_text(text_embedding.to(self.device, self.dtype))
+        self._prompt_changed = True
+
+    @torch.no_grad()
+    def next_chunk(self) -> torch.Tensor:
+        """Generate the next chunk; returns its clean latents [1, frames_per_chunk, C, h, w]."""
+        if self.chunk_index >= self.num_chunks:
+            raise IndexError("all chunks of this video have been generated")
+        if self._prompt is None:
+            raise RuntimeError("set_conditioning() must be called before the first chunk")
+        n = self.settings.frames_per_chunk
+        first = self.chunk_index * n
+        record = ChunkRecord(self.chunk_index, recached=False) if self.keep_records else None
+
+        if self._prompt_changed:
+            self._switch_prompt(first, record)
+            self._prompt_changed = False
+
+        x = self.noise[:, first : first + n]
+        steps = len(self.timesteps)
+        for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
+            # The bank is refreshed before the first step's blocks only.
+            flow = self._pass(x, t, first, commit=False, stage=False, refresh_bank=(i == 0), record=record)
+            x0 = flow_to_x0(x, flow, sigma)
+            if record is not None:
+                record.step_x0.append(x0)
+            if i + 1 < steps:
+                eps = self._next_renoise(i)
+                if record is not None:
+                    record.renoise.append(eps)
+                x = add_noise(x0, eps, self.sigmas[i + 1])
+
+        # Context pass: commit the clean chunk's keys. With a single denoising step the reference also
+        # refreshes the bank here (its flag outlives the loop); we keep that for parity.
+        self._pass(x0, self.settings.context_noise, first, commit=True, stage=self._stages(first),
+                   refresh_bank=(steps == 1), record=record)
+        self.latents.append(x0)
+        self._forget_old_latents()
+        if record is not None:
+            record.bank_frames = [list(ids) for ids in self.memory.bank.frame_ids]
+            self.records.append(record)
+        self.chunk_index += 1
+        return x0
+
+    def __iter__(self):
+        while self.chunk_index < self.num_chunks:
+            yield self.next_chunk()
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _stages(self, first: int) -> bool:
+        if self.settings.bank_staging == "every_chunk":
+            return True
+        return self._is_record_chunk(first)
+
+    def _is_record_chunk(self, first: int) -> bool:
+        return first % (self.settings.frames_per_chunk * self.settings.record_interval) == 0
+
+    def _pass(self, x, t, first, *, commit, stage, refresh_bank, record):
+        memory = self.memory
+        if refresh_bank:
+            memory.refresh_bank()
+        memory.begin_pass(first, x.shape[1], commit=commit, stage=stage)
+        timesteps = torch.full(x.shape[:2], float(t), device=self.device, dtype=torch.float32)
+        flow = self.model(x, timesteps, first, memory.text, memory, text_embedding=self._prompt)
+        memory.end_pass(staging_advances=self._is_record_chunk(first))
+        if record is not None:
+            record.key_frames.append(memory.last_key_frames)
+        return flow
+
+    def _switch_prompt(self, first: int, record) -> None:
+        """The reference's prompt switch: reset the text cache, re-cache the window, reset it again."""
+        memory = self.memory
+        memory.text.reset()
+        if first == 0:
+            return
+        window = min(self.settings.local_attn_size, first)
+        clean = torch.cat(self.latents, dim=1)[:, -window:]
+        # One pass over the recent clean frames with the new prompt: the bank is refreshed first (against
+        # the just-zeroed text keys), the keys are rewritten in place, nothing is staged.
+        self._pass(clean, self.settings.context_noise, first - window, commit=True, stage=False,
+                   refresh_bank=True, record=record)
+        memory.text.reset()
+        if record is not None:
+            record.recached = True
+
+    def _forget_old_latents(self) -> None:
+        # Only the last local_attn_size frames can ever be re-cached.
+        n = self.settings.frames_per_chunk
+        keep = -(-self.settings.local_attn_size // n)
+        del self.latents[:-keep]
+
+    def _randn(self, *shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self._rng, device=self.device, dtype=self.dtype)
+
+    def _next_renoise(self, step: int) -> torch.Tensor:
+        n = self.settings.frames_per_chunk
+        if self._renoise is not None:
+            eps = self._renoise(self.chunk_index, step).to(self.device, self.dtype)
+        else:
+            eps = self._randn(n, *self.latent_shape)
+        return eps.reshape(1, n, *self.latent_shape)

@@ -1,0 +1,311 @@
+"""What the streaming DiT remembers: KV cache (sink + local window), memory bank (NAM), text cache.
+
+Storage. Every layer's self-attention keys/values live in one fixed-size buffer per K and V,
+`[layers, B, tokens, heads, head_dim]`, laid out by frame as
+
+    [ sink frames | memory-bank slots | local window (a ring of the most recent frames) ]
+
+so that in the steady state the key set of a pass is the whole buffer, a view with no copy. Attention has
+no mask and keys carry their RoPE position from when they were written, so the order of keys inside the
+key set does not change the result; that is what lets the local window be a ring written by index instead
+of a buffer shifted left at every eviction.
+
+All counters are Python ints that follow from the chunk schedule alone, never from tensor values: the
+streaming loop needs no host-device synchronisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """Sizes, in frames, of the three regions, and the geometry of one frame's keys."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    frame_tokens: int
+    sink_frames: int
+    bank_slots: int
+    window_frames: int  # local_attn_size - sink_size: frames the local window holds (current chunk included)
+    batch: int = 1
+
+    @property
+    def frames(self) -> int:
+        return self.sink_frames + self.bank_slots + self.window_frames
+
+
+class CrossAttentionCache:
+    """Per-layer text keys/values of the current conditioning, computed once per prompt by the model.
+
+    `reset()` zeroes the tensors in place, like the reference: the memory bank scores its slots against
+    these keys before the model refills them, so right after a prompt switch every score is exactly 0.
+    """
+
+    def __init__(self, layout: MemoryLayout, text_len: int, device, dtype):
+        shape = (layout.layers, layout.batch, text_len, layout.heads, layout.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.ready = False
+
+    def fill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys.copy_(keys)
+        self.values.copy_(values)
+        self.ready = True
+
+    def reset(self) -> None:
+        self.keys.zero_()
+        self.values.zero_()
+        self.ready = False
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[index], self.values[index]
+
+
+class KVCache:
+    """Sink and local window: the keys/values of committed frames, written by absolute frame index.
+
+    Frames below `sink_frames` go to the sink; every later frame f goes to window slot
+    (f - sink_frames) mod window_frames, so the window always holds the most recent frames.
+    """
+
+    def __init__(self, sink_k, sink_v, window_k, window_v, layout: MemoryLayout):
+        self.sink_k, self.sink_v = sink_k, sink_v  # [L, B, sink*T, H, D] views
+        self.window_k, self.window_v = window_k, window_v  # [L, B, window*T, H, D] views
+        self.layout = layout
+        self.committed_frames = 0  # frames whose clean keys have been committed (the reference's global end)
+
+    def is_recompute(self, first: int, count: int) -> bool:
+        """A pass over frames that were committed already (the re-cache after a switch)."""
+        return first > 0 and first + count <= self.committed_frames
+
+    def write(self, layer: int, first: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the keys/values of frames [first, first+count) (k, v: [B, count*T, H, D]).
+
+        A recompute never touches the sink (it keeps the keys of the first prompt: the design of
+        MemFlow's sink). Of a pass longer than the window, only its last `window_frames` frames are kept.
+        """
+        lay = self.layout
+        t = lay.frame_tokens
+        count = k.shape[1] // t
+        protect_sink = self.is_recompute(first, count)
+        for frame, offset in self._placements(first, count, protect_sink):
+            src = slice(offset * t, (offset + 1) * t)
+            if frame < lay.sink_frames:
+                dst = slice(frame * t, (frame + 1) * t)
+                self.sink_k[layer, :, dst] = k[:, src]
+                self.sink_v[layer, :, dst] = v[:, src]
+            else:
+                slot = (frame - lay.sink_frames) % lay.window_frames
+                dst = slice(slot * t, (slot + 1) * t)
+                self.window_k[layer, :, dst] = k[:, src]
+                self.window_v[layer, :, dst] = v[:, src]
+
+    def _placements(self, first: int, count: int, protect_sink: bool):
+        lay = self.layout
+        oldest_kept = first + count - lay.window_frames  # earlier non-sink frames of this pass are dropped
+        for offset in range(count):
+            frame = first + offset
+            if frame < lay.sink_frames:
+                if not protect_sink:
+                    yield frame, offset
+            elif frame >= oldest_kept:
+                yield frame, offset
+
+    def commit(self, first: int, count: int) -> None:
+        """Mark frames as committed after a cache-writing pass (a recompute never moves the counter)."""
+        if not self.is_recompute(first, count):
+            self.committed_frames = max(self.committed_frames, first + count)
+
+    def visible_frames(self, end: int) -> tuple[int, int]:
+        """(sink frames, window frames) that a pass ending at frame `end` sees, its own frames included."""
+        lay = self.layout
+        sink = min(lay.sink_frames, end)
+        window = min(lay.window_frames, max(0, end - lay.sink_frames))
+        return sink, window
+
+
+class MemoryBank:
+    """Narrative Adaptive Memory: a few past frames' keys/values, chosen by relevance to the prompt.
+
+    A context pass may *stage* the first frame of its chunk. At the start of the next pass that asks for
+    it (`refresh`), the staged frame enters the bank: into the next free slot while there is one, else
+    the bank is compressed — its slots scored against the current text keys, the best `slots - 1` kept
+    in descending score order, and the staged frame appended. The reference repeats that compression on
+    every refresh, re-appending the same staged frame (so the bank can fill with duplicates); we do too.
+    """
+
+    def __init__(self, slots_k, slots_v, layout: MemoryLayout):
+        self.slots_k, self.slots_v = slots_k, slots_v  # [L, B, slots*T, H, D] views
+        shape = (layout.layers, layout.batch, layout.frame_tokens, layout.heads, layout.head_dim)
+        self.staged_k = torch.zeros(shape, device=slots_k.device, dtype=slots_k.dtype)
+        self.staged_v = torch.zeros_like(self.staged_k)
+        self.layout = layout
+        self.staged_count = 0  # staging events that advanced the slot pointer (the reference's bank counter)
+        self.frame_ids: list[list[int]] = [[] for _ in range(layout.layers)]  # for traces; -1 = unknown
+        self._staged_frame = -1
+
+    @property
+    def visible_slots(self) -> int:
+        return min(self.staged_count, self.layout.bank_slots)
+
+    def stage(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep the first frame of a context pass's keys/values (k, v: [B, count*T, H, D])."""
+        t = self.layout.frame_tokens
+        self.staged_k[layer] = k[:, :t]
+        self.staged_v[layer] = v[:, :t]
+
+    def finish_staging(self, frame: int, advance: bool) -> None:
+        """After a staging pass: remember which frame is staged; `advance` moves the slot pointer."""
+        self._staged_frame = frame
+        if advance:
+            self.staged_count += 1
+
+    def refresh(self, text_keys: torch.Tensor) -> None:
+        """Bring the staged frame into the bank, compressing when full. text_keys [L, B, text_len, H, D]."""
+        n, slots, t = self.staged_count, self.layout.bank_slots, self.layout.frame_tokens
+        if n == 0 or slots == 0:
+            return
+        if n <= slots:
+            dst = slice((n - 1) * t, n * t)
+            self.slots_k[:, :, dst] = self.staged_k
+            self.slots_v[:, :, dst] = self.staged_v
+            for ids in self.frame_ids:
+                del ids[n - 1:]
+                ids.append(self._staged_frame)
+            return
+        keep = self.keep_order(text_keys)  # [L, B, slots - 1], device tensor
+        self._compress(keep)
+
+    def scores(self, text_keys: torch.Tensor) -> torch.Tensor:
+        """Relevance of each slot to the text, [L, B, slots], in the reference's reduction order and dtype.
+
+        Per head, S = K_text · K_slotᵀ / sqrt(D); then the mean over text rows, over heads, and over the
+        slot's tokens, each rounded to the compute dtype (in bf16 the rounding decides ties).
+        """
+        lay = self.layout
+        q = text_keys.transpose(2, 3)  # [L, B, H, text_len, D]
+        k = self.slots_k.transpose(2, 3)  # [L, B, H, slots*T, D]
+        s = torch.matmul(q, k.transpose(-1, -2)) * (lay.head_dim**-0.5)
+        s = s.mean(dim=3).mean(dim=2)  # text rows, then heads -> [L, B, slots*T]
+        return s.unflatten(-1, (lay.bank_slots, lay.frame_tokens)).mean(dim=-1)
+
+    def keep_order(self, text_keys: torch.Tensor) -> torch.Tensor:
+        """Indices of the `slots - 1` best slots, best first; equal scores keep the lower index first."""
+        scores = self.scores(text_keys)
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+        return order[..., : self.layout.bank_slots - 1]
+
+    def _compress(self, keep: torch.Tensor) -> None:
+        lay = self.layout
+        t = lay.frame_tokens
+        frames_k = self.slots_k.unflatten(2, (lay.bank_slots, t))  # [L, B, slots, T, H, D]
+        frames_v = self.slots_v.unflatten(2, (lay.bank_slots, t))
+        index = keep[:, :, :, None, None, None].expand(-1, -1, -1, t, lay.heads, lay.head_dim)
+        kept_k = torch.gather(frames_k, 2, index).flatten(2, 3)
+        kept_v = torch.gather(frames_v, 2, index).flatten(2, 3)
+        split = (lay.bank_slots - 1) * t
+        self.slots_k[:, :, :split] = kept_k
+        self.slots_v[:, :, :split] = kept_v
+        self.slots_k[:, :, split:] = self.staged_k
+        self.slots_v[:, :, split:] = self.staged_v
+        self._record_compression(keep)
+
+    def _record_compression(self, keep: torch.Tensor) -> None:
+        # Frame bookkeeping for traces only; it reads indices back, so it is skipped on accelerators.
+        if keep.device.type != "cpu":
+            self.frame_ids = [[-1] * self.layout.bank_slots for _ in self.frame_ids]
+            return
+        for layer, ids in enumerate(self.frame_ids):
+            kept = [ids[i] for i in keep[layer, 0].tolist()]
+            self.frame_ids[layer] = kept + [self._staged_frame]
+
+
+def route_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens: int, top_k: int):
+    """Sparse memory activation: per head, keep the `top_k` candidate frames most relevant to the queries.
+
+    q [B, Lq, H, D]; k, v [B, n*T, H, D] are the candidate frames (sink + visible bank). Relevance is the dot
+    product of the mean query with each frame's mean key (no scaling). The kept frames stay in candidate
+    order. Returns routed k, v [B, min(top_k, n)*T, H, D] — each head with its own frames.
+    """
+    b, tokens, h, d = k.shape
+    n = tokens // frame_tokens
+    keep = min(top_k, n)
+    q_mean = q.mean(dim=1)  # [B, H, D]
+    k_mean = k.unflatten(1, (n, frame_tokens)).mean(dim=2)  # [B, n, H, D]
+    relevance = torch.einsum("bhd,bnhd->bhn", q_mean, k_mean)
+    picked = torch.topk(relevance, keep, dim=-1).indices.sort(dim=-1).values  # [B, H, keep]
+    index = picked.transpose(1, 2)[:, :, None, :, None].expand(b, keep, frame_tokens, h, d)  # [B, keep, T, H, D]
+    routed_k = torch.gather(k.unflatten(1, (n, frame_tokens)), 1, index).flatten(1, 2)
+    routed_v = torch.gather(v.unflatten(1, (n, frame_tokens)), 1, index).flatten(1, 2)
+    return routed_k, routed_v
+
+
+class StreamMemory:
+    """Owns the key/value storage and the three views onto it; assembles each pass's key set.
+
+    Use: `begin_pass(...)`, run the model with this object as its key-set provider, `end_pass()`.
+    """
+
+    def __init__(self, layout: MemoryLayout, text_len: int, device, dtype, sma_top_k: int | None = None):
+        self.layout = layout
+        t = layout.frame_tokens
+        shape = (layout.layers, layout.batch, layout.frames * t, layout.heads, layout.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        sink_end = layout.sink_frames * t
+        bank_end = sink_end + layout.bank_slots * t
+        self.cache = KVCache(self.k[:, :, :sink_end], self.v[:, :, :sink_end], self.k[:, :, bank_end:], self.v[:, :, bank_end:], layout)
+        self.bank = MemoryBank(self.k[:, :, sink_end:bank_end], self.v[:, :, sink_end:bank_end], layout)
+        self.text = CrossAttentionCache(layout, text_len, device, dtype)
+        self.sma_top_k = sma_top_k
+        self._pass = None
+        self.last_key_frames: int = 0  # key frames seen by the latest pass (for traces and tests)
+
+    def begin_pass(self, first: int, count: int, commit: bool, stage: bool) -> None:
+        """Prepare a pass over frames [first, first+count). `commit` passes persist their keys."""
+        self._pass = (first, count, commit, stage)
+
+    def end_pass(self, staging_advances: bool = True) -> None:
+        first, count, commit, stage = self._pass
+        if commit:
+            self.cache.commit(first, count)
+        if stage:
+            self.bank.finish_staging(first, advance=staging_advances)
+        self._pass = None
+
+    def key_set(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        first, count, commit, stage = self._pass
+        lay = self.layout
+        t = lay.frame_tokens
+        # Writing also in passes that do not commit is safe: a denoising pass only overwrites window
+        # slots of frames that are outside its own window and that its context pass will overwrite.
+        self.cache.write(layer, first, k, v)
+        if stage:
+            self.bank.stage(layer, k, v)
+        sink, window = self.cache.visible_frames(first + count)
+        # With no sink the reference attends to the local window alone and ignores the bank.
+        slots = self.bank.visible_slots if lay.sink_frames > 0 else 0
+        self.last_key_frames = sink + slots + window
+        if self.sma_top_k:
+            memory_k = torch.cat([self.cache.sink_k[layer, :, : sink * t], self.bank.slots_k[layer, :, : slots * t]], dim=1)
+            memory_v = torch.cat([self.cache.sink_v[layer, :, : sink * t], self.bank.slots_v[layer, :, : slots * t]], dim=1)
+            if memory_k.shape[1]:
+                memory_k, memory_v = route_sparse(q, memory_k, memory_v, t, self.sma_top_k)
+            self.last_key_frames = memory_k.shape[1] // t + window
+            keys = torch.cat([memory_k, self.cache.window_k[layer, :, : window * t]], dim=1)
+            values = torch.cat([memory_v, self.cache.window_v[layer, :, : window * t]], dim=1)
+            return keys, values
+        if sink == lay.sink_frames and slots == lay.bank_slots and window == lay.window_frames:
+            return self.k[layer], self.v[layer]  # steady state: the whole buffer, no copy
+        parts_k = [self.cache.sink_k[layer, :, : sink * t], self.bank.slots_k[layer, :, : slots * t], self.cache.window_k[layer, :, : window * t]]
+        parts_v = [self.cache.sink_v[layer, :, : sink * t], self.bank.slots_v[layer, :, : slots * t], self.cache.window_v[layer, :, : window * t]]
+        return torch.cat(parts_k, dim=1), torch.cat(parts_v, dim=1)
+
+    def refresh_bank(self) -> None:
+        """Run the bank's insert/compress step against the text keys as they are now (maybe zeroed)."""
+        self.bank.refresh(self.text.keys)

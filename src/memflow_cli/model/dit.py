@@ -1,0 +1,409 @@
+"""The causal Wan2.1 DiT that MemFlow streams with, in one file.
+
+One call runs the transformer over a pass of latent frames (a chunk of 3 while denoising, 12 when the KV
+cache is re-computed after a prompt switch). The model itself holds no streaming state: the caller hands it
+ - `text`: a CrossAttentionCache (per-layer text keys/values, filled by the model on first use), and
+ - `keys`: a key-set provider whose `key_set(layer, q, k, v)` stores this pass's keys/values where they
+   belong and returns the keys/values the layer attends to (sink + memory bank + local window).
+How that key set is assembled (sink, bank, SMA routing, eviction) lives in memflow_cli.memory.
+
+Shapes: latents [B, F, C, H, W]; tokens [B, F*T_f, dim] in (frame, row, column) order, T_f = (H/2)*(W/2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memflow_cli.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Constructor arguments of the causal Wan DiT. Defaults are Wan2.1-T2V-1.3B."""
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    in_dim: int = 16
+    out_dim: int = 16
+    num_heads: int = 12
+    num_layers: int = 30
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def frame_tokens(self, latent_height: int, latent_width: int) -> int:
+        """Tokens per latent frame for a latent grid (1560 for 60x104)."""
+        _, ph, pw = self.patch_size
+        return (latent_height // ph) * (latent_width // pw)
+
+    @classmethod
+    def preset(cls, name: str) -> "DiTConfig":
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise KeyError(f"unknown DiT preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DiTConfig":
+        """Build from Wan's config.json or our own; unknown keys (_class_name, model_type, …) are ignored."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "patch_size" in kwargs:
+            kwargs["patch_size"] = tuple(kwargs["patch_size"])
+        config = cls(**kwargs)
+        if config.dim % config.num_heads or config.head_dim % 2:
+            raise ValueError(f"dim {config.dim} must split into {config.num_heads} heads of even size")
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "DiTConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: cannot read the DiT config ({exc})") from exc
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a valid DiT config ({exc})") from exc
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "wan2.1-t2v-1.3b": DiTConfig(),
+    # The golden-data model: same head size as the real one, everything else tiny.
+    "tiny": DiTConfig(dim=256, ffn_dim=512, text_dim=64, num_heads=2, num_layers=2),
+}
+
+
+class KeySetProvider(Protocol):
+    def key_set(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this pass's k/v for `layer`; return the keys/values its queries attend to."""
+
+
+class TextKeyValues(Protocol):
+    ready: bool
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def fill(self, keys: torch.Tensor, values: torch.Tensor) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def _flash_attn_func():
+    try:  # FlashAttention-3 (Hopper) first, then FlashAttention-2
+        from flash_attn_interface import flash_attn_func  # type: ignore
+
+        return flash_attn_func, "flash-attn-3"
+    except ImportError:
+        pass
+    try:
+        from flash_attn import flash_attn_func  # type: ignore
+
+        return flash_attn_func, "flash-attn-2"
+    except ImportError:
+        return None, "sdpa"
+
+
+_FLASH, _FLASH_NAME = _flash_attn_func()
+
+
+def attention_backend(device: torch.device | str, dtype: torch.dtype) -> str:
+    """Name of the kernel `attention` uses for inputs on `device` in `dtype`."""
+    if _FLASH is not None and torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return _FLASH_NAME
+    return "sdpa"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain softmax attention, no mask, scale 1/sqrt(d). q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D]."""
+    if _FLASH is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = _FLASH(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------------- RoPE
+
+
+def rope_axis_sizes(head_dim: int) -> tuple[int, int, int]:
+    """Complex pairs per axis (time, height, width): 22/21/21 for head_dim 128."""
+    pairs = head_dim // 2
+    spatial = pairs // 3
+    return pairs - 2 * spatial, spatial, spatial
+
+
+def rope_angles(head_dim: int, frame_start: int, frames: int, rows: int, cols: int, device) -> torch.Tensor:
+    """Rotation angles [frames*rows*cols, head_dim/2] in float64 for absolute frame positions.
+
+    Computed on the fly for any frame index (the reference's table stops at 1024 positions; for positions
+    below that the angles are identical).
+    """
+    n_t, n_h, n_w = rope_axis_sizes(head_dim)
+
+    def inverse_freq(pairs: int) -> torch.Tensor:
+        exponent = torch.arange(0, 2 * pairs, 2, dtype=torch.float64, device=device) / (2 * pairs)
+        return 1.0 / torch.pow(10000.0, exponent)
+
+    t = torch.arange(frame_start, frame_start + frames, dtype=torch.float64, device=device)
+    h = torch.arange(rows, dtype=torch.float64, device=device)
+    w = torch.arange(cols, dtype=torch.float64, device=device)
+    a_t = torch.outer(t, inverse_freq(n_t))[:, None, None, :].expand(frames, rows, cols, n_t)
+    a_h = torch.outer(h, inverse_freq(n_h))[None, :, None, :].expand(frames, rows, cols, n_h)
+    a_w = torch.outer(w, inverse_freq(n_w))[None, None, :, :].expand(frames, rows, cols, n_w)
+    return torch.cat([a_t, a_h, a_w], dim=-1).reshape(frames * rows * cols, n_t + n_h + n_w)
+
+
+class RotaryTable:
+    """cos/sin of the RoPE angles for the current pass, cached because 5 passes per chunk share them."""
+
+    def __init__(self):
+        self._key = None
+        self._value = None
+
+    def get(self, head_dim, frame_start, frames, rows, cols, device, dtype):
+        # Rotation runs in float64 for float32/float64 inputs (the reference's precision) and in float32
+        # for half-precision inputs, where float64 would only cost time.
+        work = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+        key = (head_dim, frame_start, frames, rows, cols, str(device), work)
+        if key != self._key:
+            angles = rope_angles(head_dim, frame_start, frames, rows, cols, device)
+            self._value = (angles.cos().to(work), angles.sin().to(work))
+            self._key = key
+        return self._value
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs (2j, 2j+1) of x [B, L, H, D] by the angles (cos/sin [L, D/2])."""
+    pairs = x.to(cos.dtype).unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((real * c - imag * s, real * s + imag * c), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back (statistics stay accurate in bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        dim = config.dim
+        self.num_heads = config.num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+
+    def forward(self, x, layer: int, rope: tuple[torch.Tensor, torch.Tensor], keys: KeySetProvider):
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)
+        k = self.norm_k(self.k(x)).unflatten(-1, heads)
+        v = self.v(x).unflatten(-1, heads)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        all_k, all_v = keys.key_set(layer, q, k, v)
+        return self.o(attention(q, all_k, all_v).flatten(-2))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        dim = config.dim
+        self.num_heads = config.num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+
+    def text_key_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (after the k RMSNorm) and values of the text, [B, text_len, H, D]."""
+        heads = (self.num_heads, -1)
+        return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
+
+    def forward(self, x, text_k, text_v):
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        return self.o(attention(q, text_k, text_v).flatten(-2))
+
+
+class Block(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        dim = config.dim
+        self.norm1 = LayerNorm(dim, config.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(config)
+        self.norm3 = LayerNorm(dim, config.eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(config)
+        self.norm2 = LayerNorm(dim, config.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x, e0, layer, rope, keys, text_kv, frames):
+        # e0 [B, F, 6, dim]: one modulation row per latent frame, broadcast over that frame's tokens.
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e0).unbind(2)
+
+        def per_frame(t):  # [B, F, dim] -> [B, F, 1, dim], to meet tokens viewed as [B, F, T_f, dim]
+            return t.unsqueeze(2)
+
+        def modulate(h, shift, scale):
+            return (h.unflatten(1, (frames, -1)) * (1 + per_frame(scale)) + per_frame(shift)).flatten(1, 2)
+
+        def gated(y, gate):
+            return (y.unflatten(1, (frames, -1)) * per_frame(gate)).flatten(1, 2)
+
+        x = x + gated(self.self_attn(modulate(self.norm1(x), shift1, scale1), layer, rope, keys), gate1)
+        x = x + self.cross_attn(self.norm3(x), *text_kv)
+        x = x + gated(self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
+        return x
+
+
+class Head(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        out = math.prod(config.patch_size) * config.out_dim
+        self.norm = LayerNorm(config.dim, config.eps, elementwise_affine=False)
+        self.head = nn.Linear(config.dim, out)
+        self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim**0.5)
+
+    def forward(self, x, e, frames):
+        # e [B, F, dim]: the time embedding itself (not the 6-way projection).
+        shift, scale = (self.modulation.unsqueeze(1) + e.unsqueeze(2)).unbind(2)
+        h = self.norm(x).unflatten(1, (frames, -1)) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+        return self.head(h.flatten(1, 2))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding in float64: [cos(t*w_i), sin(t*w_i)], w_i = 10000^(-i/half)."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64).flatten(), freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class CausalDiT(nn.Module):
+    """Wan2.1 T2V transformer run causally over chunks of latent frames. Parameter names match base.pt."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.head = Head(config)
+        self._rope = RotaryTable()
+
+    # -- text ---------------------------------------------------------------------------------------------
+
+    def pad_text(self, text: torch.Tensor) -> torch.Tensor:
+        """[L, text_dim] or [B, L, text_dim] -> [B, text_len, text_dim], zero rows appended."""
+        if text.dim() == 2:
+            text = text.unsqueeze(0)
+        length = text.shape[1]
+        if length > self.config.text_len:
+            raise ValueError(f"text embedding has {length} rows, the model takes at most {self.config.text_len}")
+        if length < self.config.text_len:
+            text = F.pad(text, (0, 0, 0, self.config.text_len - length))
+        return text
+
+    def text_key_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys/values of every layer, stacked: [num_layers, B, text_len, H, D] each."""
+        param = self.text_embedding[0].weight
+        context = self.text_embedding(self.pad_text(text).to(param.device, param.dtype))
+        pairs = [block.cross_attn.text_key_values(context) for block in self.blocks]
+        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+
+    # -- forward ------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        frame_start: int,
+        text: TextKeyValues,
+        keys: KeySetProvider,
+        text_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Flow prediction for `latents` [B, F, C, H, W] at per-frame `timesteps` [B, F].
+
+        `frame_start` is the absolute index of the first frame (its RoPE time position). If `text` is not
+        ready, its keys/values are computed from `text_embedding` first (once per prompt).
+        """
+        if not text.ready:
+            if text_embedding is None:
+                raise ValueError("the cross-attention cache is empty and no text embedding was given")
+            text.fill(*self.text_key_values(text_embedding))
+        batch, frames, _, height, width = latents.shape
+        _, ph, pw = self.config.patch_size
+        rows, cols = height // ph, width // pw
+
+        x = self.patch_embedding(latents.permute(0, 2, 1, 3, 4).to(self.patch_embedding.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)  # [B, F*rows*cols, dim]
+
+        dtype = x.dtype
+        e = self.time_embedding(timestep_embedding(timesteps, self.config.freq_dim).to(dtype))
+        e0 = self.time_projection(e).unflatten(1, (6, -1)).unflatten(0, (batch, frames))  # [B, F, 6, dim]
+        e = e.unflatten(0, (batch, frames))
+
+        rope = self._rope.get(self.config.head_dim, frame_start, frames, rows, cols, x.device, dtype)
+        for index, block in enumerate(self.blocks):
+            x = block(x, e0, index, rope, keys, text.layer(index), frames)
+        out = self.head(x, e, frames)
+        return self.unpatchify(out, frames, rows, cols)
+
+    def unpatchify(self, out: torch.Tensor, frames: int, rows: int, cols: int) -> torch.Tensor:
+        """[B, F*rows*cols, pt*ph*pw*C] -> [B, F, C, H, W]; output channels are (q, r)-major, c-minor."""
+        pt, ph, pw = self.config.patch_size
+        c = self.config.out_dim
+        x = out.reshape(out.shape[0], frames, rows, cols, pt, ph, pw, c)
+        x = x.permute(0, 1, 4, 7, 2, 5, 3, 6)  # B, F, pt, C, rows, ph, cols, pw
+        return x.reshape(out.shape[0], frames * pt, c, rows * ph, cols * pw)
+
+
+def build_dit(config: DiTConfig, device="cpu", dtype=torch.float32) -> CausalDiT:
+    """An uninitialised model (weights are loaded afterwards); built on the meta device to skip init work."""
+    with torch.device("meta"):
+        model = CausalDiT(config)
+    model = model.to_empty(device=device).to(dtype)
+    model.eval().requires_grad_(False)
+    return model

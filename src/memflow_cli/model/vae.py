@@ -1,0 +1,416 @@
+"""Wan2.1 causal 3D VAE: streaming decoder (latents -> pixels) and encoder (pixels -> latents).
+
+Written from the behaviour described in spec §7 and §10.4; parameter names follow `Wan2.1_VAE.pth`
+so the file loads strictly.
+
+Time is causal everywhere. Every 3D conv with a temporal kernel of 3 sees its input with two frames
+of history in front: zeros at the start of a video, afterwards the last two input frames of the
+previous call. Keeping exactly those two frames per conv (a *stream state*) lets us decode a long
+video chunk by chunk with results identical to one whole-sequence pass and with memory that does not
+grow with the video length. A chunk of t frames is one conv call over `cat(history, chunk)`.
+
+Layouts: the VAE core works on `[B, C, T, H, W]`; the public decode/encode API takes the pipeline's
+`[B, T, C, H, W]` latents (encode takes channel-first video `[B, 3, T, H, W]`, as the reference does).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from memflow_cli.checkpoints import assign_state_dict, read_state_dict, strip_prefixes
+from memflow_cli.errors import CheckpointError
+
+# Per-channel latent statistics of Wan2.1 (spec §7.1). Latents in the pipeline are (z - mean) / std.
+LATENT_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)
+LATENT_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)
+
+HISTORY = 2  # frames of input history a temporal kernel-3 conv needs
+
+# A stream state maps each stateful module to what it carries between calls.
+StreamState = dict
+
+
+@dataclass
+class VAEConfig:
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple = (False, True, True)  # encoder; the decoder mirrors it
+    has_encoder: bool = True
+
+    @classmethod
+    def wan21(cls) -> "VAEConfig":
+        return cls()
+
+    @classmethod
+    def from_state_dict(cls, sd: dict) -> "VAEConfig":
+        """Infer the sizes from tensor shapes; the layout (levels, blocks) is Wan2.1's."""
+        if "decoder.head.2.weight" not in sd or "conv2.weight" not in sd:
+            raise KeyError("decoder.head.2.weight / conv2.weight")
+        dim = sd["decoder.head.2.weight"].shape[1]
+        z_dim = sd["conv2.weight"].shape[0]
+        return cls(dim=dim, z_dim=z_dim, has_encoder="encoder.conv1.weight" in sd)
+
+
+# --------------------------------------------------------------------------------------------------
+# building blocks
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d whose temporal padding is all in front (history or zeros), spatial padding symmetric."""
+
+    def __init__(self, cin, cout, kernel, padding=0, **kw):
+        super().__init__(cin, cout, kernel, padding=0, **kw)
+        p = padding if isinstance(padding, tuple) else (padding,) * 3
+        self.history = 2 * p[0]
+        self._spatial_pad = (p[2], p[2], p[1], p[1], 0, 0)
+
+    def forward(self, x: torch.Tensor, state: Optional[StreamState] = None) -> torch.Tensor:
+        if self.history:
+            past = state.get(self) if state is not None else None
+            if past is None:
+                past = x.new_zeros(x.shape[0], x.shape[1], self.history, *x.shape[3:])
+            x = torch.cat([past, x], dim=2)
+            if state is not None:
+                # clone: a slice would keep the whole concatenated chunk alive
+                state[self] = x[:, :, -self.history:].clone()
+        if any(self._spatial_pad):
+            x = F.pad(x, self._spatial_pad)
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """L2-normalise over channels, times sqrt(C) and a per-channel gain `gamma` (no bias)."""
+
+    def __init__(self, dim: int, spatial_dims: int = 3):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
+
+    def forward(self, x):
+        return F.normalize(x, dim=1) * self.scale * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        # indices match the checkpoint: 0 norm, 1 SiLU, 2 conv, 3 norm, 4 SiLU, 5 dropout, 6 conv
+        self.residual = nn.Sequential(
+            RMSNorm(cin), nn.SiLU(), CausalConv3d(cin, cout, 3, padding=1),
+            RMSNorm(cout), nn.SiLU(), nn.Identity(), CausalConv3d(cout, cout, 3, padding=1),
+        )
+        self.shortcut = CausalConv3d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x, state):
+        h = x
+        for layer in self.residual:
+            h = layer(h, state) if isinstance(layer, CausalConv3d) else layer(h)
+        return h + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+def _frames_to_batch(x):
+    b, c, t, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), (b, t)
+
+
+def _batch_to_frames(x, bt):
+    b, t = bt
+    return x.reshape(b, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the h*w positions of each frame (no temporal state)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, spatial_dims=2)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x, state=None):
+        frames, bt = _frames_to_batch(x)
+        n, c, h, w = frames.shape
+        qkv = self.to_qkv(self.norm(frames)).reshape(n, 3, c, h * w).transpose(-1, -2)
+        q, k, v = qkv.unbind(1)  # each [n, hw, c]; q = channels [0,C), k = [C,2C), v = [2C,3C)
+        out = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(C)
+        out = self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        return x + _batch_to_frames(out, bt)
+
+
+class _Nearest2x(nn.Module):
+    def forward(self, x):
+        # in float32 like the reference, so half-precision inputs round the same way
+        return F.interpolate(x.float(), scale_factor=2.0, mode="nearest").type_as(x)
+
+
+class Upsample(nn.Module):
+    """Spatial x2 (nearest + 3x3 conv halving the channels); with `temporal`, also time x2 first.
+
+    The temporal doubling follows the reference's first-call rule: the first frame of a video is
+    passed through undoubled; every later frame becomes two, produced by a causal (3,1,1) conv that
+    starts from zeros at frame 1 (frame 0 never enters it). Hence 1 + 2*(T-1) output frames.
+    """
+
+    def __init__(self, dim: int, temporal: bool):
+        super().__init__()
+        self.resample = nn.Sequential(_Nearest2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0)) if temporal else None
+
+    def forward(self, x, state):
+        if self.time_conv is not None:
+            x = self._double_time(x, state)
+        frames, bt = _frames_to_batch(x)
+        return _batch_to_frames(self.resample(frames), bt)
+
+    def _double_time(self, x, state):
+        head = None
+        if not state.get(("started", self), False):
+            state[("started", self)] = True
+            head, x = x[:, :, :1], x[:, :, 1:]
+        if x.shape[2]:
+            b, c, t, h, w = x.shape
+            y = self.time_conv(x, state).reshape(b, 2, c, t, h, w)
+            # channels [0,C) are the earlier, [C,2C) the later frame of each pair
+            x = torch.stack([y[:, 0], y[:, 1]], dim=3).reshape(b, c, 2 * t, h, w)
+        return x if head is None else torch.cat([head, x], dim=2)
+
+
+class Downsample(nn.Module):
+    """Spatial /2 (pad right/bottom by one, 3x3 stride-2 conv); with `temporal`, then time /2.
+
+    The temporal step keeps the first frame of a video as is; afterwards each pair of new frames is
+    mixed with the frame before it by a stride-2 (3,1,1) conv without padding, so it carries one frame
+    of history. Chunks must therefore hold 1 frame (the first) and then even numbers of frames.
+    """
+
+    def __init__(self, dim: int, temporal: bool):
+        super().__init__()
+        self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+        self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
+
+    def forward(self, x, state):
+        frames, bt = _frames_to_batch(x)
+        x = _batch_to_frames(self.resample(frames), bt)
+        if self.time_conv is None:
+            return x
+        last = state.get(self)
+        head = None
+        if last is None:
+            head, x = x[:, :, :1], x[:, :, 1:]
+            last = head
+        out = x
+        if x.shape[2]:
+            if x.shape[2] % 2:
+                raise ValueError("temporal downsampling needs an even number of frames after the first")
+            out = self.time_conv(torch.cat([last, x], dim=2))
+            last = x
+        state[self] = last[:, :, -1:].clone()
+        return out if head is None else torch.cat([head, out], dim=2)
+
+
+def _run(layers, x, state):
+    for layer in layers:
+        x = layer(x, state)
+    return x
+
+
+class Head(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(RMSNorm(cin), nn.SiLU(), CausalConv3d(cin, cout, 3, padding=1))
+
+    def forward(self, x, state):
+        return self[2](self[1](self[0](x)), state)
+
+
+class Decoder3d(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        mult = cfg.dim_mult
+        dims = [cfg.dim * m for m in (mult[-1],) + tuple(reversed(mult))]  # e.g. 384,384,384,192,96
+        upsample_time = tuple(reversed(cfg.temporal_downsample))
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
+                                     ResidualBlock(dims[0], dims[0])])
+        layers = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            if i > 0:
+                cin //= 2  # the previous upsampler's conv halved the channels
+            for _ in range(cfg.num_res_blocks + 1):
+                layers.append(ResidualBlock(cin, cout))
+                cin = cout
+            if i < len(mult) - 1:
+                layers.append(Upsample(cout, temporal=upsample_time[i]))
+        self.upsamples = nn.ModuleList(layers)
+        self.head = Head(dims[-1], 3)
+
+    def forward(self, z, state):
+        x = self.conv1(z, state)
+        x = _run(self.middle, x, state)
+        x = _run(self.upsamples, x, state)
+        return self.head(x, state)
+
+
+class Encoder3d(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = [cfg.dim * m for m in (1,) + tuple(cfg.dim_mult)]  # e.g. 96,96,192,384,384
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        layers = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResidualBlock(cin, cout))
+                cin = cout
+            if i < len(cfg.dim_mult) - 1:
+                layers.append(Downsample(cout, temporal=cfg.temporal_downsample[i]))
+        self.downsamples = nn.ModuleList(layers)
+        self.middle = nn.ModuleList([ResidualBlock(dims[-1], dims[-1]), AttentionBlock(dims[-1]),
+                                     ResidualBlock(dims[-1], dims[-1])])
+        self.head = Head(dims[-1], cfg.z_dim * 2)
+
+    def forward(self, x, state):
+        x = self.conv1(x, state)
+        x = _run(self.downsamples, x, state)
+        x = _run(self.middle, x, state)
+        return self.head(x, state)
+
+
+# --------------------------------------------------------------------------------------------------
+# the model
+
+
+class WanVAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.config = cfg
+        if cfg.has_encoder:
+            self.encoder = Encoder3d(cfg)
+            self.conv1 = CausalConv3d(cfg.z_dim * 2, cfg.z_dim * 2, 1)
+        self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
+        self.decoder = Decoder3d(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv2.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv2.weight.device
+
+    def _stats(self, dtype):
+        # Reference arithmetic (spec §7.1/§7.4a): mean and std rounded to the compute dtype, and the
+        # reciprocal of std computed and rounded in that dtype too.
+        shape = (1, -1, 1, 1, 1)
+        mean = torch.tensor(LATENT_MEAN, device=self.device).to(dtype).view(shape)
+        inv_std = 1.0 / torch.tensor(LATENT_STD, device=self.device).to(dtype).view(shape)
+        return mean, inv_std
+
+    def stream_decoder(self, max_frames_per_call: int | None = None) -> "StreamDecoder":
+        return StreamDecoder(self, max_frames_per_call)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, max_frames_per_call: int | None = None) -> torch.Tensor:
+        """Whole sequence: normalized latents [B, T, 16, h, w] -> pixels [B, 1+4(T-1), 3, 8h, 8w]."""
+        return self.stream_decoder(max_frames_per_call).decode(latents)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, frames_per_call: int = 4) -> torch.Tensor:
+        """Video [B, 3, T, H, W] in [-1, 1] -> normalized posterior mean [B, 1+(T-1)//4, 16, H/8, W/8].
+
+        Frame 0 is encoded alone, then groups of `frames_per_call` (a multiple of 4; the reference
+        uses 4, larger is the same maths with more memory). Trailing frames beyond 1+4k are dropped.
+        """
+        if not self.config.has_encoder:
+            raise RuntimeError("this VAE checkpoint has no encoder weights")
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected video [B, 3, T, H, W], got {tuple(video.shape)}")
+        if frames_per_call < 4 or frames_per_call % 4:
+            raise ValueError("frames_per_call must be a positive multiple of 4")
+        t = video.shape[2]
+        if t == 0:
+            raise ValueError("cannot encode an empty video")
+        x = video.to(self.device, self.dtype)[:, :, : 1 + 4 * ((t - 1) // 4)]
+        state: StreamState = {}
+        outs = [self.encoder(x[:, :, :1], state)]
+        for start in range(1, x.shape[2], frames_per_call):
+            outs.append(self.encoder(x[:, :, start:start + frames_per_call], state))
+        moments = self.conv1(torch.cat(outs, dim=2))
+        mu = moments[:, : self.config.z_dim]
+        mean, inv_std = self._stats(mu.dtype)
+        z = (mu - mean) * inv_std
+        return z.float().permute(0, 2, 1, 3, 4)
+
+
+class StreamDecoder:
+    """Decodes consecutive chunks of one video; state is a fixed-size set of frame caches."""
+
+    def __init__(self, vae: WanVAE, max_frames_per_call: int | None = None):
+        self.vae = vae
+        self.max_frames_per_call = max_frames_per_call
+        self.state: StreamState = {}
+        self.frames_in = 0
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized latents [B, t, 16, h, w] -> pixels [B, n, 3, 8h, 8w] in [-1, 1], float32.
+
+        n = 1 + 4(t-1) for the first chunk of the stream, 4t afterwards.
+        """
+        if latents.ndim != 5 or latents.shape[2] != self.vae.config.z_dim:
+            raise ValueError(f"expected latents [B, T, {self.vae.config.z_dim}, h, w], got {tuple(latents.shape)}")
+        vae = self.vae
+        z = latents.to(vae.device, vae.dtype).permute(0, 2, 1, 3, 4)
+        mean, inv_std = vae._stats(z.dtype)
+        z = vae.conv2(z / inv_std + mean)
+        step = self.max_frames_per_call or z.shape[2]
+        outs = []
+        for start in range(0, z.shape[2], step):
+            out = vae.decoder(z[:, :, start:start + step], self.state)
+            outs.append(out.float().clamp_(-1, 1))
+        self.frames_in += z.shape[2]
+        pixels = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        return pixels.permute(0, 2, 1, 3, 4)
+
+    def state_bytes(self) -> int:
+        """Bytes held between calls (constant after the first chunk; useful to check memory)."""
+        return sum(v.numel() * v.element_size() for v in self.state.values() if isinstance(v, torch.Tensor))
+
+
+def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[n, 3, H, W] or [1, n, 3, H, W] in [-1, 1] -> uint8 [n, H, W, 3] (truncating, spec §7.5)."""
+    if pixels.ndim == 5:
+        if pixels.shape[0] != 1:
+            raise ValueError("pixels_to_uint8 takes one video; got a batch of %d" % pixels.shape[0])
+        pixels = pixels[0]
+    v = (pixels.float() * 0.5 + 0.5).clamp(0, 1)
+    return (v * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def load_wan_vae(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32) -> WanVAE:
+    """Build the VAE from `Wan2.1_VAE.pth` (or a safetensors copy), sizes inferred from the file."""
+    state = read_state_dict(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a flat state dict of tensors for the Wan VAE")
+    state = strip_prefixes(state, ("_fsdp_wrapped_module.",))
+    try:
+        cfg = VAEConfig.from_state_dict(state)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: not a Wan VAE checkpoint (no {exc.args[0]})") from None
+    with torch.device("meta"):
+        vae = WanVAE(cfg)
+    vae = vae.to(dtype).to_empty(device=device)
+    assign_state_dict(vae, state, path)
+    return vae.eval().requires_grad_(False)

@@ -1,0 +1,114 @@
+"""Golden runners for the core: `pipeline` cases (the streaming generator end to end) and `scheduler`.
+
+Everything comes from the case's settings and the index's `models` entry: nothing here knows case ids.
+"""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from golden_metric import assert_close
+from memflow_cli.checkpoints import load_dit
+from memflow_cli.generator import StreamingGenerator, StreamSettings, switch_chunks
+from memflow_cli.model.dit import DiTConfig, timestep_embedding
+from memflow_cli.scheduler import FlowMatchSchedule, add_noise, flow_to_x0
+
+
+def _settings(config: dict) -> StreamSettings:
+    entry = config.get("entry_point", "interactive")
+    return StreamSettings(
+        frames_per_chunk=config["num_frame_per_block"],
+        local_attn_size=config["local_attn_size"],
+        sink_size=config["sink_size"],
+        bank_size=config["bank_size"],
+        record_interval=config["record_interval"],
+        sma=bool(config["SMA"]),
+        sma_top_k=config.get("sma_top_k", 3),
+        bank_staging="interactive" if "interactive" in entry.lower() else "every_chunk",
+        context_noise=config.get("context_noise", 0),
+        denoising_steps=tuple(config["denoising_step_list"]),
+        warp=config["warp_denoising_step"],
+        shift=config["timestep_shift"],
+    )
+
+
+def build_case_model(case: dict, index: dict, golden: Path):
+    files = index["models"]["dit"]["files"]
+    config = DiTConfig.from_file(golden / files["config"])
+    lora = case["config"].get("lora")
+    return load_dit(
+        config,
+        golden / files["checkpoint"],
+        golden / lora["file"] if lora else None,
+        lora_alpha=lora["alpha"] if lora else None,
+        dtype=torch.float32,
+    )
+
+
+def run_pipeline_case(case: dict, index: dict, golden: Path) -> dict:
+    config = case["config"]
+    model = build_case_model(case, index, golden)
+    inputs = load_file(str(golden / case["inputs"]["file"]))
+    expected = load_file(str(golden / case["expected"]["file"]))
+    settings = _settings(config)
+    _, frames, _, height, width = config["latent_shape"]
+
+    gen = StreamingGenerator(
+        model, settings, num_latent_frames=frames, latent_height=height, latent_width=width,
+        seed=case["seed"], dtype=torch.float32, keep_records=True,
+    )
+    # The generator draws its own noise; it must be the noise the reference drew.
+    torch.testing.assert_close(gen.noise, inputs["noise"], rtol=0, atol=0)
+
+    tensor_for = case["inputs"]["text_tensor_for_prompt"]
+    prompts = [inputs[tensor_for[p]] for p in case["prompts_in_segment_order"]]
+    starts = switch_chunks(case["switch_frame_indices"], gen.num_chunks, settings.frames_per_chunk)
+    segment = 0
+    gen.set_conditioning(prompts[0])
+    chunks = []
+    for chunk in range(gen.num_chunks):
+        if segment < len(starts) and starts[segment] == chunk:
+            segment += 1
+            gen.set_conditioning(prompts[segment])
+        chunks.append(gen.next_chunk())
+
+    renoise = torch.stack([torch.cat(r.renoise, 0) for r in gen.records])
+    torch.testing.assert_close(renoise.reshape(inputs["renoise_eps"].shape), inputs["renoise_eps"], rtol=0, atol=0)
+
+    report = {}
+    tol = case["tolerance"]
+    outputs = {
+        "latents": torch.cat(chunks, dim=1),
+        "x0_steps": torch.stack([torch.cat(r.step_x0, 0) for r in gen.records]),
+    }
+    for name in case["expected"]["tensors"]:
+        assert_close(f"{case['id']}.{name}", outputs[name].reshape(expected[name].shape), expected[name], tol, report)
+    return report
+
+
+def run_scheduler_case(case: dict, index: dict, golden: Path) -> dict:
+    data = load_file(str(golden / case["file"]))
+    tol = case["tolerance"]
+    schedule = FlowMatchSchedule()
+    timesteps, sigmas = schedule.table()
+    report = {}
+    checks = {
+        "train_timesteps": timesteps,
+        "train_sigmas": sigmas,
+        "denoising_timesteps": torch.tensor(schedule.warped_timesteps()),
+    }
+    test_t = data["test_timesteps"]
+    test_sigmas = [schedule.sigma(float(t)) for t in test_t]
+    checks["test_sigmas"] = torch.tensor(test_sigmas)
+    checks["add_noise_out"] = torch.stack([add_noise(data["x0"], data["eps"], s) for s in test_sigmas])
+    checks["x0_from_flow"] = torch.stack([flow_to_x0(data["xt"], data["flow_pred"], s) for s in test_sigmas])
+    checks["sinusoidal_embedding_256"] = timestep_embedding(test_t, data["sinusoidal_embedding_256"].shape[-1])
+    for name, value in checks.items():
+        if name in data:
+            assert_close(f"{case['id']}.{name}", value.reshape(data[name].shape), data[name], tol, report)
+    assert set(case["tensors"]) - set(checks) <= {"x0", "eps", "xt", "flow_pred", "test_timesteps"}, "unchecked tensors"
+    return report
+
+
+RUNNERS = {"pipeline": run_pipeline_case, "scheduler": run_scheduler_case}

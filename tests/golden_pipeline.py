@@ -3,6 +3,7 @@
 Everything comes from the case's settings and the index's `models` entry: nothing here knows case ids.
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -76,6 +77,9 @@ def run_pipeline_case(case: dict, index: dict, golden: Path) -> dict:
     renoise = torch.stack([torch.cat(r.renoise, 0) for r in gen.records])
     torch.testing.assert_close(renoise.reshape(inputs["renoise_eps"].shape), inputs["renoise_eps"], rtol=0, atol=0)
 
+    if case.get("trace"):
+        check_trace(json.loads((golden / case["trace"]).read_text()), gen.records)
+
     report = {}
     tol = case["tolerance"]
     outputs = {
@@ -85,6 +89,21 @@ def run_pipeline_case(case: dict, index: dict, golden: Path) -> dict:
     for name in case["expected"]["tensors"]:
         assert_close(f"{case['id']}.{name}", outputs[name].reshape(expected[name].shape), expected[name], tol, report)
     return report
+
+
+def check_trace(trace: dict, records) -> None:
+    """The structure the reference recorded: re-caches, key frames per pass, bank contents per chunk."""
+    assert len(records) == len(trace["chunks"])
+    for chunk, record in zip(trace["chunks"], records):
+        calls = chunk["calls"]
+        where = f"chunk {chunk['chunk']}"
+        assert record.recached == any(c["kind"] == "recache" for c in calls), where
+        key_frames = [{int(v) for v in c["attn_key_frames"].values()} for c in calls]
+        assert [{k} for k in record.key_frames] == key_frames, f"{where}: key frames per pass"
+        final = calls[-1]["bank_slot_frames_after"]
+        for layer, slots in enumerate(final):
+            expected = sorted(f for f in slots if f != "empty")
+            assert sorted(record.bank_frames[layer]) == expected, f"{where}, layer {layer}: bank frames"
 
 
 def run_scheduler_case(case: dict, index: dict, golden: Path) -> dict:

@@ -177,9 +177,7 @@ class StreamingGenerator:
         first = self.chunk_index * n
         record = ChunkRecord(self.chunk_index, recached=False) if self.keep_records else None
 
-        if self._prompt_changed:
-            self._switch_prompt(first, record)
-            self._prompt_changed = False
+        self.apply_conditioning(record)
 
         x = self.noise[:, first : first + n]
         steps = len(self.timesteps)
@@ -206,6 +204,19 @@ class StreamingGenerator:
             self.records.append(record)
         self.chunk_index += 1
         return x0
+
+    @torch.no_grad()
+    def apply_conditioning(self, record: ChunkRecord | None = None) -> bool:
+        """Run a pending prompt switch now (the re-cache) instead of at the start of the next chunk.
+
+        `next_chunk` calls it; calling it first only lets a caller time the re-cache on its own.
+        Returns whether a switch was applied.
+        """
+        if not self._prompt_changed:
+            return False
+        self._switch_prompt(self.chunk_index * self.settings.frames_per_chunk, record)
+        self._prompt_changed = False
+        return True
 
     def __iter__(self):
         while self.chunk_index < self.num_chunks:

@@ -1,0 +1,231 @@
+"""`memflow bench`: how fast the whole stream runs, stage by stage, with random weights (no download).
+
+It builds the model at full size (or a small preset for CPU smoke runs), streams N chunks with a prompt
+switch every few chunks, decodes every chunk with the streaming VAE, encodes the frames to an H.264 file
+in a temporary folder, and reports per stage the time per chunk, generation and end-to-end FPS, time to
+first frame and peak memory. The same run without the memory bank measures what the memory costs.
+
+Stage times on CUDA are taken with a synchronisation at each stage boundary: that is the only place the
+project synchronises on purpose, and it costs little next to a DiT pass.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from memflow_cli import __version__
+from memflow_cli.generator import StreamingGenerator, StreamSettings
+from memflow_cli.model.dit import DiTConfig, attention_backend, build_dit
+from memflow_cli.model.vae import VAEConfig, WanVAE, pixels_to_uint8
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    preset: str = "wan2.1-t2v-1.3b"
+    width: int = 832
+    height: int = 480
+    chunks: int = 20
+    steps: int = 4
+    switch_every: int = 10  # chunks between prompt switches (0: never); each switch runs a re-cache
+    sma: bool = False
+    vae_dim: int = 96  # 96 = the real Wan2.1 VAE; smaller for CPU smoke runs
+    encode_video: bool = True
+    compare_without_memory: bool = True
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
+    seed: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Clock:
+    """Accumulates wall time per stage; every boundary synchronises the device."""
+
+    def __init__(self, device):
+        self.device = device
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        _sync(self.device)
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+def _random_dit(config: DiTConfig, device, dtype, seed: int):
+    model = build_dit(config, device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm3.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model
+
+
+def _random_vae(dim: int, device, dtype, seed: int) -> WanVAE:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        vae = WanVAE(replace(VAEConfig(), dim=dim, has_encoder=False))
+    return vae.to(dtype).eval().requires_grad_(False)
+
+
+def _run(opts: BenchOptions, model, vae, bank: bool) -> dict:
+    device = torch.device(opts.device)
+    dtype = DTYPES[opts.dtype]
+    config = model.config
+    h, w = opts.height // 8, opts.width // 8
+    settings = StreamSettings(
+        # Evenly spaced steps: (1000, 750, 500, 250) for the released 4-step model.
+        denoising_steps=tuple(int(1000 - i * 1000 / opts.steps) for i in range(opts.steps)),
+        sma=opts.sma,
+        bank_size=StreamSettings().bank_size if bank else 0,
+    )
+    gen = StreamingGenerator(model, settings, num_latent_frames=3 * opts.chunks, latent_height=h, latent_width=w,
+                             seed=opts.seed, device=device, dtype=dtype)
+    prompts = [torch.randn(64, config.text_dim, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    decoder = vae.stream_decoder()
+    stages = {"dit": [], "recache": [], "vae": [], "encode": []}
+    frames_out, first_frame_s = 0, None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = None
+        if opts.encode_video:
+            from memflow_cli.video import VideoWriter
+
+            writer = VideoWriter(Path(tmp) / "bench.mp4", opts.width, opts.height, preset="veryfast")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        clock = _Clock(device)
+        gen.set_conditioning(prompts[0])
+        for chunk in range(opts.chunks):
+            if chunk and opts.switch_every and chunk % opts.switch_every == 0:
+                gen.set_conditioning(prompts[(chunk // opts.switch_every) % 2])
+                clock.lap()
+                gen.apply_conditioning()
+                stages["recache"].append(clock.lap())
+            else:
+                clock.lap()
+            latents = gen.next_chunk()
+            stages["dit"].append(clock.lap())
+            pixels = decoder.decode(latents)
+            stages["vae"].append(clock.lap())
+            frames = pixels_to_uint8(pixels)
+            if writer is not None:
+                writer.write(frames.cpu())
+            stages["encode"].append(clock.lap())
+            frames_out += frames.shape[0]
+            if first_frame_s is None:
+                first_frame_s = time.perf_counter() - t0
+        if writer is not None:
+            clock.lap()
+            writer.finish()
+            stages["encode"][-1] += clock.lap()
+        total = time.perf_counter() - t0
+
+    generation = sum(stages["dit"]) + sum(stages["recache"])
+    steady = stages["dit"][len(stages["dit"]) // 2:] or stages["dit"]
+    early = stages["dit"][1: 1 + max(1, len(steady))] or stages["dit"]
+    return {
+        "frames": frames_out,
+        "chunks": opts.chunks,
+        "seconds_total": total,
+        "per_chunk_ms": {k: (1000 * statistics.mean(v) if v else 0.0) for k, v in stages.items()},
+        "recaches": len(stages["recache"]),
+        "generation_fps": frames_out / generation,
+        "end_to_end_fps": frames_out / total,
+        "time_to_first_frame_s": first_frame_s,
+        # Flatness over length: steady-state chunks (second half) against early ones (after the first).
+        "dit_ms_early": 1000 * statistics.mean(early),
+        "dit_ms_late": 1000 * statistics.mean(steady),
+        "peak_memory_gb": _peak_memory_gb(device),
+    }
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # CPU: the process's peak resident set (kilobytes on Linux).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_bench(opts: BenchOptions) -> dict:
+    """Run the benchmark and return a JSON-ready report."""
+    if opts.width % 16 or opts.height % 16:
+        raise ValueError("width and height must be multiples of 16")
+    device = torch.device(opts.device)
+    dtype = DTYPES[opts.dtype]
+    config = DiTConfig.preset(opts.preset)
+    model = _random_dit(config, device, dtype, opts.seed)
+    vae = _random_vae(opts.vae_dim, device, dtype, opts.seed)
+    # One short untimed stream first: kernels, allocator pools and ffmpeg start-up are paid here.
+    _run(replace(opts, chunks=min(2, opts.chunks), switch_every=1), model, vae, bank=True)
+    report = {
+        "memflow_cli": __version__,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "attention": attention_backend(device, dtype),
+        "date": time.strftime("%Y-%m-%d"),
+        "options": asdict(opts),
+        "with_memory": _run(opts, model, vae, bank=True),
+    }
+    if opts.compare_without_memory:
+        report["without_memory"] = _run(opts, model, vae, bank=False)
+        with_mem = report["with_memory"]["per_chunk_ms"]["dit"]
+        without = report["without_memory"]["per_chunk_ms"]["dit"]
+        report["memory_cost_percent"] = 100.0 * (with_mem - without) / without
+    return report
+
+
+def report_table(report: dict):
+    """A Rich table of the report (one column per run)."""
+    from rich.table import Table
+
+    runs = [k for k in ("with_memory", "without_memory") if k in report]
+    o = report["options"]
+    table = Table(title=f"memflow bench — {o['preset']} {o['width']}x{o['height']} {o['dtype']} on {report['device']}"
+                        f" ({report['attention']}), {o['chunks']} chunks, {o['steps']} steps")
+    table.add_column("")
+    for run in runs:
+        table.add_column(run.replace("_", " "), justify="right")
+
+    def row(label, fmt, get):
+        table.add_row(label, *(fmt.format(get(report[r])) for r in runs))
+
+    for stage in ("dit", "recache", "vae", "encode"):
+        row(f"{stage} ms / chunk" + (" (per switch)" if stage == "recache" else ""), "{:.1f}", lambda r, s=stage: r["per_chunk_ms"][s])
+    row("generation FPS", "{:.2f}", lambda r: r["generation_fps"])
+    row("end-to-end FPS", "{:.2f}", lambda r: r["end_to_end_fps"])
+    row("time to first frame s", "{:.2f}", lambda r: r["time_to_first_frame_s"])
+    row("dit ms early → late", "{}", lambda r: f"{r['dit_ms_early']:.1f} → {r['dit_ms_late']:.1f}")
+    row("peak memory GB", "{:.2f}", lambda r: r["peak_memory_gb"])
+    if "memory_cost_percent" in report:
+        table.caption = f"memory bank{' + SMA' if o['sma'] else ''} costs {report['memory_cost_percent']:+.1f} % of DiT time"
+    return table
+
+
+def save_report(report: dict, folder: str | Path, command: str) -> Path:
+    """Write the report as benchmarks/results/<date>-<device>-<preset>.json (with the command line)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{report['date']}-{report['device']}-{report['options']['preset']}".replace(" ", "_").replace("/", "_")
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({**report, "command": command}, indent=2) + "\n")
+    return path

@@ -1,0 +1,274 @@
+"""`memflow render | download | info | bench`: a thin Typer layer over render.py, hub.py and bench.py.
+
+Options are parsed here and handed on; every error the user can act on is a MemflowError that is printed
+as one message (no traceback) and becomes the exit code (2 for bad input, 130 after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from memflow_cli import __version__
+from memflow_cli.errors import InputError, MemflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Render MemFlow long videos offline: a timeline of prompts in, an mp4 out.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _errors(fn):
+    """Turn MemflowError into a message + exit code, Ctrl-C into exit code 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MemflowError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def parse_resolution(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    try:
+        w, h = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise InputError(f"--resolution: expected WIDTHxHEIGHT such as 832x480, got {text!r}") from None
+    if w <= 0 or h <= 0 or w % 16 or h % 16:
+        raise InputError(f"--resolution: expected width and height that are positive multiples of 16, got {text!r}")
+    return w, h
+
+
+def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise InputError(f"{option}: expected comma-separated integers such as 40,80,120, got {text!r}") from None
+
+
+@app.command()
+@_errors
+def render(
+    timeline: Optional[Path] = typer.Argument(None, help="Scope timeline / workflow JSON or MemFlow prompt-list JSONL."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Render a single prompt instead of a file."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Duration for --prompt."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 (default: the timeline's name)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the file's, else 1)."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="WIDTHxHEIGHT, multiples of 16 (default 832x480)."),
+    sma: Optional[bool] = typer.Option(None, "--sma/--no-sma", help="Sparse memory activation (default off)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Denoising steps, e.g. 1000,750,500,250."),
+    blend: str = typer.Option("linear", "--blend", help="Blend of a block's two prompts: linear or slerp."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="A weights folder instead of the HF cache."),
+    offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision to use."),
+    segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help="Prompt-list JSONL: seconds per prompt (default 10)."),
+    switch_frames: Optional[str] = typer.Option(None, "--switch-frames", help="Prompt-list JSONL: switch points in latent frames, e.g. 40,80,120,160,200."),
+    latent_frames: Optional[int] = typer.Option(None, "--latent-frames", help="With --switch-frames: total latent frames (default 240)."),
+    line: Optional[int] = typer.Option(None, "--line", help="Prompt-list JSONL: render only this line (1-based)."),
+    lora_dir: List[Path] = typer.Option([], "--lora-dir", help="Folder to find a timeline's LoRA files by name."),
+    verify: bool = typer.Option(False, "--verify", help="Check weight files against their recorded sha256."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+):
+    """Render a timeline (or --prompt) to an mp4, with a manifest next to it."""
+    from memflow_cli.render import Reporter, RenderOptions, RichReporter, render as do_render, summary_table
+    from memflow_cli.timeline import prompt_timeline, read_timelines
+
+    if (timeline is None) == (prompt is None):
+        raise InputError("expected a timeline file or --prompt TEXT (one of them)")
+    if blend not in ("linear", "slerp"):
+        raise InputError(f"--blend: expected linear or slerp, got {blend!r}")
+    width, height = parse_resolution(resolution)
+    if prompt is not None:
+        timelines = [prompt_timeline(prompt, seconds)]
+    else:
+        timelines = read_timelines(timeline, segment_seconds=segment_seconds, lora_dirs=lora_dir,
+                                   switch_frames=parse_ints(switch_frames, "--switch-frames"), num_latent_frames=latent_frames)
+        if line is not None:
+            if not 1 <= line <= len(timelines):
+                raise InputError(f"{timeline}: --line {line} does not exist; expected 1 to {len(timelines)}")
+            timelines = [timelines[line - 1]]
+    reporter = Reporter() if quiet else RichReporter(err)
+    summaries = []
+    for i, tl in enumerate(timelines):
+        target = output
+        if output is not None and len(timelines) > 1:
+            target = output.with_name(f"{output.stem}-{tl.source.rsplit(' line ', 1)[-1]}{output.suffix or '.mp4'}")
+        options = RenderOptions(output=target, seed=seed, width=width, height=height, sma=sma,
+                                steps=parse_ints(steps, "--steps"), blend=blend, device=device, dtype=dtype,
+                                weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify)
+        if len(timelines) > 1 and not quiet:
+            err.print(f"[bold]{tl.source}[/bold] ({i + 1} of {len(timelines)})")
+        summary = do_render(tl, options, reporter=reporter)
+        summaries.append(summary)
+        if not quiet and not as_json:
+            out.print(summary_table(summary))
+    if as_json:
+        data = [s.to_dict() for s in summaries]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+
+
+def plan_table(plan):
+    from rich.table import Table
+
+    from memflow_cli.hub import human_size
+
+    t = Table(title="weights")
+    for col in ("repository", "file", "size", "status"):
+        t.add_column(col, justify="right" if col == "size" else "left")
+    todo = 0
+    for item in plan:
+        t.add_row(item.file.repo, item.file.filename, human_size(item.size), "cached" if item.cached else "to download")
+        todo += 0 if item.cached else (item.size or 0)
+    t.caption = f"to download: {human_size(todo)}"
+    return t
+
+
+@app.command()
+@_errors
+def download(
+    revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision (branch, tag or commit)."),
+    wan_revision: Optional[str] = typer.Option(None, "--wan-revision", help="Wan-AI/Wan2.1-T2V-1.3B revision."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against the lock file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Download exactly the weight files inference needs into the Hugging Face cache (resumable)."""
+    from memflow_cli import hub
+
+    if hub.offline_from_env():
+        raise hub.DownloadError("HF_HUB_OFFLINE is set: downloading is disabled; unset it to download")
+    show = None if quiet else (lambda plan: err.print(plan_table(plan)))
+    paths, lock = hub.download(hub.HFDownloader(hub.hub_cache(), progress=not quiet), revision=revision,
+                               wan_revision=wan_revision, verify_hashes=verify, show=show)
+    if not quiet:
+        err.print(f"[green]done[/green]: {len(lock['files'])} files in {hub.hub_cache()}; lock file {hub.lock_path()}")
+
+
+@app.command()
+@_errors
+def info(
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Describe this weights folder instead of the HF cache."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+):
+    """Versions, device, GPU, attention backend, and which weight files are present."""
+    import platform
+
+    import huggingface_hub
+    import imageio_ffmpeg
+    import torch
+
+    from memflow_cli import hub
+    from memflow_cli.model.dit import attention_backend
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    data = {
+        "memflow_cli": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "huggingface_hub": huggingface_hub.__version__,
+        "ffmpeg": imageio_ffmpeg.get_ffmpeg_version(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_memory_bytes": torch.cuda.get_device_properties(0).total_memory if cuda else None,
+        "attention": attention_backend(device, torch.bfloat16 if cuda else torch.float32),
+        "weights": str(weights_dir) if weights_dir else str(hub.hub_cache()),
+        "files": [
+            {"repo": f.repo, "file": f.filename, "present": path is not None, "size": size,
+             "path": str(path) if path else None, "required": f.required}
+            for f, path, size in hub.presence(weights_dir)
+        ],
+    }
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(show_header=False, title="memflow info")
+    t.add_column(style="bold")
+    t.add_column()
+    for key in ("memflow_cli", "python", "torch", "cuda", "huggingface_hub", "ffmpeg", "device", "gpu", "attention", "weights"):
+        t.add_row(key, str(data[key]))
+    if data["gpu_memory_bytes"]:
+        t.add_row("gpu memory", f"{data['gpu_memory_bytes'] / 2**30:.1f} GiB")
+    out.print(t)
+    files = Table(title="weight files")
+    for col in ("file", "size", "status"):
+        files.add_column(col)
+    for f in data["files"]:
+        status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
+        files.add_row(f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
+    out.print(files)
+
+
+@app.command()
+@_errors
+def bench(
+    preset: str = typer.Option("wan2.1-t2v-1.3b", help="DiT size: wan2.1-t2v-1.3b (full) or tiny (CPU smoke run)."),
+    resolution: str = typer.Option("832x480", "--resolution", help="WIDTHxHEIGHT, multiples of 16."),
+    chunks: int = typer.Option(20, min=2, help="Chunks to stream (12 video frames each after the first)."),
+    steps: int = typer.Option(4, min=1, help="Denoising steps per chunk."),
+    switch_every: int = typer.Option(10, min=0, help="Chunks between prompt switches (each runs a KV re-cache); 0 = none."),
+    sma: bool = typer.Option(False, "--sma/--no-sma", help="Sparse memory activation."),
+    vae_dim: int = typer.Option(96, help="VAE width: 96 is the real Wan2.1 VAE; smaller for CPU smoke runs."),
+    no_video: bool = typer.Option(False, "--no-video", help="Skip the H.264 encode stage."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the comparison run without the memory bank."),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, help="bfloat16, float16 or float32 (default: bfloat16 on cuda)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON report into this folder (e.g. benchmarks/results)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+):
+    """Measure speed stage by stage with random full-size weights (nothing to download)."""
+    from memflow_cli.bench import DTYPES, BenchOptions, report_table, run_bench, save_report
+
+    width, height = parse_resolution(resolution)
+    defaults = BenchOptions()
+    if dtype is not None and dtype not in DTYPES:
+        raise InputError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    opts = BenchOptions(preset=preset, width=width, height=height, chunks=chunks, steps=steps, switch_every=switch_every,
+                        sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
+                        device=device or defaults.device, dtype=dtype or defaults.dtype)
+    try:
+        report = run_bench(opts)
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"bench: {exc}") from None
+    if save is not None:
+        err.print(f"saved {save_report(report, save, ' '.join(['memflow', *sys.argv[1:]]))}")
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        out.print(report_table(report))
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        print(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

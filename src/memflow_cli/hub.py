@@ -1,0 +1,418 @@
+"""Which weight files inference needs, downloading them from Hugging Face, and the lock file.
+
+Exactly the files of the inference spec §10.1 (no 5 GB `diffusion_pytorch_model.safetensors`, no 14B
+teacher). Downloads go into the standard Hugging Face cache (honouring `HF_HOME`, `HF_HUB_CACHE`,
+`HF_TOKEN`, `HF_HUB_OFFLINE`), so other tools share them; huggingface_hub resumes interrupted downloads.
+
+After a download, a lock file records what we got: each repository's commit and each file's size and
+sha256. Loading checks every file against it (size always, sha256 on request), so a truncated or
+swapped file is caught before a 30-minute render, with a message that says what to do.
+
+A weights folder given with `--weights-dir` holds the same files under the same relative paths
+(`base.pt`, `Wan2.1_VAE.pth`, `google/umt5-xxl/tokenizer.json`, ...); a `memflow.lock.json` inside it
+is verified the same way when present.
+
+The network side is behind a small `Downloader` interface so that tests can use a fake one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from memflow_cli.errors import CheckpointError, MemflowError
+
+MEMFLOW_REPO = "KlingTeam/MemFlow"
+WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
+LOCK_NAME = "memflow.lock.json"
+LOCK_FORMAT = 1
+SPACE_MARGIN = 512 * 2**20  # keep this much free beyond the files themselves
+
+
+class DownloadError(MemflowError):
+    """No network, a gated or missing repository, a full disk: something the user must fix."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    role: str  # what it is for (also the attribute of WeightPaths)
+    repo: str
+    filename: str  # path inside the repository == path inside a weights folder
+    required: bool = True  # required in a --weights-dir (extra tokenizer files are not)
+
+
+FILES: tuple[WeightFile, ...] = (
+    WeightFile("base", MEMFLOW_REPO, "base.pt"),
+    WeightFile("lora", MEMFLOW_REPO, "lora.pt"),
+    WeightFile("config", WAN_REPO, "config.json"),
+    WeightFile("vae", WAN_REPO, "Wan2.1_VAE.pth"),
+    WeightFile("t5", WAN_REPO, "models_t5_umt5-xxl-enc-bf16.pth"),
+    WeightFile("tokenizer", WAN_REPO, "google/umt5-xxl/tokenizer.json"),
+    WeightFile("tokenizer_config", WAN_REPO, "google/umt5-xxl/tokenizer_config.json", required=False),
+    WeightFile("special_tokens_map", WAN_REPO, "google/umt5-xxl/special_tokens_map.json", required=False),
+    WeightFile("spiece", WAN_REPO, "google/umt5-xxl/spiece.model", required=False),
+)
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    """Where each file the renderer loads lives on disk, plus their recorded identities (from the lock)."""
+
+    base: Path
+    lora: Path
+    config: Path
+    vae: Path
+    t5: Path
+    tokenizer: Path  # tokenizer.json
+    source: str  # "hf-cache" or the weights folder
+    identities: dict  # filename → {repo, commit, size, sha256}
+
+    def describe(self) -> dict:
+        out = {}
+        for f in FILES:
+            if not f.required:
+                continue
+            path = getattr(self, f.role)
+            ident = dict(self.identities.get(f.filename, {}))
+            ident.setdefault("size", path.stat().st_size if path.exists() else None)
+            out[f.filename] = {"path": str(path), **ident}
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Locations
+
+
+def hf_home() -> Path:
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time (not at import)."""
+    return Path(os.environ.get("HF_HUB_CACHE") or hf_home() / "hub").expanduser()
+
+
+def lock_path() -> Path:
+    return hf_home() / "memflow-cli" / LOCK_NAME
+
+
+def offline_from_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# The network side
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    file: WeightFile
+    commit: str
+    size: int | None
+    cached: bool
+
+
+class Downloader(Protocol):
+    def inspect(self, file: WeightFile, revision: str | None) -> RemoteFile: ...
+    def fetch(self, file: WeightFile, revision: str | None) -> Path: ...
+    def cached(self, file: WeightFile, revision: str | None) -> Path | None: ...
+
+
+class HFDownloader:
+    """huggingface_hub behind the Downloader interface, with its errors turned into plain messages."""
+
+    def __init__(self, cache_dir: Path | None = None, progress: bool = True):
+        self.cache_dir = cache_dir or hub_cache()
+        self.progress = progress
+
+    def inspect(self, file: WeightFile, revision: str | None) -> RemoteFile:
+        from huggingface_hub import hf_hub_download
+
+        info = self._call(file, revision, lambda: hf_hub_download(
+            file.repo, file.filename, revision=revision, cache_dir=self.cache_dir, dry_run=True))
+        return RemoteFile(file, info.commit_hash, info.file_size, info.is_cached)
+
+    def fetch(self, file: WeightFile, revision: str | None) -> Path:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (enable_progress_bars if self.progress else disable_progress_bars)()
+        return Path(self._call(file, revision, lambda: hf_hub_download(
+            file.repo, file.filename, revision=revision, cache_dir=self.cache_dir)))
+
+    def cached(self, file: WeightFile, revision: str | None) -> Path | None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(file.repo, file.filename, cache_dir=self.cache_dir, revision=revision)
+        return Path(found) if isinstance(found, str) else None
+
+    def _call(self, file: WeightFile, revision: str | None, fn):
+        from huggingface_hub import errors as e
+
+        where = f"{file.repo}/{file.filename}"
+        try:
+            return fn()
+        except e.GatedRepoError:
+            raise DownloadError(
+                f"{file.repo} is gated: accept its terms at https://huggingface.co/{file.repo} and set HF_TOKEN "
+                "(or run `hf auth login`)"
+            ) from None
+        except e.RevisionNotFoundError:
+            raise DownloadError(f"{file.repo}: revision {revision!r} not found") from None
+        except e.RepositoryNotFoundError:
+            raise DownloadError(
+                f"{file.repo}: repository not found (or private: set HF_TOKEN to a token that can read it)"
+            ) from None
+        except e.RemoteEntryNotFoundError:
+            raise DownloadError(f"{where}: no such file in the repository at revision {revision or 'main'}") from None
+        except (e.LocalEntryNotFoundError, e.OfflineModeIsEnabled, ConnectionError):
+            raise DownloadError(
+                f"{where}: cannot reach huggingface.co (no network, or HF_HUB_OFFLINE is set) and the file is not in "
+                f"the cache {self.cache_dir}; connect to the internet, or pass --weights-dir"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DownloadError(
+                    f"{where}: the disk is full (cache {self.cache_dir}); free some space or set HF_HOME to a "
+                    "bigger disk, then run the command again (the download resumes)"
+                ) from None
+            if type(exc).__module__.startswith(("httpx", "huggingface_hub", "requests", "urllib3")):
+                raise DownloadError(f"{where}: download failed ({type(exc).__name__}: {exc})") from None
+            raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Lock file
+
+
+def read_lock(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        lock = json.loads(path.read_text())
+        if not isinstance(lock, dict) or not isinstance(lock.get("files"), dict):
+            raise ValueError("no `files` table")
+        return lock
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable lock file ({exc}); delete it and run `memflow download`") from None
+
+
+def write_lock(path: Path, lock: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(lock, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def new_lock() -> dict:
+    return {"format": LOCK_FORMAT, "files": {}}
+
+
+def record(lock: dict, file: WeightFile, path: Path, commit: str | None) -> dict:
+    entry = {"repo": file.repo, "commit": commit, "size": path.stat().st_size, "sha256": sha256_file(path),
+             "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    lock["files"][file.filename] = entry
+    return entry
+
+
+def verify(file: WeightFile, path: Path, entry: dict | None, *, hashes: bool = False,
+           remedy: str = "run `memflow download` to fetch it again") -> None:
+    """Raise CheckpointError when the file on disk is not the one the lock recorded."""
+    if entry is None:
+        return
+    size = path.stat().st_size
+    if entry.get("size") is not None and size != entry["size"]:
+        raise CheckpointError(
+            f"{path}: {size} bytes, but the lock file recorded {entry['size']} for {file.repo}/{file.filename}; "
+            f"the file is truncated or was replaced; {remedy}"
+        )
+    if hashes and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        raise CheckpointError(f"{path}: content differs from the recorded sha256 {entry['sha256'][:12]}…; {remedy}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Plan, download, resolve
+
+
+def plan_download(downloader: Downloader, revision: str | None = None, wan_revision: str | None = None,
+                  files: Iterable[WeightFile] = FILES) -> list[RemoteFile]:
+    """Ask the hub for each file's size and whether it is cached (no bytes are fetched)."""
+    return [downloader.inspect(f, _revision(f, revision, wan_revision)) for f in files]
+
+
+def check_space(plan: list[RemoteFile], cache_dir: Path) -> int:
+    """Bytes still to download; raises DownloadError when the disk cannot hold them."""
+    needed = sum(p.size or 0 for p in plan if not p.cached)
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed and free < needed + SPACE_MARGIN:
+        raise DownloadError(
+            f"not enough free disk space in {cache_dir}: {human_size(needed)} to download, {human_size(free)} free; "
+            "free some space or set HF_HOME to a bigger disk"
+        )
+    return needed
+
+
+def download(
+    downloader: Downloader | None = None,
+    *,
+    revision: str | None = None,
+    wan_revision: str | None = None,
+    verify_hashes: bool = False,
+    show: Callable[[list[RemoteFile]], None] | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[WeightPaths, dict]:
+    """Fetch whatever is missing, record the lock, return the paths and the lock.
+
+    `show` is called with the plan (sizes, cached or not) before any byte is fetched.
+    """
+    cache_dir = cache_dir or hub_cache()
+    downloader = downloader or HFDownloader(cache_dir)
+    plan = plan_download(downloader, revision, wan_revision)
+    if show:
+        show(plan)
+    check_space(plan, cache_dir)
+    lock_file = lock_path()
+    lock = read_lock(lock_file) or new_lock()
+    paths = {}
+    for item in plan:
+        f = item.file
+        path = downloader.fetch(f, _revision(f, revision, wan_revision))
+        entry = lock["files"].get(f.filename)
+        fresh = not item.cached or entry is None or entry.get("commit") != item.commit
+        if fresh or path.stat().st_size != entry.get("size"):
+            entry = record(lock, f, path, item.commit)
+        elif verify_hashes:
+            verify(f, path, entry, hashes=True)
+        paths[f.role] = path
+    lock["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    lock["revisions"] = {MEMFLOW_REPO: revision or "main", WAN_REPO: wan_revision or "main"}
+    write_lock(lock_file, lock)
+    return _paths(paths, "hf-cache", lock), lock
+
+
+def resolve_weights(
+    weights_dir: str | Path | None = None,
+    *,
+    offline: bool = False,
+    revision: str | None = None,
+    wan_revision: str | None = None,
+    downloader: Downloader | None = None,
+    show: Callable[[list[RemoteFile]], None] | None = None,
+    verify_hashes: bool = False,
+) -> WeightPaths:
+    """The weight files to load: from a folder, from the cache, or downloaded now (unless offline)."""
+    if weights_dir is not None:
+        return weights_from_dir(weights_dir, verify_hashes=verify_hashes)
+    offline = offline or offline_from_env()
+    downloader = downloader or HFDownloader(hub_cache())
+    lock_file = lock_path()
+    lock = read_lock(lock_file)
+    found, missing = {}, []
+    for f in FILES:
+        rev = _revision(f, revision, wan_revision)
+        if rev is None and lock and f.filename in lock["files"]:
+            rev = lock["files"][f.filename].get("commit")  # the exact commit we verified
+        path = downloader.cached(f, rev) or (downloader.cached(f, None) if rev and not _pinned(f, revision, wan_revision) else None)
+        if path is None:
+            missing.append(f)
+        else:
+            found[f.role] = path
+    if missing and not offline:
+        paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show)
+        return paths
+    required_missing = [f for f in missing if f.required]
+    if required_missing:
+        names = ", ".join(f"{f.repo}/{f.filename}" for f in required_missing)
+        raise CheckpointError(
+            f"weights missing from the Hugging Face cache {hub_cache()}: {names}. Offline mode is on "
+            "(--offline or HF_HUB_OFFLINE); run `memflow download` with a network connection first, or pass --weights-dir"
+        )
+    if lock is None:
+        lock = new_lock()
+        for f in FILES:
+            if f.role in found:
+                record(lock, f, found[f.role], None)
+        write_lock(lock_file, lock)
+    else:
+        for f in FILES:
+            if f.role in found:
+                verify(f, found[f.role], lock["files"].get(f.filename), hashes=verify_hashes)
+    return _paths(found, "hf-cache", lock)
+
+
+def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False) -> WeightPaths:
+    root = Path(weights_dir).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: weights folder not found")
+    missing = [f.filename for f in FILES if f.required and not (root / f.filename).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{root}: weights folder is missing {', '.join(missing)}; expected the layout of `memflow download` "
+            "(base.pt, lora.pt, config.json, Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/tokenizer.json)"
+        )
+    lock_file = root / LOCK_NAME
+    lock = read_lock(lock_file) or new_lock()
+    paths = {}
+    for f in FILES:
+        path = root / f.filename
+        if path.is_file():
+            verify(f, path, lock["files"].get(f.filename), hashes=verify_hashes,
+                   remedy=f"replace it, or remove it from {lock_file}")
+            paths[f.role] = path
+    return _paths(paths, str(root), lock)
+
+
+def presence(weights_dir: str | Path | None = None, revision: str | None = None) -> list[tuple[WeightFile, Path | None, int | None]]:
+    """For `memflow info`: each file, where it is (or None) and its size. Never touches the network."""
+    rows = []
+    downloader = None if weights_dir else HFDownloader(hub_cache())
+    for f in FILES:
+        if weights_dir:
+            p = Path(weights_dir).expanduser() / f.filename
+            path = p if p.is_file() else None
+        else:
+            path = downloader.cached(f, revision if f.repo == MEMFLOW_REPO else None)
+        rows.append((f, path, path.stat().st_size if path else None))
+    return rows
+
+
+def _revision(f: WeightFile, revision: str | None, wan_revision: str | None) -> str | None:
+    return revision if f.repo == MEMFLOW_REPO else wan_revision
+
+
+def _pinned(f: WeightFile, revision: str | None, wan_revision: str | None) -> bool:
+    return _revision(f, revision, wan_revision) is not None
+
+
+def _paths(found: dict, source: str, lock: dict) -> WeightPaths:
+    identities = {k: {kk: vv for kk, vv in v.items() if kk != "recorded"} for k, v in lock["files"].items()}
+    return WeightPaths(found["base"], found["lora"], found["config"], found["vae"], found["t5"], found["tokenizer"],
+                       source, identities)

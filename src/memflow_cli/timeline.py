@@ -1,0 +1,608 @@
+"""Read every timeline format into one `Timeline`: blocks of weighted prompts on a clock in seconds.
+
+Formats (spec `timelines.md` §1), detected from the content, never from the file name:
+  - Daydream Scope timeline export, version 1.0 / 2.0 / 2.1 (`{"prompts": [{startTime, endTime, prompts|text}]}`)
+  - Daydream Scope workflow file (`{"format": "scope-workflow", "timeline": {"entries": [...]}}`)
+  - MemFlow prompt-list JSONL (`{"prompts": ["segment 1", "segment 2", ...]}` per line, one video per line)
+  - a single prompt given on the command line (`prompt_timeline`)
+
+Every problem is an `InputError` that names the file, the JSON path and what was expected, so that a
+person can fix the file without reading a traceback. Fields that are understood but have no offline
+meaning are collected into one warning per timeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from memflow_cli.errors import InputError
+
+FPS = 16  # MemFlow's native frame rate; video files are written at this rate.
+DEFAULT_SEGMENT_SECONDS = 10.0  # the published benchmark: 10 s per prompt
+DEFAULT_LATENT_FRAMES = 240  # MemFlow's interactive default when switch points are given in latent frames
+INTERPOLATIONS = ("linear", "slerp")
+SCOPE_VERSIONS = ("1.0", "2.0", "2.1")
+OTHER_SCOPE_PIPELINES = ("longlive", "krea-realtime-video", "reward-forcing", "streamdiffusionv2")
+OVERLAP_TOLERANCE = 1e-6  # seconds; exported boundaries are copied floats and match exactly, allow rounding noise
+
+
+@dataclass(frozen=True)
+class WeightedPrompt:
+    text: str
+    weight: float  # as written in the file (any positive scale); normalised when blended
+
+
+@dataclass(frozen=True)
+class Block:
+    """One prompt block: a weighted blend that becomes active at `start` seconds."""
+
+    start: float
+    end: float
+    prompts: tuple[WeightedPrompt, ...]
+    transition_steps: int = 0  # move to this blend over N chunks; 0 = switch at once
+    interpolation: str = "linear"  # how that transition interpolates: "linear" or "slerp"
+    where: str = ""  # JSON path of the block in its file, for messages
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        total = sum(p.weight for p in self.prompts)
+        return tuple(p.weight / total for p in self.prompts)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: Path  # resolved, existing file
+    scale: float
+    merge_mode: str | None = None
+
+
+@dataclass(frozen=True)
+class TimelineSettings:
+    """Render settings a file may carry; None = not given (the renderer's default or the command line decides)."""
+
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    pipeline_id: str | None = None
+    denoising_steps: tuple[int, ...] | None = None  # only kept for MemFlow files
+    loras: tuple[LoraSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timeline:
+    blocks: tuple[Block, ...]  # sorted by start, non-overlapping
+    settings: TimelineSettings = field(default_factory=TimelineSettings)
+    source: str = "--prompt"  # the file (and line) it came from
+    format: str = "prompt"
+    warnings: tuple[str, ...] = ()
+    sha256: str | None = None  # of the input file's bytes
+
+    @property
+    def end(self) -> float:
+        return max(b.end for b in self.blocks)
+
+    @property
+    def total_frames(self) -> int:
+        return round(self.end * FPS)
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Distinct prompt texts in order of first use: what the text encoder must encode."""
+        seen: dict[str, None] = {}
+        for block in self.blocks:
+            for p in block.prompts:
+                seen.setdefault(p.text, None)
+        return tuple(seen)
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def read_timelines(
+    path: str | Path,
+    *,
+    segment_seconds: float | None = None,
+    switch_frames: Sequence[int] | None = None,
+    num_latent_frames: int | None = None,
+    lora_dirs: Iterable[str | Path] = (),
+) -> list[Timeline]:
+    """Read a timeline file of any supported format. A prompt-list JSONL gives one timeline per line."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{where}: expected a timeline file, found a directory") from None
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: expected UTF-8 JSON text, found undecodable bytes at offset {exc.start}") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    reader = _Reader(where, lora_dirs=[*lora_dirs, path.parent])
+
+    if not text.strip():
+        raise InputError(f"{where}: the file is empty; expected a JSON timeline or JSONL prompt lists")
+    try:
+        doc = json.loads(text)
+        documents = [(None, doc)]
+    except json.JSONDecodeError as exc:
+        # Several JSON values, one per line: the MemFlow prompt-list format.
+        if exc.msg == "Extra data":
+            documents = _json_lines(text, where)
+        else:
+            raise InputError(f"{where}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+    if len(documents) == 1 and documents[0][0] is None:
+        doc = documents[0][1]
+        if isinstance(doc, dict) and doc.get("format") == "scope-workflow":
+            timelines = [reader.scope_workflow(doc)]
+        elif isinstance(doc, dict) and _is_prompt_list(doc.get("prompts")) and not {"version", "settings"} & doc.keys():
+            documents = [(1, doc)]
+            timelines = []
+        elif isinstance(doc, dict) and "prompts" in doc:
+            timelines = [reader.scope_timeline(doc)]
+        elif isinstance(doc, dict):
+            raise InputError(
+                f"{where}: $: expected a Scope timeline (a `prompts` array of blocks), a Scope workflow "
+                "(`format: \"scope-workflow\"`) or MemFlow prompt lists (`{\"prompts\": [\"...\"]}` per line); "
+                "found an object without `prompts`"
+            )
+        else:
+            raise InputError(f"{where}: $: expected a JSON object, found {_kind(doc)}")
+    else:
+        timelines = []
+    if not timelines:
+        timelines = [
+            reader.prompt_list(doc, line, segment_seconds, switch_frames, num_latent_frames) for line, doc in documents
+        ]
+    return [replace(t, sha256=digest) for t in timelines]
+
+
+def read_timeline(path: str | Path, *, line: int | None = None, **options: Any) -> Timeline:
+    """Read one timeline; for a multi-line JSONL choose `line` (1-based)."""
+    timelines = read_timelines(path, **options)
+    if line is None:
+        if len(timelines) > 1:
+            raise InputError(f"{path}: holds {len(timelines)} prompt lists (one video each); choose one with a line number")
+        return timelines[0]
+    if not 1 <= line <= len(timelines):
+        raise InputError(f"{path}: line {line} does not exist; expected 1 to {len(timelines)}")
+    return timelines[line - 1]
+
+
+def prompt_timeline(text: str, seconds: float = DEFAULT_SEGMENT_SECONDS) -> Timeline:
+    """A single prompt for `seconds`: the quickest way to try the model."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("--prompt: expected a non-empty prompt text")
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise InputError(f"--seconds: expected a duration > 0 seconds, got {seconds}")
+    _check_duration(seconds, "--prompt")
+    return Timeline(blocks=(Block(0.0, float(seconds), (WeightedPrompt(text.strip(), 1.0),), where="--prompt"),))
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsing helpers
+
+
+def _json_lines(text: str, where: str) -> list[tuple[int, Any]]:
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON at line {number}, column {exc.colno}: {exc.msg}") from None
+    return out
+
+
+def _is_prompt_list(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({json.dumps(shown)})"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_duration(end: float, where: str) -> None:
+    if round(end * FPS) < 1:
+        raise InputError(f"{where}: the video would have no frames; expected an end time of at least {1 / FPS:.4f} s")
+
+
+class _Reader:
+    """Reads one file's documents; knows the file name for messages and collects warnings."""
+
+    def __init__(self, where: str, lora_dirs: Sequence[Path]):
+        self.where = where
+        self.lora_dirs = [Path(d) for d in lora_dirs]
+        self.ignored: list[str] = []
+        self.notes: list[str] = []
+
+    # -- error and field helpers ----------------------------------------------------------------
+
+    def fail(self, path: str, expected: str, value: Any = ..., *, prefix: str = "") -> InputError:
+        found = "" if value is ... else f", found {_kind(value)}"
+        return InputError(f"{self.where}: {prefix}{path}: expected {expected}{found}")
+
+    def number(self, obj: dict, key: str, path: str, *, required: bool = True, default: float | None = None) -> float | None:
+        if key not in obj or obj[key] is None:
+            if required:
+                raise InputError(f"{self.where}: {path}.{key}: expected a number of seconds, but the field is missing")
+            return default
+        value = obj[key]
+        if not _is_number(value):
+            raise self.fail(f"{path}.{key}", "a number", value)
+        return float(value)
+
+    def integer(self, obj: dict, key: str, path: str, *, minimum: int = 0) -> int | None:
+        if key not in obj or obj[key] is None:
+            return None
+        value = obj[key]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.fail(f"{path}.{key}", f"an integer ≥ {minimum}", value)
+        return value
+
+    def choice(self, obj: dict, key: str, path: str, options: Sequence[str], default: str) -> str:
+        if key not in obj or obj[key] is None:
+            return default
+        value = obj[key]
+        if value not in options:
+            raise self.fail(f"{path}.{key}", " or ".join(json.dumps(o) for o in options), value)
+        return value
+
+    def obj(self, value: Any, path: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(path, "an object", value)
+        return value
+
+    def array(self, value: Any, path: str, *, nonempty: bool = True) -> list:
+        if not isinstance(value, list):
+            raise self.fail(path, "an array", value)
+        if nonempty and not value:
+            raise InputError(f"{self.where}: {path}: expected at least one entry, found an empty array")
+        return value
+
+    # -- blocks ---------------------------------------------------------------------------------
+
+    def weighted_prompts(self, items: Any, path: str, default_weight: float) -> tuple[WeightedPrompt, ...]:
+        items = self.array(items, path)
+        out = []
+        for i, item in enumerate(items):
+            p = f"{path}[{i}]"
+            item = self.obj(item, p)
+            text = item.get("text")
+            if not isinstance(text, str):
+                raise self.fail(f"{p}.text", "a prompt text (string)", text) if "text" in item else InputError(
+                    f"{self.where}: {p}.text: expected a prompt text, but the field is missing"
+                )
+            if not text.strip():
+                raise InputError(f"{self.where}: {p}.text: expected a non-empty prompt text, found an empty string")
+            weight = item.get("weight", default_weight)
+            if weight is None:
+                weight = default_weight
+            if not _is_number(weight) or weight < 0:
+                raise self.fail(f"{p}.weight", "a weight ≥ 0", weight)
+            out.append(WeightedPrompt(text.strip(), float(weight)))
+        if sum(p.weight for p in out) <= 0:
+            raise InputError(f"{self.where}: {path}: expected weights with a positive sum, found weights summing to 0")
+        return tuple(out)
+
+    def block(self, raw: Any, path: str, *, keys: dict[str, str], default_weight: float, allow_text: bool) -> Block:
+        raw = self.obj(raw, path)
+        start = self.number(raw, keys["start"], path)
+        end = self.number(raw, keys["end"], path)
+        if start < 0:
+            raise InputError(f"{self.where}: {path}.{keys['start']}: expected a time ≥ 0 seconds, found {start:g}")
+        if end <= start:
+            raise InputError(
+                f"{self.where}: {path}.{keys['end']}: expected an end time after {keys['start']} ({start:g} s), found {end:g}"
+            )
+        if keys["prompts"] in raw:
+            prompts = self.weighted_prompts(raw[keys["prompts"]], f"{path}.{keys['prompts']}", default_weight)
+        elif allow_text and "text" in raw:
+            # Scope 1.0: a block with a single `text` instead of a blend.
+            prompts = self.weighted_prompts([{"text": raw["text"], "weight": 100}], path, default_weight)
+        else:
+            raise InputError(f"{self.where}: {path}.{keys['prompts']}: expected an array of {{text, weight}}, but the field is missing")
+        steps = self.integer(raw, keys["steps"], path) or 0
+        method = self.choice(raw, keys["method"], path, INTERPOLATIONS, "linear")
+        return Block(start, end, prompts, steps, method, where=path)
+
+    def ordered(self, blocks: list[Block]) -> tuple[Block, ...]:
+        blocks = sorted(blocks, key=lambda b: (b.start, b.end))
+        for before, after in zip(blocks, blocks[1:]):
+            if after.start < before.end - OVERLAP_TOLERANCE:
+                raise InputError(
+                    f"{self.where}: {after.where}: overlaps {before.where} ({after.start:g}–{after.end:g} s against "
+                    f"{before.start:g}–{before.end:g} s); expected blocks that do not overlap"
+                )
+        _check_duration(max(b.end for b in blocks), f"{self.where}: {blocks[-1].where}")
+        return tuple(blocks)
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def resolution(self, height: Any, width: Any, path_h: str, path_w: str) -> tuple[int | None, int | None]:
+        out = []
+        for value, path in ((height, path_h), (width, path_w)):
+            if value is None:
+                out.append(None)
+                continue
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16:
+                raise self.fail(path, "a positive multiple of 16 pixels", value)
+            out.append(value)
+        return out[0], out[1]
+
+    def seed(self, value: Any, path: str) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self.fail(path, "a seed (integer ≥ 0)", value)
+        return value
+
+    def steps(self, value: Any, path: str) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        value = self.array(value, path)
+        steps = []
+        for i, s in enumerate(value):
+            if isinstance(s, float) and s.is_integer():
+                s = int(s)
+            if not isinstance(s, int) or isinstance(s, bool) or not 0 < s <= 1000:
+                raise self.fail(f"{path}[{i}]", "a timestep in 1..1000", s)
+            steps.append(s)
+        if any(b >= a for a, b in zip(steps, steps[1:])):
+            raise InputError(f"{self.where}: {path}: expected strictly decreasing timesteps, found {steps}")
+        return tuple(steps)
+
+    def quantization(self, value: Any, path: str) -> None:
+        if value is None:
+            return
+        if value != "fp8_e4m3fn":
+            raise self.fail(path, 'null or "fp8_e4m3fn"', value)
+        self.notes.append(f"{path} is fp8_e4m3fn: fp8 quantization is not used offline; weights run in the chosen --dtype")
+
+    def input_mode(self, value: Any, path: str) -> None:
+        if value is None or value == "text":
+            return
+        if value == "video":
+            raise InputError(
+                f"{self.where}: {path}: this timeline is video-to-video (input mode \"video\") and needs an input "
+                "video; memflow render only does text-to-video. Expected \"text\"."
+            )
+        raise self.fail(path, '"text" or "video"', value)
+
+    def pipeline(self, value: Any, path: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(path, "a pipeline id (string)", value)
+        if value != "memflow":
+            known = "" if value in OTHER_SCOPE_PIPELINES else " (unknown to us)"
+            self.notes.append(
+                f"made for Scope's {value!r} pipeline{known}: rendering it with MemFlow, keeping its prompts, timing, "
+                "resolution and seed, with MemFlow's own denoising steps"
+            )
+        return value
+
+    def lora(self, name: Any, scale: Any, merge: Any, path: str, name_key: str) -> LoraSpec:
+        if not isinstance(name, str) or not name.strip():
+            raise self.fail(f"{path}.{name_key}", "the path or file name of a LoRA file", name)
+        if scale is None:
+            scale = 1.0
+        if not _is_number(scale):
+            raise self.fail(f"{path}.scale" if name_key == "path" else f"{path}.weight", "a number", scale)
+        given = Path(name).expanduser()
+        candidates = [given] + [d / Path(name.replace("\\", "/")).name for d in self.lora_dirs]
+        for candidate in candidates:
+            if candidate.is_file():
+                return LoraSpec(candidate, float(scale), merge if isinstance(merge, str) else None)
+        searched = ", ".join(str(d) for d in self.lora_dirs) or "(no LoRA folder given)"
+        raise InputError(
+            f"{self.where}: {path}.{name_key}: expected an existing LoRA file; {name!r} was not found, "
+            f"nor a file of that name in {searched} (use --lora-dir)"
+        )
+
+    def finish(self, settings: TimelineSettings) -> tuple[str, ...]:
+        warnings = list(self.notes)
+        if self.ignored:
+            warnings.append("ignored (no meaning offline): " + ", ".join(dict.fromkeys(self.ignored)))
+        return tuple(warnings)
+
+    # -- formats --------------------------------------------------------------------------------
+
+    def scope_timeline(self, doc: dict) -> Timeline:
+        version = doc.get("version")
+        if version is not None and not isinstance(version, str):
+            raise self.fail("version", '"1.0", "2.0" or "2.1"', version)
+        if version is not None and version not in SCOPE_VERSIONS:
+            self.notes.append(f"unknown Scope timeline version {version!r}; read as 2.1")
+        items = self.array(doc["prompts"], "prompts")
+        keys = {"start": "startTime", "end": "endTime", "prompts": "prompts", "steps": "transitionSteps",
+                "method": "temporalInterpolationMethod"}
+        blocks = [
+            self.block(item, f"prompts[{i}]", keys=keys, default_weight=100.0, allow_text=True)
+            for i, item in enumerate(items)
+        ]
+        settings = TimelineSettings()
+        raw = doc.get("settings")
+        if raw is not None:
+            settings = self.scope_settings(self.obj(raw, "settings"))
+        blocks = self.ordered(blocks)
+        return Timeline(blocks, settings, self.where, f"scope-timeline {version or '?'}", self.finish(settings))
+
+    def scope_settings(self, s: dict) -> TimelineSettings:
+        pipeline = self.pipeline(s.get("pipelineId"), "settings.pipelineId")
+        self.input_mode(s.get("inputMode"), "settings.inputMode")
+        height = width = None
+        if s.get("resolution") is not None:
+            res = self.obj(s["resolution"], "settings.resolution")
+            height, width = self.resolution(
+                res.get("height"), res.get("width"), "settings.resolution.height", "settings.resolution.width"
+            )
+        overrides = s.get("schemaFieldOverrides")
+        overrides = self.obj(overrides, "settings.schemaFieldOverrides") if overrides is not None else {}
+        seed = self.seed(s.get("seed"), "settings.seed")
+        if overrides.get("base_seed") is not None:
+            seed = self.seed(overrides["base_seed"], "settings.schemaFieldOverrides.base_seed")
+        steps = self.steps(s.get("denoisingSteps"), "settings.denoisingSteps")
+        if steps is not None and pipeline not in (None, "memflow"):
+            steps = None  # another pipeline's step count (often 2) is not MemFlow's distilled 4-step list
+        self.quantization(s.get("quantization"), "settings.quantization")
+        if s.get("useFp8E4m3fn") is True:
+            self.quantization("fp8_e4m3fn", "settings.useFp8E4m3fn")
+        for key in ("manageCache", "kvCacheAttentionBias", "noiseScale", "noiseController", "loraMergeStrategy"):
+            if key in s:
+                self.ignored.append(f"settings.{key}")
+        for key in overrides:
+            if key != "base_seed":
+                self.ignored.append(f"settings.schemaFieldOverrides.{key}")
+        loras = []
+        if s.get("loras") is not None:
+            for i, item in enumerate(self.array(s["loras"], "settings.loras", nonempty=False)):
+                p = f"settings.loras[{i}]"
+                item = self.obj(item, p)
+                loras.append(self.lora(item.get("path"), item.get("scale"), item.get("mergeMode"), p, "path"))
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras))
+
+    def scope_workflow(self, doc: dict) -> Timeline:
+        version = doc.get("format_version")
+        if version not in (None, "1.0"):
+            self.notes.append(f"Scope workflow format_version {version!r} is newer than 1.0; unknown keys are ignored")
+        pipelines = self.array(doc.get("pipelines"), "pipelines") if "pipelines" in doc else []
+        main = None
+        for i, p in enumerate(pipelines):
+            self.obj(p, f"pipelines[{i}]")
+            if p.get("role") == "main":
+                main, main_path = p, f"pipelines[{i}]"
+                break
+        if main is None and len(pipelines) == 1:
+            main, main_path = pipelines[0], "pipelines[0]"
+        if main is None and len(pipelines) > 1:
+            raise InputError(f"{self.where}: pipelines: expected one pipeline with role \"main\", found {len(pipelines)} without")
+        settings = TimelineSettings()
+        if main is not None:
+            settings = self.workflow_settings(main, main_path)
+        tl = self.obj(doc.get("timeline"), "timeline")
+        entries = self.array(tl.get("entries"), "timeline.entries")
+        keys = {"start": "start_time", "end": "end_time", "prompts": "prompts", "steps": "transition_steps",
+                "method": "temporal_interpolation_method"}
+        blocks = [
+            self.block(item, f"timeline.entries[{i}]", keys=keys, default_weight=1.0, allow_text=False)
+            for i, item in enumerate(entries)
+        ]
+        blocks = self.ordered(blocks)
+        return Timeline(blocks, settings, self.where, f"scope-workflow {version or '1.0'}", self.finish(settings))
+
+    def workflow_settings(self, main: dict, path: str) -> TimelineSettings:
+        pipeline = self.pipeline(main.get("pipeline_id"), f"{path}.pipeline_id")
+        params = main.get("params")
+        params = self.obj(params, f"{path}.params") if params is not None else {}
+        pp = f"{path}.params"
+        self.input_mode(params.get("input_mode"), f"{pp}.input_mode")
+        height, width = self.resolution(params.get("height"), params.get("width"), f"{pp}.height", f"{pp}.width")
+        seed = self.seed(params.get("base_seed"), f"{pp}.base_seed")
+        steps = self.steps(params.get("denoising_step_list"), f"{pp}.denoising_step_list")
+        if steps is not None and pipeline not in (None, "memflow"):
+            steps = None
+        self.quantization(params.get("quantization"), f"{pp}.quantization")
+        for key in ("noise_scale", "noise_controller", "manage_cache", "kv_cache_attention_bias", "vae_type"):
+            if key in params:
+                self.ignored.append(f"{pp}.{key}")
+        loras = []
+        if main.get("loras") is not None:
+            for i, item in enumerate(self.array(main["loras"], f"{path}.loras", nonempty=False)):
+                p = f"{path}.loras[{i}]"
+                item = self.obj(item, p)
+                loras.append(self.lora(item.get("filename"), item.get("weight"), item.get("merge_mode"), p, "filename"))
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras))
+
+    def prompt_list(
+        self,
+        doc: Any,
+        line: int,
+        segment_seconds: float | None,
+        switch_frames: Sequence[int] | None,
+        num_latent_frames: int | None,
+    ) -> Timeline:
+        prefix = f"line {line}: "
+        if not isinstance(doc, dict):
+            raise self.fail("$", 'an object {"prompts": [...]}', doc, prefix=prefix)
+        if "prompts" not in doc:
+            raise InputError(f"{self.where}: {prefix}prompts: expected an array of prompt texts, but the field is missing")
+        prompts = doc["prompts"]
+        if not isinstance(prompts, list) or not prompts:
+            raise self.fail("prompts", "a non-empty array of prompt texts", prompts, prefix=prefix)
+        for i, text in enumerate(prompts):
+            if not isinstance(text, str):
+                raise self.fail(f"prompts[{i}]", "a prompt text (string)", text, prefix=prefix)
+            if not text.strip():
+                raise InputError(f"{self.where}: {prefix}prompts[{i}]: expected a non-empty prompt text, found an empty string")
+        times = segment_times(len(prompts), segment_seconds, switch_frames, num_latent_frames, f"{self.where}: {prefix}prompts")
+        blocks = tuple(
+            Block(start, end, (WeightedPrompt(text.strip(), 1.0),), where=f"{prefix}prompts[{i}]")
+            for i, (text, (start, end)) in enumerate(zip(prompts, times))
+        )
+        return Timeline(blocks, TimelineSettings(), f"{self.where} line {line}", "memflow-jsonl", self.finish(TimelineSettings()))
+
+
+def segment_times(
+    count: int,
+    segment_seconds: float | None,
+    switch_frames: Sequence[int] | None,
+    num_latent_frames: int | None,
+    where: str,
+) -> list[tuple[float, float]]:
+    """Start and end seconds of `count` prompt-list segments.
+
+    Either equal segments of `segment_seconds`, or the reference's switch points in latent frames: latent frame
+    s ≥ 1 is the first latent frame of video frames 4s−3 .. 4s, so a switch at s becomes a block starting at
+    (4s−3)/16 s, which the schedule maps back to the first chunk starting at or after latent frame s.
+    """
+    if switch_frames is None:
+        seconds = DEFAULT_SEGMENT_SECONDS if segment_seconds is None else segment_seconds
+        if not (_is_number(seconds) and seconds > 0):
+            raise InputError(f"--segment-seconds: expected a duration > 0 seconds, got {seconds}")
+        return [(i * seconds, (i + 1) * seconds) for i in range(count)]
+    total = DEFAULT_LATENT_FRAMES if num_latent_frames is None else num_latent_frames
+    if not isinstance(total, int) or total < 1:
+        raise InputError(f"--latent-frames: expected a positive number of latent frames, got {total}")
+    frames = list(switch_frames)
+    if len(frames) != count - 1:
+        raise InputError(
+            f"{where}: expected {count - 1} switch frames for {count} prompts (--switch-frames), found {len(frames)}"
+        )
+    if any(not 0 < s < total for s in frames) or any(b <= a for a, b in zip(frames, frames[1:])):
+        raise InputError(f"--switch-frames: expected increasing latent frames between 1 and {total - 1}, got {frames}")
+    bounds = [0.0] + [(4 * s - 3) / FPS for s in frames] + [(4 * total - 3) / FPS]
+    return list(zip(bounds, bounds[1:]))

@@ -1,0 +1,244 @@
+"""End to end through the CLI with tiny random weights: real mp4s, decoded back with imageio-ffmpeg's ffmpeg."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from memflow_cli.cli import app
+from memflow_cli.render import Interrupted, RenderOptions, render
+from memflow_cli.testing.tiny_weights import write_tiny_weights
+from memflow_cli.timeline import read_timeline
+from memflow_cli.video import probe
+from test_timeline import BAD
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test reads or writes the user's caches."""
+    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    output = result.stdout + (result.stderr if result.stderr_bytes is not None else "")
+    return result.exit_code, output
+
+
+@pytest.mark.parametrize(
+    "source, extra, frames, size",
+    [
+        ("scope_v1.json", ["--resolution", "32x32"], 24, (32, 32)),
+        ("scope_v20.json", [], 32, (96, 64)),  # resolution and seed from the file
+        ("scope_v21.json", ["--resolution", "32x48", "--seed", "5"], 40, (32, 48)),
+        ("workflow.json", ["--resolution", "32x32", "--sma"], 28, (32, 32)),
+        ("prompts.jsonl", ["--line", "2", "--segment-seconds", "0.5", "--resolution", "32x32"], 24, (32, 32)),
+    ],
+)
+def test_render_formats(tiny, tmp_path, source, extra, frames, size):
+    out = tmp_path / "video.mp4"
+    code, text = cli("render", FIXTURES / source, "--weights-dir", tiny, "-o", out, "--quiet", *extra)
+    assert code == 0, text
+    info = probe(out)
+    assert info["frames"] == frames and info["fps"] == 16 and info["size"] == size
+    manifest = json.loads((tmp_path / "video.manifest.json").read_text())
+    assert manifest["input"]["sha256"] == hashlib.sha256((FIXTURES / source).read_bytes()).hexdigest()
+    assert manifest["video"]["frames"] == frames and manifest["video"]["complete"] is True
+    assert manifest["settings"]["resolution"] == f"{size[0]}x{size[1]}"
+    assert set(manifest["weights"]["files"]) >= {"base.pt", "lora.pt", "Wan2.1_VAE.pth"}
+    assert manifest["weights"]["files"]["base.pt"]["sha256"]
+    if "--seed" in extra:
+        assert manifest["settings"]["seed"] == 5  # the command line overrides the file's 3
+    if source == "scope_v20.json":
+        assert manifest["settings"]["seed"] == 7
+    if "--sma" in extra:
+        assert manifest["settings"]["sma"] is True
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_prompt_and_json_summary(tiny, tmp_path):
+    code, text = cli("render", "--prompt", "a cat walks in the city at night", "--seconds", "1",
+                     "--weights-dir", tiny, "--resolution", "32x32", "--json", "-q")
+    assert code == 0, text
+    summary = json.loads(text[text.index("{"):])
+    assert summary["frames"] == 16 and summary["complete"] and summary["fps_generation"] > 0
+    assert set(summary["timings"]) >= {"load", "encode", "generate", "decode", "write", "total"}
+    assert probe(tmp_path / "memflow.mp4")["frames"] == 16
+
+
+def test_progress_and_table_shown(tiny, tmp_path):
+    code, text = cli("render", FIXTURES / "scope_v1.json", "--weights-dir", tiny, "--resolution", "32x32")
+    assert code == 0, text
+    for word in ("FPS end-to-end", "FPS generation", "time generate", "time decode", "peak RSS"):
+        assert word in text
+    assert (tmp_path / "scope_v1.mp4").exists()  # default name: the timeline's
+
+
+def test_same_seed_same_video(tiny, tmp_path):
+    t = read_timeline(FIXTURES / "scope_v1.json")
+    import imageio_ffmpeg
+    import numpy as np
+
+    frames = []
+    for name in ("a.mp4", "b.mp4"):
+        render(t, RenderOptions(output=tmp_path / name, weights_dir=tiny, width=32, height=32))
+        reader = imageio_ffmpeg.read_frames(str(tmp_path / name))
+        next(reader)
+        frames.append(np.concatenate([np.frombuffer(f, np.uint8) for f in reader]))
+    assert np.array_equal(frames[0], frames[1])
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exit_2_and_nothing_written(tiny, tmp_path, case):
+    doc, path, expected = BAD[case]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"prompts": ["a", "b"]}\n{"prompts": ["c", ""]}\n' if doc is None else json.dumps(doc))
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an older good video")
+    code, text = cli("render", bad, "--weights-dir", tiny, "-o", out)
+    assert code == 2, text
+    assert str(bad) in text and path in text and expected in text
+    assert "Traceback" not in text
+    assert out.read_bytes() == b"an older good video"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".mp4", ".json") and p.name != "bad.json") == ["out.mp4"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--resolution", "100x64"], "--resolution"),
+        (["--resolution", "big"], "WIDTHxHEIGHT"),
+        (["--blend", "cubic"], "--blend"),
+        (["--dtype", "int8"], "--dtype"),
+        (["--line", "3"], "line 3"),
+    ],
+)
+def test_bad_options_exit_2(tiny, tmp_path, args, expected):
+    code, text = cli("render", FIXTURES / "prompts.jsonl", "--weights-dir", tiny, *args)
+    assert code == 2 and expected in text and "Traceback" not in text
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_neither_file_nor_prompt(tmp_path):
+    code, text = cli("render")
+    assert code == 2 and "--prompt" in text
+
+
+def test_missing_weights_offline_is_clear(tmp_path):
+    code, text = cli("render", FIXTURES / "scope_v1.json", "--offline", "-o", tmp_path / "x.mp4")
+    assert code == 1 and "memflow download" in text and "Traceback" not in text
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_corrupt_weights_caught_by_lock(tiny, tmp_path):
+    broken = tmp_path / "weights"
+    shutil.copytree(tiny, broken)
+    data = (broken / "base.pt").read_bytes()
+    (broken / "base.pt").write_bytes(data[: len(data) // 2])
+    code, text = cli("render", FIXTURES / "scope_v1.json", "--weights-dir", broken, "-o", tmp_path / "x.mp4")
+    assert code == 1 and "base.pt" in text and "truncated" in text
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_interrupt_keeps_partial_and_old_output(tiny, tmp_path):
+    out = tmp_path / "long.mp4"
+    out.write_bytes(b"yesterday's render")
+
+    def stop_after_second_chunk(chunk):
+        if chunk.index == 1:
+            raise KeyboardInterrupt
+
+    t = read_timeline(FIXTURES / "scope_v21.json")
+    with pytest.raises(Interrupted) as info:
+        render(t, RenderOptions(output=out, weights_dir=tiny, width=32, height=32), on_chunk=stop_after_second_chunk)
+    assert info.value.exit_code == 130
+    partial = tmp_path / "long.partial.mp4"
+    assert probe(partial)["frames"] == 9 + 12
+    assert out.read_bytes() == b"yesterday's render"
+    manifest = json.loads((tmp_path / "long.partial.manifest.json").read_text())
+    assert manifest["video"]["complete"] is False and manifest["video"]["frames"] == 21
+    # a later complete render supersedes the partial file
+    render(t, RenderOptions(output=out, weights_dir=tiny, width=32, height=32))
+    assert probe(out)["frames"] == 40 and not partial.exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery")
+def test_ctrl_c_in_a_real_process(tiny, tmp_path):
+    out = tmp_path / "ctrlc.mp4"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memflow_cli", "render", "--prompt", "a red dog runs", "--seconds", "60",
+         "--weights-dir", str(tiny), "--resolution", "32x32", "-o", str(out), "--quiet"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    # the hidden temporary file appears when frames start flowing; give it a few chunks
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".ctrlc.*tmp.mp4")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    frames = probe(tmp_path / "ctrlc.partial.mp4")["frames"]
+    assert frames > 0 and (frames - 9) % 12 == 0  # whole chunks
+    assert not out.exists() and not list(tmp_path.glob(".ctrlc.*"))
+
+
+def test_info_lists_weight_files(tiny, tmp_path):
+    code, text = cli("info", "--weights-dir", tiny, "--json")
+    assert code == 0, text
+    data = json.loads(text)
+    assert data["device"] in ("cpu", "cuda") and data["attention"]
+    present = {f["file"]: f["present"] for f in data["files"]}
+    assert present["base.pt"] and present["google/umt5-xxl/tokenizer.json"] and not present["google/umt5-xxl/spiece.model"]
+    code, text = cli("info")  # empty HF cache: everything missing, still exit 0
+    assert code == 0 and "missing" in text
+
+
+def test_download_refuses_when_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, text = cli("download", "--quiet")
+    assert code == 1 and "HF_HUB_OFFLINE" in text
+
+
+def test_tiny_weights_are_deterministic(tmp_path):
+    a = write_tiny_weights(tmp_path / "a", seed=3)
+    b = write_tiny_weights(tmp_path / "b", seed=3)
+    for name in ("base.pt", "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"):
+        sa, sb = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
+        sa, sb = sa.get("generator", sa), sb.get("generator", sb)
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    lora = torch.load(a / "lora.pt", weights_only=True)["generator_lora"]
+    assert all(k.startswith("base_model.model.blocks.") for k in lora)
+    assert json.loads((a / "config.json").read_text())["text_dim"] == 32
+
+
+def test_example_timelines_are_valid():
+    files = sorted((REPO / "timelines").glob("*.json"))
+    assert any(f.name == "lighthouse.json" for f in files) and any(f.name == "smoke.json" for f in files)
+    for f in files:
+        t = read_timeline(f)
+        assert t.format == "scope-timeline 2.1" and t.warnings == ()

@@ -1,0 +1,209 @@
+"""Download selection, lock file and verification, against a fake downloader (no network)."""
+
+import errno
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from memflow_cli import hub
+from memflow_cli.errors import CheckpointError
+from memflow_cli.hub import FILES, DownloadError, RemoteFile, WeightFile
+
+
+class FakeHub:
+    """Stands in for huggingface_hub: files per repo at a commit, a cache folder, a log of transfers."""
+
+    def __init__(self, cache: Path, commits=None, sizes=None):
+        self.cache = cache
+        self.commits = commits or {hub.MEMFLOW_REPO: "a" * 40, hub.WAN_REPO: "b" * 40}
+        self.sizes = sizes or {}
+        self.fetched: list[str] = []
+        self.events: list[str] = []
+
+    def content(self, f: WeightFile) -> bytes:
+        n = self.sizes.get(f.filename, 100 + len(f.filename))
+        return (f.filename.encode() * (n // len(f.filename) + 1))[:n]
+
+    def _path(self, f, commit):
+        return self.cache / f.repo / commit / f.filename
+
+    def inspect(self, f, revision):
+        commit = revision or self.commits[f.repo]
+        self.events.append(f"inspect {f.filename}")
+        size = self.sizes.get(f.filename) or len(self.content(f))
+        return RemoteFile(f, commit, size, self._path(f, commit).exists())
+
+    def fetch(self, f, revision):
+        commit = revision or self.commits[f.repo]
+        path = self._path(f, commit)
+        if not path.exists():
+            self.events.append(f"fetch {f.filename}")
+            self.fetched.append(f.filename)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.content(f))
+        return path
+
+    def cached(self, f, revision):
+        path = self._path(f, revision or self.commits[f.repo])
+        return path if path.exists() else None
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path
+
+
+def test_exactly_the_inference_files():
+    names = {(f.repo, f.filename) for f in FILES}
+    assert names == {
+        ("KlingTeam/MemFlow", "base.pt"),
+        ("KlingTeam/MemFlow", "lora.pt"),
+        ("Wan-AI/Wan2.1-T2V-1.3B", "config.json"),
+        ("Wan-AI/Wan2.1-T2V-1.3B", "Wan2.1_VAE.pth"),
+        ("Wan-AI/Wan2.1-T2V-1.3B", "models_t5_umt5-xxl-enc-bf16.pth"),
+        ("Wan-AI/Wan2.1-T2V-1.3B", "google/umt5-xxl/tokenizer.json"),
+        ("Wan-AI/Wan2.1-T2V-1.3B", "google/umt5-xxl/tokenizer_config.json"),
+        ("Wan-AI/Wan2.1-T2V-1.3B", "google/umt5-xxl/special_tokens_map.json"),
+        ("Wan-AI/Wan2.1-T2V-1.3B", "google/umt5-xxl/spiece.model"),
+    }
+
+
+def test_download_shows_plan_first_and_writes_lock(env):
+    fake = FakeHub(env / "cache")
+    shown = []
+    paths, lock = hub.download(fake, show=lambda plan: (shown.append(plan), fake.events.append("show")),
+                               cache_dir=env / "cache")
+    assert fake.events.index("show") < min(i for i, e in enumerate(fake.events) if e.startswith("fetch"))
+    assert len(shown[0]) == len(FILES) and all(not p.cached for p in shown[0])
+    assert sorted(fake.fetched) == sorted(f.filename for f in FILES)
+    lock_file = env / "hf" / "memflow-cli" / "memflow.lock.json"  # under HF_HOME
+    assert lock_file.exists()
+    entry = lock["files"]["base.pt"]
+    assert entry["commit"] == "a" * 40 and entry["size"] == paths.base.stat().st_size
+    assert entry["sha256"] == hashlib.sha256(paths.base.read_bytes()).hexdigest()
+    assert lock["files"]["config.json"]["commit"] == "b" * 40
+    assert paths.tokenizer.name == "tokenizer.json" and paths.source == "hf-cache"
+
+
+def test_second_download_fetches_nothing(env):
+    fake = FakeHub(env / "cache")
+    hub.download(fake, cache_dir=env / "cache")
+    fake.fetched.clear()
+    plan = []
+    hub.download(fake, show=plan.extend, cache_dir=env / "cache")
+    assert fake.fetched == [] and all(p.cached for p in plan)
+
+
+def test_revision_goes_to_memflow_repo(env):
+    fake = FakeHub(env / "cache")
+    _, lock = hub.download(fake, revision="c" * 40, cache_dir=env / "cache")
+    assert lock["files"]["lora.pt"]["commit"] == "c" * 40
+    assert lock["files"]["Wan2.1_VAE.pth"]["commit"] == "b" * 40
+
+
+def test_resolve_downloads_missing_then_verifies(env):
+    fake = FakeHub(env / "cache")
+    paths = hub.resolve_weights(downloader=fake)
+    assert len(fake.fetched) == len(FILES)
+    fake.fetched.clear()
+    again = hub.resolve_weights(downloader=fake)
+    assert again == paths and fake.fetched == []
+    # a truncated file is caught before loading
+    data = paths.t5.read_bytes()
+    paths.t5.write_bytes(data[:-10])
+    with pytest.raises(CheckpointError, match=r"truncated.*memflow download"):
+        hub.resolve_weights(downloader=fake)
+
+
+def test_same_size_swap_caught_with_hashes(env):
+    fake = FakeHub(env / "cache")
+    paths = hub.resolve_weights(downloader=fake)
+    data = bytearray(paths.vae.read_bytes())
+    data[0] ^= 1
+    paths.vae.write_bytes(bytes(data))
+    hub.resolve_weights(downloader=fake)  # sizes match: the cheap check passes
+    with pytest.raises(CheckpointError, match="sha256"):
+        hub.resolve_weights(downloader=fake, verify_hashes=True)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_offline_missing_files_is_a_clear_error(env, monkeypatch, how):
+    fake = FakeHub(env / "cache")
+    if how == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match=r"KlingTeam/MemFlow/base\.pt.*memflow download"):
+        hub.resolve_weights(downloader=fake, offline=how == "flag")
+    assert fake.fetched == []
+
+
+def test_offline_uses_cache(env):
+    fake = FakeHub(env / "cache")
+    hub.download(fake, cache_dir=env / "cache")
+    fake.fetched.clear()
+    paths = hub.resolve_weights(downloader=fake, offline=True)
+    assert paths.base.exists() and fake.fetched == []
+
+
+def test_full_disk_is_refused_before_downloading(env):
+    fake = FakeHub(env / "cache", sizes={"base.pt": 10**18})
+    with pytest.raises(DownloadError, match="not enough free disk space"):
+        hub.download(fake, cache_dir=env / "cache")
+    assert fake.fetched == []
+
+
+def test_weights_dir_layout_and_lock(tmp_path):
+    root = tmp_path / "w"
+    with pytest.raises(CheckpointError, match="weights folder not found"):
+        hub.weights_from_dir(root)
+    for f in FILES:
+        if f.required:
+            (root / f.filename).parent.mkdir(parents=True, exist_ok=True)
+            (root / f.filename).write_bytes(b"x" * 10)
+    (root / "lora.pt").unlink()
+    with pytest.raises(CheckpointError, match="missing lora.pt"):
+        hub.weights_from_dir(root)
+    (root / "lora.pt").write_bytes(b"y" * 10)
+    lock = hub.new_lock()
+    for f in FILES:
+        if f.required:
+            hub.record(lock, f, root / f.filename, None)
+    hub.write_lock(root / hub.LOCK_NAME, lock)
+    paths = hub.weights_from_dir(root, verify_hashes=True)
+    assert paths.lora == root / "lora.pt" and paths.source == str(root)
+    assert paths.describe()["lora.pt"]["sha256"] == hashlib.sha256(b"y" * 10).hexdigest()
+    (root / "lora.pt").write_bytes(b"y" * 11)
+    with pytest.raises(CheckpointError, match="lora.pt"):
+        hub.weights_from_dir(root)
+
+
+def _http_error(cls, status):
+    import httpx2
+
+    return cls("boom", response=httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/x")))
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda e: _http_error(e.GatedRepoError, 403), "gated.*HF_TOKEN"),
+        (lambda e: _http_error(e.RepositoryNotFoundError, 404), "repository not found"),
+        (lambda e: _http_error(e.RevisionNotFoundError, 404), "revision"),
+        (lambda e: e.LocalEntryNotFoundError("offline"), "cannot reach huggingface.co"),
+        (lambda e: OSError(errno.ENOSPC, "No space left on device"), "disk is full"),
+    ],
+)
+def test_hf_errors_become_messages(tmp_path, monkeypatch, make, expected):
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def fail(*args, **kwargs):
+        raise make(errors)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
+    d = hub.HFDownloader(tmp_path, progress=False)
+    with pytest.raises(DownloadError, match=expected):
+        d.fetch(FILES[0], None)

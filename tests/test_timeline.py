@@ -1,0 +1,180 @@
+"""Reading every timeline format, and the validation errors of timelines.md §4."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memflow_cli.errors import InputError
+from memflow_cli.timeline import prompt_timeline, read_timeline, read_timelines, segment_times
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_scope_v1_blocks_with_text():
+    t = read_timeline(FIXTURES / "scope_v1.json")
+    assert t.format == "scope-timeline 1.0"
+    assert [b.prompts[0].text for b in t.blocks] == [
+        "A red kite over a green hill, wide shot",
+        "A red kite over a green hill at dusk, wide shot",
+    ]
+    assert t.end == 1.5 and t.total_frames == 24
+    assert t.settings.seed is None and t.warnings == ()
+
+
+def test_scope_v20_sorted_and_other_pipeline_warns():
+    t = read_timeline(FIXTURES / "scope_v20.json")
+    assert t.format == "scope-timeline 2.0"
+    assert [b.start for b in t.blocks] == [0, 1.2]  # sorted although the file is not
+    assert t.blocks[0].where == "prompts[1]"
+    s = t.settings
+    assert (s.seed, s.width, s.height, s.pipeline_id) == (7, 96, 64, "streamdiffusionv2")
+    assert s.denoising_steps is None  # another pipeline's steps are not MemFlow's
+    assert any("streamdiffusionv2" in w and "MemFlow" in w for w in t.warnings)
+    ignored = [w for w in t.warnings if w.startswith("ignored")]
+    assert len(ignored) == 1 and "settings.noiseScale" in ignored[0] and "settings.manageCache" in ignored[0]
+
+
+def test_scope_v21_blend_and_transition():
+    t = read_timeline(FIXTURES / "scope_v21.json")
+    assert t.format == "scope-timeline 2.1"
+    b = t.blocks[1]
+    assert b.transition_steps == 2 and b.interpolation == "slerp"
+    assert b.weights == pytest.approx((0.3, 0.7))
+    assert t.settings.denoising_steps == (1000, 750, 500, 250)
+    assert t.settings.seed == 3 and (t.settings.width, t.settings.height) == (64, 64)
+    assert len(t.texts) == 2  # the shared prompt is encoded once
+    assert t.sha256 and len(t.sha256) == 64
+
+
+def test_scope_workflow_main_pipeline():
+    t = read_timeline(FIXTURES / "workflow.json")
+    assert t.format == "scope-workflow 1.0"
+    assert t.settings.seed == 11 and t.settings.pipeline_id == "memflow"
+    assert t.blocks[0].prompts[0].weight == 1.0  # default weight
+    assert t.blocks[1].transition_steps == 1 and t.blocks[1].interpolation == "linear"
+    assert any("vae_type" in w for w in t.warnings)
+
+
+def test_memflow_jsonl_one_timeline_per_line():
+    ts = read_timelines(FIXTURES / "prompts.jsonl", segment_seconds=2.0)
+    assert len(ts) == 2
+    assert [(b.start, b.end) for b in ts[0].blocks] == [(0, 2), (2, 4), (4, 6)]
+    assert ts[1].source.endswith("line 2")
+    assert read_timeline(FIXTURES / "prompts.jsonl", line=2, segment_seconds=2.0).blocks[0].prompts[0].text.startswith("A tram")
+    with pytest.raises(InputError, match="choose one"):
+        read_timeline(FIXTURES / "prompts.jsonl")
+    with pytest.raises(InputError, match="line 5 does not exist"):
+        read_timeline(FIXTURES / "prompts.jsonl", line=5)
+
+
+def test_default_segment_is_ten_seconds(tmp_path):
+    f = tmp_path / "one.jsonl"
+    f.write_text(json.dumps({"prompts": ["a cat", "a dog"]}) + "\n")
+    (t,) = read_timelines(f)  # a single line that is also valid JSON is still a prompt list
+    assert t.format == "memflow-jsonl" and t.end == 20.0
+
+
+def test_switch_frames_in_latent_frames():
+    # The reference's default: 240 latent frames, switches at 40, 80, ...: 957 video frames.
+    times = segment_times(6, None, [40, 80, 120, 160, 200], 240, "x")
+    assert times[-1][1] * 16 == 957
+    assert round(times[1][0] * 16) == 4 * 40 - 3
+    with pytest.raises(InputError, match="expected 5 switch frames"):
+        segment_times(6, None, [40, 80], 240, "x")
+    with pytest.raises(InputError, match="increasing"):
+        segment_times(3, None, [80, 40], 240, "x")
+
+
+def test_prompt_timeline():
+    t = prompt_timeline("  a koi pond in autumn ", 3)
+    assert t.blocks[0].prompts[0].text == "a koi pond in autumn" and t.total_frames == 48
+    with pytest.raises(InputError, match="--prompt"):
+        prompt_timeline("  ", 3)
+
+
+def _scope(blocks, settings=None, version="2.1"):
+    doc = {"prompts": blocks, "version": version}
+    if settings is not None:
+        doc["settings"] = settings
+    return doc
+
+
+def _block(start=0, end=1, text="a cat", weight=100, **extra):
+    return {"startTime": start, "endTime": end, "prompts": [{"text": text, "weight": weight}], **extra}
+
+
+BAD = {
+    "missing prompts": ({"version": "2.1", "settings": {}}, "$", "without `prompts`"),
+    "prompts not array": (_scope({"a": 1}), "prompts", "expected an array"),
+    "empty prompts": (_scope([]), "prompts", "at least one"),
+    "end before start": (_scope([_block(2, 1)]), "prompts[0].endTime", "expected an end time after"),
+    "end equals start": (_scope([_block(1, 1)]), "prompts[0].endTime", "expected an end time after"),
+    "negative time": (_scope([_block(-1, 1)]), "prompts[0].startTime", "≥ 0"),
+    "missing endTime": (_scope([{"startTime": 0, "prompts": [{"text": "a", "weight": 1}]}]), "prompts[0].endTime", "missing"),
+    "empty text": (_scope([_block(text="  ")]), "prompts[0].prompts[0].text", "non-empty"),
+    "text wrong type": (_scope([_block(text=5)]), "prompts[0].prompts[0].text", "string"),
+    "weights sum zero": (_scope([_block(weight=0)]), "prompts[0].prompts", "positive sum"),
+    "negative weight": (_scope([_block(weight=-5)]), "prompts[0].prompts[0].weight", "≥ 0"),
+    "time wrong type": (_scope([_block(start="0")]), "prompts[0].startTime", "a number"),
+    "resolution": (_scope([_block()], {"resolution": {"height": 480, "width": 830}}), "settings.resolution.width", "multiple of 16"),
+    "interpolation": (_scope([_block(temporalInterpolationMethod="cubic")]), "prompts[0].temporalInterpolationMethod", '"linear" or "slerp"'),
+    "transition steps": (_scope([_block(transitionSteps=-2)]), "prompts[0].transitionSteps", "integer"),
+    "overlap": (_scope([_block(0, 2), _block(1, 3, text="a dog")]), "prompts[1]", "overlap"),
+    "seed type": (_scope([_block()], {"seed": "x"}), "settings.seed", "seed"),
+    "steps": (_scope([_block()], {"pipelineId": "memflow", "denoisingSteps": [250, 500]}), "settings.denoisingSteps", "decreasing"),
+    "quantization": (_scope([_block()], {"quantization": "int4"}), "settings.quantization", "fp8_e4m3fn"),
+    "video input": (_scope([_block()], {"inputMode": "video"}), "settings.inputMode", "input video"),
+    "lora missing": (_scope([_block()], {"loras": [{"id": "x", "path": "/nowhere/style.safetensors", "scale": 1}]}), "settings.loras[0].path", "LoRA file"),
+    "block not object": (_scope(["a cat"]), "prompts[0]", "an object"),
+    "workflow entries": ({"format": "scope-workflow", "timeline": {}}, "timeline.entries", "an array"),
+    "jsonl empty prompt": (None, "line 2: prompts[1]", "non-empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_names_file_path_and_expectation(tmp_path, case):
+    doc, path, expected = BAD[case]
+    f = tmp_path / "bad.json"
+    if doc is None:
+        f.write_text('{"prompts": ["a", "b"]}\n{"prompts": ["c", ""]}\n')
+    else:
+        f.write_text(json.dumps(doc))
+    with pytest.raises(InputError) as info:
+        read_timelines(f)
+    message = str(info.value)
+    assert str(f) in message and path in message and expected in message
+    assert info.value.exit_code == 2
+
+
+def test_unreadable_json_gives_line_and_column(tmp_path):
+    f = tmp_path / "broken.json"
+    f.write_text('{\n  "prompts": [\n    {"startTime": 0,, "endTime": 1}\n  ]\n}\n')
+    with pytest.raises(InputError, match=r"line 3, column 21"):
+        read_timelines(f)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_timelines(tmp_path / "nope.json")
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(InputError, match="empty"):
+        read_timelines(tmp_path / "empty.json")
+
+
+def test_lora_resolved_by_file_name_in_lora_dir(tmp_path):
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "style.safetensors").write_bytes(b"x")
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps(_scope([_block()], {"loras": [{"path": "C:\\Users\\me\\style.safetensors", "scale": 0.5}]})))
+    t = read_timeline(f, lora_dirs=[tmp_path / "loras"])
+    assert t.settings.loras[0].path == tmp_path / "loras" / "style.safetensors"
+    assert t.settings.loras[0].scale == 0.5
+
+
+def test_new_seed_location_wins(tmp_path):
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps(_scope([_block()], {"seed": 1, "schemaFieldOverrides": {"base_seed": 99, "vae_type": "wan"}})))
+    t = read_timeline(f)
+    assert t.settings.seed == 99
+    assert any("schemaFieldOverrides.vae_type" in w for w in t.warnings)

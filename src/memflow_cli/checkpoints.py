@@ -194,8 +194,10 @@ def load_dit(
 ):
     """Build the causal DiT from a config (DiTConfig, preset name or config file) and load its weights.
 
-    The base weights load strictly; the LoRA (if any) is merged into them in float32 before the cast to
-    `dtype`, so inference runs plain Linear layers.
+    The model is built directly in `dtype` on `device` (no float32 copy of the full model). The base weights
+    load strictly; the LoRA (if any) is merged layer by layer in float32 into the already-rounded weights,
+    W = round(round(W) + scale·B@A), which is what the reference's un-merged bf16 adapters compute most
+    closely. Inference then runs plain Linear layers.
     """
     from memflow_cli.model.dit import DiTConfig, build_dit
 
@@ -203,10 +205,10 @@ def load_dit(
         config = DiTConfig.from_file(config)
     elif isinstance(config, str):
         config = DiTConfig.preset(config)
-    model = build_dit(config, device=device, dtype=torch.float32)
+    model = build_dit(config, device=device, dtype=dtype)
     state = generator_state_dict(read_state_dict(base_path), base_path, use_ema=use_ema)
     assign_state_dict(model, state, base_path)
     del state
     if lora_path is not None:
         merge_lora(model, lora_pairs(read_state_dict(lora_path), lora_path), lora_path, alpha=lora_alpha)
-    return model.to(dtype)
+    return model

@@ -191,9 +191,22 @@ def render(
     reporter.stage("resolving weights")
     weights = resolve_weights(options.weights_dir, offline=options.offline, revision=options.revision,
                               verify_hashes=options.verify_hashes, show=getattr(reporter, "show_plan", None))
+    config = DiTConfig.from_file(weights.config)
+
+    # -- prompts first: encode once (cached on disk) and free the encoder before the DiT and VAE load,
+    #    so that the 11 GB umT5-XXL never shares the device with them.
+    t = time.perf_counter()
+    reporter.stage(f"encoding {len(timeline.texts)} prompt(s)")
+    encoder = PromptEncoder(weights.tokenizer, weights.t5, cache_dir=options.embedding_cache, device=device, dtype=dtype)
+    embeddings = encoder.encode(list(timeline.texts))
+    encoder.release()
+    del encoder
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    timings["encode"] = time.perf_counter() - t
+
     t = time.perf_counter()
     reporter.stage("loading the generator and the VAE")
-    config = DiTConfig.from_file(weights.config)
     if device.type == "cpu" and config.dim >= DiTConfig().dim:
         warnings.append("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
         reporter.warn(warnings[-1])
@@ -201,20 +214,12 @@ def render(
     vae = load_wan_vae(weights.vae, device=device, dtype=dtype)
     timings["load"] = time.perf_counter() - t
 
-    # -- prompts: encode once (cached on disk), then free the encoder before generating
-    t = time.perf_counter()
-    reporter.stage(f"encoding {len(timeline.texts)} prompt(s)")
-    encoder = PromptEncoder(weights.tokenizer, weights.t5, cache_dir=options.embedding_cache, device=device, dtype=dtype)
-    embeddings = encoder.encode(list(timeline.texts))
-    encoder.release()
-    del encoder
     dims = {e.shape[-1] for e in embeddings.values()}
     if dims != {config.text_dim}:
         raise CheckpointError(f"{weights.t5}: text encoder gives width {sorted(dims)}, the DiT expects {config.text_dim}")
     from memflow_cli.conditioning import Conditioner
 
     conditioner = Conditioner(embeddings)
-    timings["encode"] = time.perf_counter() - t
 
     # -- stream: generate → decode → write, one chunk at a time
     from memflow_cli.generator import StreamingGenerator

@@ -89,32 +89,38 @@ class KVCache:
         A recompute never touches the sink (it keeps the keys of the first prompt: the design of
         MemFlow's sink). Of a pass longer than the window, only its last `window_frames` frames are kept.
         """
-        lay = self.layout
-        t = lay.frame_tokens
+        t = self.layout.frame_tokens
         count = k.shape[1] // t
-        protect_sink = self.is_recompute(first, count)
-        for frame, offset in self._placements(first, count, protect_sink):
-            src = slice(offset * t, (offset + 1) * t)
-            if frame < lay.sink_frames:
-                dst = slice(frame * t, (frame + 1) * t)
-                self.sink_k[layer, :, dst] = k[:, src]
-                self.sink_v[layer, :, dst] = v[:, src]
-            else:
-                slot = (frame - lay.sink_frames) % lay.window_frames
-                dst = slice(slot * t, (slot + 1) * t)
-                self.window_k[layer, :, dst] = k[:, src]
-                self.window_v[layer, :, dst] = v[:, src]
+        for to_sink, dst, src, n in self._runs(first, count):
+            keys, values = (self.sink_k, self.sink_v) if to_sink else (self.window_k, self.window_v)
+            keys[layer, :, dst * t : (dst + n) * t] = k[:, src * t : (src + n) * t]
+            values[layer, :, dst * t : (dst + n) * t] = v[:, src * t : (src + n) * t]
 
-    def _placements(self, first: int, count: int, protect_sink: bool):
+    def _runs(self, first: int, count: int):
+        """(to_sink, destination frame slot, source frame offset, frames) for each contiguous copy.
+
+        One copy per run of consecutive slots, not one per frame: fewer kernel launches per pass.
+        """
         lay = self.layout
+        protect_sink = self.is_recompute(first, count)
         oldest_kept = first + count - lay.window_frames  # earlier non-sink frames of this pass are dropped
+        runs: list[list] = []
         for offset in range(count):
             frame = first + offset
             if frame < lay.sink_frames:
-                if not protect_sink:
-                    yield frame, offset
+                if protect_sink:
+                    continue
+                place = (True, frame)
             elif frame >= oldest_kept:
-                yield frame, offset
+                place = (False, (frame - lay.sink_frames) % lay.window_frames)
+            else:
+                continue
+            last = runs[-1] if runs else None
+            if last and last[0] == place[0] and last[1] + last[3] == place[1] and last[2] + last[3] == offset:
+                last[3] += 1
+            else:
+                runs.append([place[0], place[1], offset, 1])
+        return runs
 
     def commit(self, first: int, count: int) -> None:
         """Mark frames as committed after a cache-writing pass (a recompute never moves the counter)."""

@@ -226,7 +226,9 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
-class SelfAttention(nn.Module):
+class Projections(nn.Module):
+    """q/k/v/o projections with RMSNorm on q and k over the full width (before the head split)."""
+
     def __init__(self, config: DiTConfig):
         super().__init__()
         dim = config.dim
@@ -235,6 +237,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
 
+
+class SelfAttention(Projections):
     def forward(self, x, layer: int, rope: tuple[torch.Tensor, torch.Tensor], keys: KeySetProvider):
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)
@@ -245,15 +249,7 @@ class SelfAttention(nn.Module):
         return self.o(attention(q, all_k, all_v).flatten(-2))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, config: DiTConfig):
-        super().__init__()
-        dim = config.dim
-        self.num_heads = config.num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
-
+class CrossAttention(Projections):
     def text_key_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (after the k RMSNorm) and values of the text, [B, text_len, H, D]."""
         heads = (self.num_heads, -1)

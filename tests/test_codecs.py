@@ -1,12 +1,8 @@
 """Text encoder, tokenizer, prompt cache and Wan VAE: behaviour beyond the golden numbers."""
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from golden_metric import compare
 from memflow_cli import prompts

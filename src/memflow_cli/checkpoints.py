@@ -105,6 +105,27 @@ def assign_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
             target.copy_(state[key].to(target.dtype))
 
 
+def load_flat_module(path, what: str, config_from_state, build, device="cpu", dtype=torch.float32):
+    """Load a plain state-dict file (T5, VAE) into a module whose sizes are inferred from the tensors.
+
+    `config_from_state(state)` raises KeyError naming a tensor it needs; `build(config)` makes the module,
+    which is created on the meta device so a multi-GB file is never held twice in memory.
+    """
+    state = read_state_dict(path)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a flat state dict of tensors for the {what}")
+    state = strip_prefixes(state, ("_fsdp_wrapped_module.",))
+    try:
+        config = config_from_state(state)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: not a {what} checkpoint (no {exc.args[0]})") from None
+    with torch.device("meta"):
+        module = build(config)
+    module = module.to(dtype).to_empty(device=device)
+    assign_state_dict(module, state, path)
+    return module.eval().requires_grad_(False)
+
+
 # ------------------------------------------------------------------------------------------- the DiT
 
 

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from memflow_cli.checkpoints import assign_state_dict, read_state_dict
-from memflow_cli.errors import CheckpointError
+from memflow_cli.checkpoints import load_flat_module
 
 
 @dataclass
@@ -186,15 +184,4 @@ def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype 
     Weights are up-cast (or cast) to `dtype`, which is also the compute dtype. The module is built on
     the meta device first so the 11 GB file is never held twice in memory.
     """
-    state = read_state_dict(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a flat state dict of tensors for the umT5 encoder")
-    try:
-        cfg = UMT5Config.from_state_dict(state)
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: not a umT5 encoder checkpoint (no {exc.args[0]})") from None
-    with torch.device("meta"):
-        model = UMT5Encoder(cfg)
-    model = model.to(dtype).to_empty(device=device)
-    assign_state_dict(model, state, path)
-    return model.eval().requires_grad_(False)
+    return load_flat_module(path, "umT5 encoder", UMT5Config.from_state_dict, UMT5Encoder, device, dtype)

@@ -15,17 +15,15 @@ Layouts: the VAE core works on `[B, C, T, H, W]`; the public decode/encode API t
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from memflow_cli.checkpoints import assign_state_dict, read_state_dict, strip_prefixes
-from memflow_cli.errors import CheckpointError
+from memflow_cli.checkpoints import load_flat_module
 
 # Per-channel latent statistics of Wan2.1 (spec §7.1). Latents in the pipeline are (z - mean) / std.
 LATENT_MEAN = (
@@ -74,10 +72,10 @@ class CausalConv3d(nn.Conv3d):
     """Conv3d whose temporal padding is all in front (history or zeros), spatial padding symmetric."""
 
     def __init__(self, cin, cout, kernel, padding=0, **kw):
-        super().__init__(cin, cout, kernel, padding=0, **kw)
         p = padding if isinstance(padding, tuple) else (padding,) * 3
+        # spatial padding stays inside the conv (no extra padded copy); temporal padding is ours
+        super().__init__(cin, cout, kernel, padding=(0, p[1], p[2]), **kw)
         self.history = 2 * p[0]
-        self._spatial_pad = (p[2], p[2], p[1], p[1], 0, 0)
 
     def forward(self, x: torch.Tensor, state: Optional[StreamState] = None) -> torch.Tensor:
         if self.history:
@@ -88,8 +86,6 @@ class CausalConv3d(nn.Conv3d):
             if state is not None:
                 # clone: a slice would keep the whole concatenated chunk alive
                 state[self] = x[:, :, -self.history:].clone()
-        if any(self._spatial_pad):
-            x = F.pad(x, self._spatial_pad)
         return super().forward(x)
 
 
@@ -144,10 +140,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x, state=None):
         frames, bt = _frames_to_batch(x)
         n, c, h, w = frames.shape
-        qkv = self.to_qkv(self.norm(frames)).reshape(n, 3, c, h * w).transpose(-1, -2)
-        q, k, v = qkv.unbind(1)  # each [n, hw, c]; q = channels [0,C), k = [C,2C), v = [2C,3C)
+        qkv = self.to_qkv(self.norm(frames)).reshape(n, 3, 1, c, h * w).transpose(-1, -2)
+        q, k, v = qkv.unbind(1)  # each [n, 1 head, hw, c]; q = channels [0,C), k = [C,2C), v = [2C,3C)
         out = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(C)
-        out = self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        out = self.proj(out[:, 0].transpose(-1, -2).reshape(n, c, h, w))
         return x + _batch_to_frames(out, bt)
 
 
@@ -371,6 +367,8 @@ class StreamDecoder:
         """
         if latents.ndim != 5 or latents.shape[2] != self.vae.config.z_dim:
             raise ValueError(f"expected latents [B, T, {self.vae.config.z_dim}, h, w], got {tuple(latents.shape)}")
+        if latents.shape[1] == 0:
+            raise ValueError("cannot decode an empty chunk of latents")
         vae = self.vae
         z = latents.to(vae.device, vae.dtype).permute(0, 2, 1, 3, 4)
         mean, inv_std = vae._stats(z.dtype)
@@ -401,16 +399,4 @@ def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 def load_wan_vae(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32) -> WanVAE:
     """Build the VAE from `Wan2.1_VAE.pth` (or a safetensors copy), sizes inferred from the file."""
-    state = read_state_dict(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a flat state dict of tensors for the Wan VAE")
-    state = strip_prefixes(state, ("_fsdp_wrapped_module.",))
-    try:
-        cfg = VAEConfig.from_state_dict(state)
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: not a Wan VAE checkpoint (no {exc.args[0]})") from None
-    with torch.device("meta"):
-        vae = WanVAE(cfg)
-    vae = vae.to(dtype).to_empty(device=device)
-    assign_state_dict(vae, state, path)
-    return vae.eval().requires_grad_(False)
+    return load_flat_module(path, "Wan VAE", VAEConfig.from_state_dict, WanVAE, device, dtype)

@@ -95,3 +95,19 @@ def test_paths_and_manifest(tmp_path):
         check_output_path(tmp_path / "missing" / "a.mp4")
     with pytest.raises(VideoError, match="directory"):
         check_output_path(tmp_path)
+
+
+def test_finished_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    from memflow_cli.video import VideoWriter, write_manifest
+
+    old = os.umask(0o022)
+    try:
+        with VideoWriter(tmp_path / "v.mp4", 32, 32) as writer:
+            writer.write(np.zeros((3, 32, 32, 3), np.uint8))
+        manifest = write_manifest(tmp_path / "v.manifest.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "v.mp4").stat().st_mode & 0o777 == 0o644
+    assert manifest.stat().st_mode & 0o777 == 0o644

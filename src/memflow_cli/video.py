@@ -108,7 +108,7 @@ class VideoWriter:
             reason = self._ffmpeg_error() or ("no frames were written" if self.frames == 0 else "unknown error")
             self._remove_tmp()
             raise VideoError(f"{self.path}: ffmpeg could not write the video ({reason}); nothing was replaced")
-        os.replace(self.tmp, self.path)
+        _publish(self.tmp, self.path)
         return self.path
 
     def keep_partial(self) -> Path | None:
@@ -117,7 +117,7 @@ class VideoWriter:
             self._remove_tmp()
             return None
         self.partial = partial_path(self.path)
-        os.replace(self.tmp, self.partial)
+        _publish(self.tmp, self.partial)
         return self.partial
 
     def discard(self) -> None:
@@ -174,8 +174,20 @@ def write_manifest(path: str | Path, data: dict) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
-    os.replace(tmp, path)
+    _publish(Path(tmp), path)
     return path
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file over `path` with ordinary permissions.
+
+    mkstemp creates files readable by their owner only; a finished video should get the same mode as any
+    file the user creates (0666 less the umask).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def probe(path: str | Path) -> dict:

@@ -188,15 +188,21 @@ def test_ctrl_c_in_a_real_process(tiny, tmp_path):
     out = tmp_path / "ctrlc.mp4"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memflow_cli", "render", "--prompt", "a red dog runs", "--seconds", "60",
+        # an hour of video: far more than any machine renders before the interrupt below
+        [sys.executable, "-m", "memflow_cli", "render", "--prompt", "a red dog runs", "--seconds", "3600",
          "--weights-dir", str(tiny), "--resolution", "32x32", "-o", str(out), "--quiet"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    # the hidden temporary file appears when frames start flowing; give it a few chunks
+    # interrupt once encoded frames are reaching the hidden temporary file (whatever the machine's speed)
     deadline = time.time() + 120
-    while not list(tmp_path.glob(".ctrlc.*tmp.mp4")) and time.time() < deadline and proc.poll() is None:
+
+    def encoded_bytes():
+        return sum(p.stat().st_size for p in tmp_path.glob(".ctrlc.*tmp.mp4"))
+
+    while encoded_bytes() == 0 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    time.sleep(6)
+    time.sleep(1)
+    assert proc.poll() is None, proc.communicate()[1].decode()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     stderr = stderr.decode()

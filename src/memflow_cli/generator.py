@@ -143,6 +143,11 @@ class StreamingGenerator:
         expected = (1, num_latent_frames, *self.latent_shape)
         if tuple(self.noise.shape) != expected:
             raise ValueError(f"noise has shape {tuple(self.noise.shape)}, expected {expected}")
+        if self.device.type == "cuda":
+            # Drawn on the device (the reference's Philox stream), then kept in pinned host memory so that
+            # device memory does not grow with the video's length; each chunk's slice is copied back
+            # asynchronously.
+            self.noise = self.noise.cpu().pin_memory()
         self._renoise = renoise
 
         self.latents: list[torch.Tensor] = []  # clean chunks (needed by the re-cache; at most a window's worth kept)
@@ -179,7 +184,7 @@ class StreamingGenerator:
 
         self.apply_conditioning(record)
 
-        x = self.noise[:, first : first + n]
+        x = self.noise[:, first : first + n].to(self.device, non_blocking=True)
         steps = len(self.timesteps)
         for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
             # The bank is refreshed before the first step's blocks only.

@@ -26,8 +26,8 @@ from memflow_cli import __version__
 from memflow_cli.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import DiTConfig, attention_backend, build_dit
 from memflow_cli.model.vae import VAEConfig, WanVAE, pixels_to_uint8
+from memflow_cli.render import DTYPES, synchronize
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,6 @@ class BenchOptions:
     seed: int = 0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Clock:
     """Accumulates wall time per stage; every boundary synchronises the device."""
 
@@ -60,7 +55,7 @@ class _Clock:
         self.start = time.perf_counter()
 
     def lap(self) -> float:
-        _sync(self.device)
+        synchronize(self.device)
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now
         return elapsed
@@ -111,7 +106,7 @@ def _run(opts: BenchOptions, model, vae, bank: bool) -> dict:
             writer = VideoWriter(Path(tmp) / "bench.mp4", opts.width, opts.height, preset="veryfast")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         clock = _Clock(device)
         gen.set_conditioning(prompts[0])

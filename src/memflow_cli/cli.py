@@ -238,7 +238,8 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ):
     """Measure speed stage by stage with random full-size weights (nothing to download)."""
-    from memflow_cli.bench import DTYPES, BenchOptions, report_table, run_bench, save_report
+    from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
+    from memflow_cli.render import DTYPES
 
     width, height = parse_resolution(resolution)
     defaults = BenchOptions()

@@ -242,10 +242,10 @@ def render(
                     generator.set_conditioning(conditioner(chunk.conditioning))
                 t = time.perf_counter()
                 latents = generator.next_chunk()
-                _sync(device)
+                synchronize(device)
                 t2 = time.perf_counter()
                 frames = pixels_to_uint8(decoder.decode(latents))[: chunk.frames].cpu().numpy()
-                _sync(device)
+                synchronize(device)
                 t3 = time.perf_counter()
                 writer.write(frames)
                 t4 = time.perf_counter()
@@ -282,7 +282,7 @@ def render(
     return summary
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # honest per-stage timings: kernels are asynchronous
 

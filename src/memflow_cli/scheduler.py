@@ -50,6 +50,10 @@ def flow_to_x0(x_t: torch.Tensor, flow: torch.Tensor, sigma: float) -> torch.Ten
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(1 - sigma) * x0 + sigma * noise, computed in float32 (sigma is a float32 value), in noise's dtype."""
-    s = torch.tensor(sigma, dtype=torch.float32, device=x0.device)
-    return ((1 - s) * x0.float() + s * noise.float()).to(noise.dtype)
+    """(1 - sigma) * x0 + sigma * noise, computed in float32 (sigma is a float32 value), in noise's dtype.
+
+    The factors stay Python floats (no device tensor, so no host-to-device copy per step). Both are
+    float32-exact: 1 - sigma of a float32 sigma is computed exactly in double and rounds like float32.
+    """
+    keep = float(torch.tensor(1.0 - sigma, dtype=torch.float32))
+    return (keep * x0.float() + sigma * noise.float()).to(noise.dtype)

@@ -308,11 +308,16 @@ class WanVAE(nn.Module):
 
     def _stats(self, dtype):
         # Reference arithmetic (spec §7.1/§7.4a): mean and std rounded to the compute dtype, and the
-        # reciprocal of std computed and rounded in that dtype too.
-        shape = (1, -1, 1, 1, 1)
-        mean = torch.tensor(LATENT_MEAN, device=self.device).to(dtype).view(shape)
-        inv_std = 1.0 / torch.tensor(LATENT_STD, device=self.device).to(dtype).view(shape)
-        return mean, inv_std
+        # reciprocal of std computed and rounded in that dtype too. Built once per device and dtype:
+        # a fresh host-to-device copy per chunk would block the stream.
+        key = (self.device, dtype)
+        cached = self.__dict__.setdefault("_stats_cache", {})
+        if key not in cached:
+            shape = (1, -1, 1, 1, 1)
+            mean = torch.tensor(LATENT_MEAN, device=self.device).to(dtype).view(shape)
+            inv_std = 1.0 / torch.tensor(LATENT_STD, device=self.device).to(dtype).view(shape)
+            cached[key] = (mean, inv_std)
+        return cached[key]
 
     def stream_decoder(self, max_frames_per_call: int | None = None) -> "StreamDecoder":
         return StreamDecoder(self, max_frames_per_call)

@@ -171,7 +171,7 @@ def test_interrupt_keeps_partial_and_old_output(tiny, tmp_path):
 
     t = read_timeline(FIXTURES / "scope_v21.json")
     with pytest.raises(Interrupted) as info:
-        render(t, RenderOptions(output=out, weights_dir=tiny, width=32, height=32), on_chunk=stop_after_second_chunk)
+        render(t, RenderOptions(output=out, weights_dir=tiny, width=32, height=32, overwrite=True), on_chunk=stop_after_second_chunk)
     assert info.value.exit_code == 130
     partial = tmp_path / "long.partial.mp4"
     assert probe(partial)["frames"] == 9 + 12
@@ -179,7 +179,7 @@ def test_interrupt_keeps_partial_and_old_output(tiny, tmp_path):
     manifest = json.loads((tmp_path / "long.partial.manifest.json").read_text())
     assert manifest["video"]["complete"] is False and manifest["video"]["frames"] == 21
     # a later complete render supersedes the partial file
-    render(t, RenderOptions(output=out, weights_dir=tiny, width=32, height=32))
+    render(t, RenderOptions(output=out, weights_dir=tiny, width=32, height=32, overwrite=True))
     assert probe(out)["frames"] == 40 and not partial.exists()
 
 

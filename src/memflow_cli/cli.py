@@ -65,10 +65,12 @@ def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
 @app.command()
 @_errors
 def render(
-    timeline: Optional[Path] = typer.Argument(None, help="Scope timeline / workflow JSON or MemFlow prompt-list JSONL."),
+    timelines: Optional[List[Path]] = typer.Argument(None, help="Scope timeline / workflow JSON or MemFlow prompt-list JSONL files, or folders of them (a batch)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Render a single prompt instead of a file."),
     seconds: float = typer.Option(10.0, "--seconds", help="Duration for --prompt."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 (default: the timeline's name)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Folder for the outputs of a batch (created if missing)."),
+    overwrite: bool = typer.Option(False, "--overwrite", "-y", "--force", help="Replace existing outputs (and re-render finished batch items)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the file's, else 1)."),
     resolution: Optional[str] = typer.Option(None, "--resolution", help="WIDTHxHEIGHT, multiples of 16 (default 832x480)."),
     sma: Optional[bool] = typer.Option(None, "--sma/--no-sma", help="Sparse memory activation (default off)."),
@@ -88,58 +90,82 @@ def render(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or table."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
-    """Render a timeline (or --prompt) to an mp4, with a manifest next to it."""
-    from memflow_cli.render import Reporter, RenderOptions, RichReporter, render as do_render, summary_table
-    from memflow_cli.timeline import prompt_timeline, read_timelines
+    """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
+    make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
+    from memflow_cli.progress import Reporter, RichReporter, batch_table, summary_table
+    from memflow_cli.render import RenderOptions, Renderer, batch_exit_code
+    from memflow_cli.timeline import prompt_timeline
 
-    if (timeline is None) == (prompt is None):
-        raise InputError("expected a timeline file or --prompt TEXT (one of them)")
+    paths = list(timelines or [])
+    if bool(paths) == (prompt is not None):
+        raise InputError("expected timeline files or --prompt TEXT (one of them)")
     if blend not in ("linear", "slerp"):
         raise InputError(f"--blend: expected linear or slerp, got {blend!r}")
     width, height = parse_resolution(resolution)
     if prompt is not None:
-        timelines = [prompt_timeline(prompt, seconds)]
+        items = [("--prompt", prompt_timeline(prompt, seconds))]
     else:
-        timelines = read_timelines(timeline, segment_seconds=segment_seconds, lora_dirs=lora_dir,
-                                   switch_frames=parse_ints(switch_frames, "--switch-frames"), num_latent_frames=latent_frames)
+        items = batch_items(paths, line=line, segment_seconds=segment_seconds, lora_dirs=lora_dir,
+                            switch_frames=parse_ints(switch_frames, "--switch-frames"), num_latent_frames=latent_frames)
+    if output is not None and len(items) > 1:
+        raise InputError(f"-o/--output names one file, but there are {len(items)} items to render; "
+                         "use --output-dir DIR for a batch")
+    options = RenderOptions(output=output, seed=seed, width=width, height=height, sma=sma,
+                            steps=parse_ints(steps, "--steps"), blend=blend, device=device, dtype=dtype,
+                            weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
+                            output_dir=output_dir, overwrite=overwrite)
+    reporter = Reporter() if quiet else RichReporter(err)
+    if len(items) == 1:  # one render: its errors are the command's errors
+        name, item = items[0]
+        if isinstance(item, MemflowError):
+            raise item
+        summary = Renderer(options, reporter).render(item)
+        if as_json:
+            print(json.dumps(summary.to_dict(), indent=2))
+        elif not quiet:
+            out.print(summary_table(summary))
+        return
+    results = Renderer(options, reporter).render_batch(items)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    elif not quiet:
+        out.print(batch_table(results))
+    code = batch_exit_code(results)
+    if code:
+        failed = sum(r.status not in ("done", "skipped") for r in results)
+        err.print(f"[red]error:[/red] {failed} of {len(results)} item(s) did not complete", highlight=False)
+        raise typer.Exit(code)
+
+
+def batch_items(paths, *, line=None, **read_options) -> list:
+    """(name, Timeline or the error that made it unreadable) for every item: a folder means its *.json and
+    *.jsonl files; a JSONL line is an item. Unreadable items stay in the list so the batch reports them."""
+    from memflow_cli.timeline import read_timelines
+
+    files = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix in (".json", ".jsonl") and f.is_file()
+                           and not f.name.endswith(".manifest.json"))
+            if not found:
+                raise InputError(f"{p}: the folder holds no .json or .jsonl timeline")
+            files.extend(found)
+        else:
+            files.append(p)
+    items = []
+    for f in files:
+        try:
+            timelines = read_timelines(f, **read_options)
+        except MemflowError as exc:
+            items.append((str(f), exc))
+            continue
         if line is not None:
             if not 1 <= line <= len(timelines):
-                raise InputError(f"{timeline}: --line {line} does not exist; expected 1 to {len(timelines)}")
+                items.append((str(f), InputError(f"{f}: --line {line} does not exist; expected 1 to {len(timelines)}")))
+                continue
             timelines = [timelines[line - 1]]
-    reporter = Reporter() if quiet else RichReporter(err)
-    summaries = []
-    for i, tl in enumerate(timelines):
-        target = output
-        if output is not None and len(timelines) > 1:
-            target = output.with_name(f"{output.stem}-{tl.source.rsplit(' line ', 1)[-1]}{output.suffix or '.mp4'}")
-        options = RenderOptions(output=target, seed=seed, width=width, height=height, sma=sma,
-                                steps=parse_ints(steps, "--steps"), blend=blend, device=device, dtype=dtype,
-                                weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify)
-        if len(timelines) > 1 and not quiet:
-            err.print(f"[bold]{tl.source}[/bold] ({i + 1} of {len(timelines)})")
-        summary = do_render(tl, options, reporter=reporter)
-        summaries.append(summary)
-        if not quiet and not as_json:
-            out.print(summary_table(summary))
-    if as_json:
-        data = [s.to_dict() for s in summaries]
-        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
-
-
-def plan_table(plan):
-    from rich.table import Table
-
-    from memflow_cli.hub import human_size
-
-    t = Table(title="weights")
-    for col in ("repository", "file", "size", "status"):
-        t.add_column(col, justify="right" if col == "size" else "left")
-    todo = 0
-    for item in plan:
-        t.add_row(item.file.repo, item.file.filename, human_size(item.size), "cached" if item.cached else "to download")
-        todo += 0 if item.cached else (item.size or 0)
-    t.caption = f"to download: {human_size(todo)}"
-    return t
+        items.extend((t.source, t) for t in timelines)
+    return items
 
 
 @app.command()
@@ -155,6 +181,8 @@ def download(
 
     if hub.offline_from_env():
         raise hub.DownloadError("HF_HUB_OFFLINE is set: downloading is disabled; unset it to download")
+    from memflow_cli.progress import plan_table
+
     show = None if quiet else (lambda plan: err.print(plan_table(plan)))
     paths, lock = hub.download(hub.HFDownloader(hub.hub_cache(), progress=not quiet), revision=revision,
                                wan_revision=wan_revision, verify_hashes=verify, show=show)

@@ -1,29 +1,28 @@
-"""Orchestration: timeline → schedule → weights → prompt embeddings → chunks → VAE → mp4 + manifest.
+"""Orchestration: timeline → schedule → weights → prompt embeddings → chunks → decoder → mp4 + manifest.
 
-`render(timeline, RenderOptions(...))` is the Python API; the CLI only parses options and prints.
-Order matters for memory: the text encoder (11 GB for the real umT5-XXL) is loaded, used for the few
-distinct prompts (disk-cached) and freed before the DiT starts generating. Frames are decoded and
-written chunk by chunk, so memory does not grow with the length of the video.
+A `Renderer` is built once from the options and loads its parts once (text encoder, DiT, decoder); each
+`render(job)` then streams one timeline:  source → generator → decoder → writer.  A batch is the same
+renderer called many times (`render_batch`): the weights load once and every distinct prompt of the batch
+is encoded up front, before the DiT loads, so that the 11 GB text encoder never shares the device with it.
 
-Everything that can be checked without weights (timeline, resolution, output folder) is checked before
-the slow loading starts.
+Everything that can be checked without weights (timeline, resolution, output path) is checked in
+`plan_job`, before any slow loading starts. `render(timeline, RenderOptions(...))` is the one-call API.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from memflow_cli import __version__
 from memflow_cli.errors import CheckpointError, InputError, MemflowError
+from memflow_cli.manifest import figures, identity, is_complete_render, read_manifest
+from memflow_cli.progress import Reporter
 from memflow_cli.schedule import ChunkPlan, Schedule, plan
 from memflow_cli.timeline import FPS, Timeline
 from memflow_cli.video import VideoWriter, check_output_path, manifest_path, partial_path, write_manifest
@@ -62,6 +61,8 @@ class RenderOptions:
     revision: str | None = None
     verify_hashes: bool = False
     embedding_cache: Path | None = None
+    output_dir: Path | None = None  # batches: where outputs go when no -o is given (default: the current folder)
+    overwrite: bool = False  # -y/--overwrite/--force: replace an existing output, re-render a finished one
 
 
 @dataclass
@@ -85,19 +86,44 @@ class RenderSummary:
     peak_rss_bytes: int = 0
     manifest: str = ""
     warnings: list = field(default_factory=list)
+    skipped: bool = False  # an existing complete output already was this render
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class Reporter:
-    """Progress hooks; the base class is silent (library use, --quiet)."""
+@dataclass
+class RenderJob:
+    """One timeline, planned: everything decided without weights (schedule, size, seed, output)."""
 
-    def stage(self, text: str) -> None: ...
-    def warn(self, text: str) -> None: ...
-    def start(self, schedule: Schedule) -> None: ...
-    def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None: ...
-    def stop(self) -> None: ...
+    timeline: Timeline
+    schedule: Schedule
+    output: Path
+    width: int
+    height: int
+    seed: int
+    stream: "object"  # generator.StreamSettings
+    warnings: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.timeline.source
+
+
+@dataclass
+class BatchResult:
+    """How one batch item ended: done, skipped (already rendered), failed or interrupted."""
+
+    name: str
+    status: str
+    output: str | None = None
+    summary: RenderSummary | None = None
+    message: str = ""
+    exit_code: int = 0
+
+    def to_dict(self) -> dict:
+        return {"item": self.name, "status": self.status, "output": self.output, "message": self.message,
+                "summary": self.summary.to_dict() if self.summary else None}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +137,8 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
     return device
@@ -134,17 +162,353 @@ def resolve_size(timeline: Timeline, options: RenderOptions) -> tuple[int, int]:
     return width, height
 
 
-def default_output(timeline: Timeline) -> Path:
+def default_output(timeline: Timeline, folder: Path | None = None) -> Path:
     if timeline.format == "prompt":
-        return Path("memflow.mp4")
-    name = Path(timeline.source.split(" line ")[0]).stem
-    if " line " in timeline.source:
-        name += "-" + timeline.source.rsplit(" line ", 1)[1]
-    return Path(name + ".mp4")
+        name = "memflow"
+    else:
+        name = Path(timeline.source.split(" line ")[0]).stem
+        if " line " in timeline.source:
+            name += "-" + timeline.source.rsplit(" line ", 1)[1]
+    return (folder or Path()) / (name + ".mp4")
+
+
+def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> RenderJob:
+    """Check and plan one timeline with no weights loaded; raises InputError on anything wrong."""
+    from memflow_cli.generator import StreamSettings
+
+    options = options or RenderOptions()
+    schedule = plan(timeline, blend_method=options.blend)
+    width, height = resolve_size(timeline, options)
+    seed = options.seed if options.seed is not None else (
+        timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
+    if options.output_dir is not None:
+        options.output_dir.mkdir(parents=True, exist_ok=True) if not options.output_dir.exists() else None
+    output = check_output_path(options.output or default_output(timeline, options.output_dir))
+    if timeline.settings.loras:
+        names = ", ".join(str(l.path) for l in timeline.settings.loras)
+        raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
+    steps = options.steps or timeline.settings.denoising_steps
+    try:
+        stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
+    except ValueError as exc:
+        raise InputError(f"{timeline.source}: {exc}") from None
+    return RenderJob(timeline, schedule, output, width, height, seed, stream, list(timeline.warnings))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # honest per-stage timings: kernels are asynchronous
 
 
 # ------------------------------------------------------------------------------------------------
-# The render
+# The renderer
+
+
+class Renderer:
+    """Loads its parts once; renders one timeline per `render()` call, or a whole batch.
+
+    Owns the weights' locations, the prompt embeddings, the DiT and the decoder. A Python user builds one
+    and calls it many times, as the CLI does for a batch.
+    """
+
+    def __init__(self, options: RenderOptions | None = None, reporter: Reporter | None = None):
+        self.options = options or RenderOptions()
+        self.reporter = reporter or Reporter()
+        self.device = resolve_device(self.options.device)
+        self.dtype = resolve_dtype(self.options.dtype, self.device)
+        self.timings = {"load": 0.0, "encode": 0.0}  # one-off costs, charged to the first item rendered
+        self._weights = None
+        self._config = None
+        self._embeddings: dict = {}
+        self._model = None
+        self._vae = None
+        self._warned: set[str] = set()
+
+    # -- parts, each loaded once -----------------------------------------------------------------
+
+    @property
+    def weights(self):
+        if self._weights is None:
+            from memflow_cli.hub import resolve_weights
+
+            self.reporter.stage("resolving weights")
+            o = self.options
+            self._weights = resolve_weights(o.weights_dir, offline=o.offline, revision=o.revision,
+                                            verify_hashes=o.verify_hashes, show=self.reporter.show_plan)
+        return self._weights
+
+    @property
+    def config(self):
+        if self._config is None:
+            from memflow_cli.model.dit import DiTConfig
+
+            self._config = DiTConfig.from_file(self.weights.config)
+        return self._config
+
+    def encode_prompts(self, texts: Sequence[str]) -> None:
+        """Encode every text not encoded yet (disk-cached), then free the text encoder."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
+        if not todo:
+            return
+        from memflow_cli.prompts import PromptEncoder
+
+        t = time.perf_counter()
+        self.reporter.stage(f"encoding {len(todo)} prompt(s)")
+        encoder = PromptEncoder(self.weights.tokenizer, self.weights.t5, cache_dir=self.options.embedding_cache,
+                                device=self.device, dtype=self.dtype)
+        try:
+            embeddings = encoder.encode(todo)
+        finally:
+            encoder.release()
+            del encoder
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        dims = {e.shape[-1] for e in embeddings.values()}
+        if dims != {self.config.text_dim}:
+            raise CheckpointError(
+                f"{self.weights.t5}: text encoder gives width {sorted(dims)}, the DiT expects {self.config.text_dim}")
+        self._embeddings.update(embeddings)
+        self.timings["encode"] += time.perf_counter() - t
+
+    def load(self) -> None:
+        """Load the DiT (with its LoRA merged) and the decoder, once."""
+        if self._model is not None:
+            return
+        from memflow_cli.checkpoints import load_dit
+        from memflow_cli.model.dit import DiTConfig
+        from memflow_cli.model.vae import load_wan_vae
+
+        t = time.perf_counter()
+        self.reporter.stage("loading the generator and the VAE")
+        if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
+            self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
+        self._model = load_dit(self.config, self.weights.base, self.weights.lora, device=self.device, dtype=self.dtype)
+        self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
+        self.timings["load"] += time.perf_counter() - t
+
+    def _warn_once(self, text: str) -> None:
+        if text not in self._warned:
+            self._warned.add(text)
+            self.reporter.warn(text)
+
+    # -- planning ----------------------------------------------------------------------------------
+
+    def plan(self, timeline: Timeline) -> RenderJob:
+        return plan_job(timeline, self.options)
+
+    def settings(self, job: RenderJob) -> dict:
+        """What determines the frames besides the input and the weights (recorded in the manifest)."""
+        from memflow_cli.model.dit import attention_backend
+
+        return {
+            "seed": job.seed,
+            "resolution": f"{job.width}x{job.height}",
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": attention_backend(self.device, self.dtype),
+            "blend": self.options.blend,
+            **job.stream.to_dict(),
+        }
+
+    def identity(self, job: RenderJob) -> dict:
+        return identity(job.timeline, job.schedule, self.settings(job), self.weights)
+
+    def already_rendered(self, job: RenderJob) -> bool:
+        """The output exists with a matching manifest (same input, settings and weights), complete."""
+        return is_complete_render(job.output, read_manifest(manifest_path(job.output)), self.identity(job)["fingerprint"])
+
+    # -- rendering ---------------------------------------------------------------------------------
+
+    def render(self, job: RenderJob | Timeline, *, on_chunk: Callable[[ChunkPlan], None] | None = None) -> RenderSummary:
+        """Render one timeline to an mp4 (+ manifest). Raises MemflowError subclasses with plain messages;
+        `Interrupted` (exit code 130) after Ctrl-C, with the partial file kept."""
+        started = time.perf_counter()
+        if isinstance(job, Timeline):
+            job = self.plan(job)
+        for w in job.warnings:
+            self.reporter.warn(w)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        ident = self.identity(job)
+        summary = self._summary(job, ident)
+        if not self.options.overwrite and self._skip(job, ident, summary, started):
+            return summary
+
+        # one-off costs (encoder, loading) are charged to the item that pays them
+        before = dict(self.timings)
+        self.encode_prompts(job.timeline.texts)
+        self.load()
+        summary.timings.update({k: self.timings[k] - before[k] for k in before})
+
+        from memflow_cli.conditioning import Conditioner
+        from memflow_cli.generator import StreamingGenerator
+
+        conditioner = Conditioner({t: self._embeddings[t] for t in job.timeline.texts})
+        generator = StreamingGenerator(self._model, job.stream, num_latent_frames=job.schedule.num_latent_frames,
+                                       latent_height=job.height // 8, latent_width=job.width // 8, seed=job.seed,
+                                       device=self.device, dtype=self.dtype)
+        decoder = self._vae.stream_decoder()
+        writer = VideoWriter(job.output, job.width, job.height, FPS)
+        self.reporter.start(job.schedule)
+        try:
+            with writer:
+                self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk)
+                t = time.perf_counter()
+            summary.timings["write"] += time.perf_counter() - t  # ffmpeg finishing the file (+faststart rewrite)
+        except KeyboardInterrupt:
+            self.reporter.stop()
+            self._finish(summary, started)
+            if writer.partial is None:
+                raise Interrupted("interrupted; no frame was complete, nothing was written", summary) from None
+            summary.output = str(writer.partial)
+            summary.manifest = str(write_manifest(manifest_path(writer.partial), {**ident, **figures(summary)}))
+            raise Interrupted(
+                f"interrupted after {summary.frames} of {summary.total_frames} frames; kept {writer.partial}"
+                + (f" ({job.output} was left untouched)" if job.output.exists() else ""),
+                summary,
+            ) from None
+        self.reporter.stop()
+        summary.complete = True
+        self._finish(summary, started)
+        summary.manifest = str(write_manifest(manifest_path(job.output), {**ident, **figures(summary)}))
+        stale = partial_path(job.output)
+        if stale.exists():  # an earlier interrupted attempt is superseded by this complete file
+            stale.unlink()
+            manifest_path(stale).unlink(missing_ok=True)
+        return summary
+
+    def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk) -> None:
+        """source → generator → decoder → writer, one chunk at a time; memory stays flat."""
+        from memflow_cli.model.vae import pixels_to_uint8
+
+        timings = summary.timings
+        for chunk in job.schedule.chunks:
+            if chunk.changed:
+                generator.set_conditioning(conditioner(chunk.conditioning))
+            t = time.perf_counter()
+            latents = generator.next_chunk()
+            synchronize(self.device)
+            t2 = time.perf_counter()
+            frames = pixels_to_uint8(decoder.decode(latents))[: chunk.frames].cpu().numpy()
+            synchronize(self.device)
+            t3 = time.perf_counter()
+            writer.write(frames)
+            t4 = time.perf_counter()
+            timings["generate"] += t2 - t
+            timings["decode"] += t3 - t2
+            timings["write"] += t4 - t3
+            summary.frames += len(frames)
+            self.reporter.chunk(chunk, summary.frames, summary.frames / max(timings["generate"], 1e-9))
+            if on_chunk:
+                on_chunk(chunk)
+
+    def _summary(self, job: RenderJob, ident: dict) -> RenderSummary:
+        s = ident["settings"]
+        return RenderSummary(str(job.output), False, 0, job.schedule.total_frames, 0.0, job.schedule.num_chunks,
+                             job.width, job.height, job.seed, s["device"], s["dtype"], s["attention"],
+                             {"load": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0, "write": 0.0},
+                             warnings=list(job.warnings))
+
+    def _skip(self, job: RenderJob, ident: dict, summary: RenderSummary, started: float) -> bool:
+        """The overwrite rule (one rule for single renders and batches; -y/--overwrite/--force lifts it):
+        an output that already is this exact render is skipped; any other existing output is refused."""
+        if not job.output.exists():
+            return False
+        if is_complete_render(job.output, read_manifest(manifest_path(job.output)), ident["fingerprint"]):
+            summary.skipped = summary.complete = True
+            summary.frames = job.schedule.total_frames
+            summary.manifest = str(manifest_path(job.output))
+            self._finish(summary, started)
+            summary.fps_end_to_end = summary.fps_generation = 0.0
+            self.reporter.stage(f"{job.output} is already this render (same input, settings and weights): skipped; "
+                                "-y/--overwrite renders it again")
+            return True
+        raise InputError(f"{job.output}: the file exists; pass -y/--overwrite to replace it, or choose another -o")
+
+    def _finish(self, summary: RenderSummary, started: float) -> None:
+        total = time.perf_counter() - started
+        summary.timings["total"] = total
+        summary.seconds = summary.frames / FPS
+        summary.fps_end_to_end = summary.frames / total if total > 0 else 0.0
+        gen = summary.timings.get("generate", 0.0)
+        summary.fps_generation = summary.frames / gen if gen > 0 else 0.0
+        if self.device.type == "cuda":
+            summary.peak_gpu_memory_bytes = torch.cuda.max_memory_allocated(self.device)
+        # ru_maxrss is KiB on Linux, bytes on macOS
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        summary.peak_rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+
+    # -- batches -----------------------------------------------------------------------------------
+
+    def render_batch(self, items: Sequence[tuple[str, Timeline | MemflowError]]) -> list[BatchResult]:
+        """Render every item; a bad or failing item is reported and the others go on.
+
+        `items` are (name, timeline) pairs, or (name, error) for an input that could not be read. Every
+        item is planned first; the prompts of all items to render are encoded up front; then the items
+        stream one after another through the same loaded weights. Ctrl-C stops the whole batch.
+        """
+        results: list[BatchResult | None] = [None] * len(items)
+        jobs: list[tuple[int, RenderJob]] = []
+        outputs: dict[Path, str] = {}
+        for i, (name, item) in enumerate(items):
+            if isinstance(item, MemflowError):
+                results[i] = BatchResult(name, "failed", message=str(item), exit_code=item.exit_code)
+                continue
+            try:
+                job = self.plan(item)
+            except MemflowError as exc:
+                results[i] = BatchResult(name, "failed", message=str(exc), exit_code=exc.exit_code)
+                continue
+            key = job.output.resolve()
+            if key in outputs:
+                results[i] = BatchResult(name, "failed", str(job.output), exit_code=InputError.exit_code,
+                                         message=f"same output as {outputs[key]}; give the items different names")
+                continue
+            outputs[key] = name
+            jobs.append((i, job))
+
+        todo = []
+        for i, job in jobs:
+            try:
+                if not self.options.overwrite and job.output.exists() and self.already_rendered(job):
+                    results[i] = BatchResult(job.name, "skipped", str(job.output), message="already rendered")
+                    continue
+            except MemflowError as exc:  # the weights themselves are missing or broken: nothing can render
+                for k, j in jobs:
+                    results[k] = results[k] or BatchResult(j.name, "failed", str(j.output), message=str(exc),
+                                                           exit_code=exc.exit_code)
+                return results  # type: ignore[return-value]
+            todo.append((i, job))
+        if todo:
+            try:
+                self.encode_prompts([t for _, job in todo for t in job.timeline.texts])
+            except MemflowError as exc:
+                for i, job in todo:
+                    results[i] = BatchResult(job.name, "failed", str(job.output), message=str(exc), exit_code=exc.exit_code)
+                return results  # type: ignore[return-value]
+
+        for n, (i, job) in enumerate(todo):
+            self.reporter.item(n, len(todo), job.name)
+            try:
+                summary = self.render(job)
+            except Interrupted as exc:
+                results[i] = BatchResult(job.name, "interrupted", exc.summary.output if exc.summary else None,
+                                         exc.summary, str(exc), exc.exit_code)
+                for k, j in todo[n + 1:]:
+                    results[k] = BatchResult(j.name, "not started", str(j.output), message="the batch was interrupted",
+                                             exit_code=exc.exit_code)
+                break
+            except MemflowError as exc:
+                results[i] = BatchResult(job.name, "failed", str(job.output), message=str(exc), exit_code=exc.exit_code)
+                continue
+            except Exception as exc:  # noqa: BLE001 — one broken item must not sink the batch
+                results[i] = BatchResult(job.name, "failed", str(job.output), exit_code=1,
+                                         message=f"{type(exc).__name__}: {exc}")
+                continue
+            results[i] = BatchResult(job.name, "skipped" if summary.skipped else "done", summary.output, summary,
+                                     "already rendered" if summary.skipped else "")
+        return results  # type: ignore[return-value]
 
 
 def render(
@@ -154,266 +518,15 @@ def render(
     reporter: Reporter | None = None,
     on_chunk: Callable[[ChunkPlan], None] | None = None,
 ) -> RenderSummary:
-    """Render one timeline to an mp4 (+ manifest). Raises MemflowError subclasses with plain messages;
-    `Interrupted` (exit code 130) after Ctrl-C, with the partial file kept."""
-    from memflow_cli.generator import StreamSettings
-
+    """Render one timeline with a fresh Renderer: the one-call Python API."""
     options = options or RenderOptions()
-    reporter = reporter or Reporter()
-    started = time.perf_counter()
-    timings = {"load": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0, "write": 0.0}
-
-    # -- everything that needs no weights first
-    schedule = plan(timeline, blend_method=options.blend)
-    width, height = resolve_size(timeline, options)
-    seed = options.seed if options.seed is not None else (timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
-    output = check_output_path(options.output or default_output(timeline))
-    device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device)
-    if timeline.settings.loras:
-        names = ", ".join(str(l.path) for l in timeline.settings.loras)
-        raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
-    steps = options.steps or timeline.settings.denoising_steps
-    stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
-    warnings = list(timeline.warnings)
-    for w in warnings:
-        reporter.warn(w)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    # -- weights
-    from memflow_cli.checkpoints import load_dit
-    from memflow_cli.hub import resolve_weights
-    from memflow_cli.model.dit import DiTConfig, attention_backend
-    from memflow_cli.model.vae import load_wan_vae, pixels_to_uint8
-    from memflow_cli.prompts import PromptEncoder
-
-    reporter.stage("resolving weights")
-    weights = resolve_weights(options.weights_dir, offline=options.offline, revision=options.revision,
-                              verify_hashes=options.verify_hashes, show=getattr(reporter, "show_plan", None))
-    config = DiTConfig.from_file(weights.config)
-
-    # -- prompts first: encode once (cached on disk) and free the encoder before the DiT and VAE load,
-    #    so that the 11 GB umT5-XXL never shares the device with them.
-    t = time.perf_counter()
-    reporter.stage(f"encoding {len(timeline.texts)} prompt(s)")
-    encoder = PromptEncoder(weights.tokenizer, weights.t5, cache_dir=options.embedding_cache, device=device, dtype=dtype)
-    embeddings = encoder.encode(list(timeline.texts))
-    encoder.release()
-    del encoder
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    timings["encode"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    reporter.stage("loading the generator and the VAE")
-    if device.type == "cpu" and config.dim >= DiTConfig().dim:
-        warnings.append("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        reporter.warn(warnings[-1])
-    model = load_dit(config, weights.base, weights.lora, device=device, dtype=dtype)
-    vae = load_wan_vae(weights.vae, device=device, dtype=dtype)
-    timings["load"] = time.perf_counter() - t
-
-    dims = {e.shape[-1] for e in embeddings.values()}
-    if dims != {config.text_dim}:
-        raise CheckpointError(f"{weights.t5}: text encoder gives width {sorted(dims)}, the DiT expects {config.text_dim}")
-    from memflow_cli.conditioning import Conditioner
-
-    conditioner = Conditioner(embeddings)
-
-    # -- stream: generate → decode → write, one chunk at a time
-    from memflow_cli.generator import StreamingGenerator
-
-    generator = StreamingGenerator(model, stream, num_latent_frames=schedule.num_latent_frames,
-                                   latent_height=height // 8, latent_width=width // 8, seed=seed,
-                                   device=device, dtype=dtype)
-    decoder = vae.stream_decoder()
-    frames_done = 0
-    summary = RenderSummary(str(output), False, 0, schedule.total_frames, 0.0, schedule.num_chunks, width, height,
-                            seed, str(device), str(dtype).replace("torch.", ""), attention_backend(device, dtype),
-                            timings, warnings=warnings)
-    identity = _manifest_base(timeline, schedule, options, summary, stream, weights)
-    writer = VideoWriter(output, width, height, FPS)
-    reporter.start(schedule)
-    try:
-        with writer:
-            for chunk in schedule.chunks:
-                if chunk.changed:
-                    generator.set_conditioning(conditioner(chunk.conditioning))
-                t = time.perf_counter()
-                latents = generator.next_chunk()
-                synchronize(device)
-                t2 = time.perf_counter()
-                frames = pixels_to_uint8(decoder.decode(latents))[: chunk.frames].cpu().numpy()
-                synchronize(device)
-                t3 = time.perf_counter()
-                writer.write(frames)
-                t4 = time.perf_counter()
-                timings["generate"] += t2 - t
-                timings["decode"] += t3 - t2
-                timings["write"] += t4 - t3
-                frames_done += len(frames)
-                summary.frames = frames_done
-                reporter.chunk(chunk, frames_done, frames_done / max(timings["generate"], 1e-9))
-                if on_chunk:
-                    on_chunk(chunk)
-            t = time.perf_counter()
-        timings["write"] += time.perf_counter() - t  # ffmpeg finishing the file (+faststart rewrite)
-    except KeyboardInterrupt:
-        reporter.stop()
-        _finish(summary, started, device)
-        if writer.partial is None:
-            raise Interrupted("interrupted; no frame was complete, nothing was written", summary) from None
-        summary.output = str(writer.partial)
-        summary.manifest = str(write_manifest(manifest_path(writer.partial), {**identity, **_figures(summary)}))
-        raise Interrupted(
-            f"interrupted after {summary.frames} of {summary.total_frames} frames; kept {writer.partial}"
-            + (f" ({output} was left untouched)" if output.exists() else ""),
-            summary,
-        ) from None
-    reporter.stop()
-    summary.complete = True
-    _finish(summary, started, device)
-    summary.manifest = str(write_manifest(manifest_path(output), {**identity, **_figures(summary)}))
-    stale = partial_path(output)
-    if stale.exists():  # an earlier interrupted attempt is superseded by this complete file
-        stale.unlink()
-        manifest_path(stale).unlink(missing_ok=True)
-    return summary
+    job = plan_job(timeline, options)  # input errors before the device or any weight is touched
+    return Renderer(options, reporter).render(job, on_chunk=on_chunk)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # honest per-stage timings: kernels are asynchronous
-
-
-def _finish(summary: RenderSummary, started: float, device: torch.device) -> None:
-    total = time.perf_counter() - started
-    summary.timings["total"] = total
-    summary.seconds = summary.frames / FPS
-    summary.fps_end_to_end = summary.frames / total if total > 0 else 0.0
-    summary.fps_generation = summary.frames / summary.timings["generate"] if summary.timings["generate"] > 0 else 0.0
-    if device.type == "cuda":
-        summary.peak_gpu_memory_bytes = torch.cuda.max_memory_allocated(device)
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    summary.peak_rss_bytes = rss if sys.platform == "darwin" else rss * 1024
-
-
-def _manifest_base(timeline, schedule, options, summary, stream, weights) -> dict:
-    import huggingface_hub
-    import imageio_ffmpeg
-
-    return {
-        "memflow_cli": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": {
-            "source": timeline.source,
-            "format": timeline.format,
-            "sha256": timeline.sha256,
-            "blocks": [{"start": b.start, "end": b.end, "prompts": [[p.text, p.weight] for p in b.prompts],
-                        "transition_steps": b.transition_steps, "interpolation": b.interpolation} for b in timeline.blocks],
-        },
-        "settings": {
-            "seed": summary.seed,
-            "resolution": f"{summary.width}x{summary.height}",
-            "device": summary.device,
-            "dtype": summary.dtype,
-            "attention": summary.attention,
-            "blend": options.blend,
-            **stream.to_dict(),
-        },
-        "schedule": {"chunks": schedule.num_chunks, "latent_frames": schedule.num_latent_frames,
-                     "video_frames": schedule.total_frames, "fps": FPS, "conditioning_changes": schedule.switches},
-        "weights": {"source": weights.source, "files": weights.describe()},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "gpu": torch.cuda.get_device_name(0) if summary.device.startswith("cuda") else None,
-            "huggingface_hub": huggingface_hub.__version__,
-            "ffmpeg": imageio_ffmpeg.get_ffmpeg_version(),
-        },
-    }
-
-
-def _figures(summary: RenderSummary) -> dict:
-    return {
-        "video": {"path": summary.output, "complete": summary.complete, "frames": summary.frames, "fps": FPS,
-                  "seconds": summary.seconds, "width": summary.width, "height": summary.height,
-                  "codec": "h264", "pix_fmt": "yuv420p"},
-        "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
-        "fps": {"end_to_end": round(summary.fps_end_to_end, 3), "generation": round(summary.fps_generation, 3)},
-        "peak_memory_bytes": {"gpu": summary.peak_gpu_memory_bytes, "rss": summary.peak_rss_bytes},
-        "warnings": summary.warnings,
-    }
-
-
-# ------------------------------------------------------------------------------------------------
-# Rich output for the command line
-
-
-class RichReporter(Reporter):
-    """A progress bar per chunk (frames done / total, generation FPS, ETA) on stderr."""
-
-    def __init__(self, console=None):
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True)
-        self.progress = None
-
-    def stage(self, text: str) -> None:
-        self.console.print(f"[dim]•[/dim] {text}")
-
-    def warn(self, text: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
-
-    def show_plan(self, plan) -> None:
-        from memflow_cli.cli import plan_table
-
-        self.console.print(plan_table(plan))
-
-    def start(self, schedule: Schedule) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]rendering"), BarColumn(),
-            TextColumn("{task.completed}/{task.total} frames"), TextColumn("chunk {task.fields[chunk]}"),
-            TextColumn("{task.fields[fps]:.2f} gen fps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task("render", total=schedule.total_frames, fps=0.0,
-                                           chunk=f"0/{schedule.num_chunks}")
-        self.num_chunks = schedule.num_chunks
-
-    def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None:
-        self.progress.update(self.task, completed=frames_done, fps=generation_fps,
-                             chunk=f"{chunk.index + 1}/{self.num_chunks}")
-
-    def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-
-def summary_table(summary: RenderSummary):
-    from rich.table import Table
-
-    def mib(n):
-        return "–" if n is None else f"{n / 2**20:,.0f} MiB"
-
-    t = Table(title=f"{summary.output}" + ("" if summary.complete else " (partial)"), show_header=False)
-    t.add_column(style="bold")
-    t.add_column(justify="right")
-    t.add_row("frames", f"{summary.frames} ({summary.seconds:.2f} s at {FPS} fps, {summary.width}x{summary.height})")
-    t.add_row("chunks", str(summary.chunks))
-    t.add_row("device", f"{summary.device}, {summary.dtype}, {summary.attention}")
-    for stage in ("load", "encode", "generate", "decode", "write", "total"):
-        t.add_row(f"time {stage}", f"{summary.timings.get(stage, 0.0):.2f} s")
-    t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
-    t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
-    t.add_row("peak GPU memory", mib(summary.peak_gpu_memory_bytes))
-    t.add_row("peak RSS", mib(summary.peak_rss_bytes))
-    t.add_row("manifest", summary.manifest)
-    return t
+def batch_exit_code(results: Sequence[BatchResult]) -> int:
+    """0 when every item was rendered or skipped; else the worst item's code (130 if interrupted)."""
+    codes = [r.exit_code for r in results if r.status not in ("done", "skipped")]
+    if not codes:
+        return 0
+    return 130 if 130 in codes else max(codes)

@@ -1,0 +1,124 @@
+"""Batches: several timelines in one process, weights loaded once, items independent of each other."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+from typer.testing import CliRunner
+
+from memflow_cli.cli import app
+from memflow_cli.render import Renderer, RenderOptions
+from memflow_cli.testing.tiny_weights import write_tiny_weights
+from memflow_cli.timeline import read_timeline
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout + (result.stderr if result.stderr_bytes is not None else "")
+
+
+def cli_json(*args):
+    result = CliRunner().invoke(app, [*(str(a) for a in args), "--json"])
+    return result.exit_code, json.loads(result.stdout), result.stdout + (result.stderr or "")
+
+
+def frames_digest(path: Path) -> str:
+    """sha256 of the decoded RGB frames: what a viewer sees, independent of container details."""
+    h = hashlib.sha256()
+    for frame in imageio_ffmpeg.read_frames(str(path)):
+        if isinstance(frame, bytes):
+            h.update(frame)
+    return h.hexdigest()
+
+
+def make_inputs(folder: Path) -> list[Path]:
+    folder.mkdir()
+    names = []
+    for src in ("scope_v1.json", "scope_v21.json", "workflow.json"):
+        shutil.copy(FIXTURES / src, folder / src)
+        names.append(folder / src)
+    return names
+
+
+def test_batch_equals_single_renders_and_skips_on_rerun(tiny, tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    common = ["--weights-dir", tiny, "--resolution", "32x32", "--quiet"]
+    code, text = cli("render", *inputs, "--output-dir", tmp_path / "batch", *common)
+    assert code == 0, text
+    for src in inputs:
+        single = tmp_path / f"single-{src.stem}.mp4"
+        code, text = cli("render", src, "-o", single, *common)
+        assert code == 0, text
+        batch = tmp_path / "batch" / f"{src.stem}.mp4"
+        assert frames_digest(batch) == frames_digest(single)
+        assert json.loads((tmp_path / "batch" / f"{src.stem}.manifest.json").read_text())["video"]["complete"]
+
+    # the same command again does nothing: every item is already rendered
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()}
+    code, data, text = cli_json("render", tmp_path / "in", "--output-dir", tmp_path / "batch", *common)
+    assert code == 0, text
+    assert [r["status"] for r in data] == ["skipped"] * 3
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()} == before
+
+    # a changed setting is a different render: the existing outputs are refused without --force
+    code, data, text = cli_json("render", tmp_path / "in", "--output-dir", tmp_path / "batch", *common, "--seed", "7")
+    assert code == 2, text
+    assert all(r["status"] == "failed" and "--overwrite" in r["message"] for r in data)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()} == before
+    code, text = cli("render", tmp_path / "in", "--output-dir", tmp_path / "batch", *common, "--seed", "7", "--force")
+    assert code == 0, text
+    assert json.loads((tmp_path / "batch" / "scope_v1.manifest.json").read_text())["settings"]["seed"] == 7
+
+
+def test_failing_item_does_not_stop_the_batch(tiny, tmp_path):
+    good = tmp_path / "good.json"
+    shutil.copy(FIXTURES / "scope_v1.json", good)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "2.1", "prompts": []}')
+    code, data, text = cli_json("render", bad, good, tmp_path / "missing.json", "--output-dir", tmp_path / "out",
+                                "--weights-dir", tiny, "--resolution", "32x32", "--quiet")
+    assert code == 2, text
+    results = {Path(r["item"]).name: r for r in data}
+    assert results["good.json"]["status"] == "done"
+    assert results["bad.json"]["status"] == "failed" and "bad.json" in results["bad.json"]["message"]
+    assert results["missing.json"]["status"] == "failed" and "not found" in results["missing.json"]["message"]
+    assert (tmp_path / "out" / "good.mp4").exists() and not (tmp_path / "out" / "bad.mp4").exists()
+
+
+def test_output_with_several_items_points_to_output_dir(tiny, tmp_path):
+    code, text = cli("render", FIXTURES / "prompts.jsonl", "-o", tmp_path / "x.mp4", "--weights-dir", tiny)
+    assert code == 2 and "--output-dir" in text
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_renderer_loads_weights_once(tiny, tmp_path, monkeypatch):
+    import memflow_cli.checkpoints as checkpoints
+    import memflow_cli.prompts as prompts
+
+    loads, encoders = [], []
+    real_load, real_encoder = checkpoints.load_dit, prompts.PromptEncoder
+    monkeypatch.setattr(checkpoints, "load_dit", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(prompts, "PromptEncoder", lambda *a, **k: encoders.append(1) or real_encoder(*a, **k))
+    renderer = Renderer(RenderOptions(weights_dir=tiny, width=32, height=32, output_dir=tmp_path / "o"))
+    items = [(str(f), read_timeline(FIXTURES / f)) for f in ("scope_v1.json", "scope_v21.json")]
+    results = renderer.render_batch(items)
+    assert [r.status for r in results] == ["done", "done"]
+    assert loads == [1] and encoders == [1]  # one DiT load, one text-encoder pass for all prompts of the batch

@@ -94,6 +94,7 @@ def render(
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
     from memflow_cli.progress import Reporter, RichReporter, batch_table, summary_table
     from memflow_cli.render import RenderOptions, Renderer, batch_exit_code
+    from memflow_cli.distributed import world_from_env
     from memflow_cli.timeline import prompt_timeline
 
     paths = list(timelines or [])
@@ -115,6 +116,9 @@ def render(
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
                             output_dir=output_dir, overwrite=overwrite)
     reporter = Reporter() if quiet else RichReporter(err)
+    world = world_from_env()
+    if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
+        return render_distributed(world, items, options, reporter, as_json=as_json, quiet=quiet)
     if len(items) == 1:  # one render: its errors are the command's errors
         name, item = items[0]
         if isinstance(item, MemflowError):
@@ -135,6 +139,46 @@ def render(
         failed = sum(r.status not in ("done", "skipped") for r in results)
         err.print(f"[red]error:[/red] {failed} of {len(results)} item(s) did not complete", highlight=False)
         raise typer.Exit(code)
+
+
+def render_distributed(world, items, options, reporter, *, as_json: bool, quiet: bool) -> None:
+    from memflow_cli import distributed
+    from memflow_cli.progress import Reporter, batch_table
+    from memflow_cli.render import BatchResult, RenderSummary, Renderer, batch_exit_code, plan_job
+
+    options.device = distributed.rank_device(world, options.device)
+    distributed.init(world, options.device)
+    try:
+        frames = []
+        for _, item in items:
+            try:
+                frames.append(0 if isinstance(item, MemflowError) else plan_job(item, options).schedule.total_frames)
+            except MemflowError:
+                frames.append(0)
+        owner = distributed.assign(frames, world.size)
+        mine = [i for i, o in enumerate(owner) if o == world.rank]
+        renderer = Renderer(options, reporter if world.is_main else Reporter())
+        results = renderer.render_batch([items[i] for i in mine]) if mine else []
+        gathered = distributed.gather([(i, r.to_dict()) for i, r in zip(mine, results)])
+    finally:
+        distributed.finish()
+    if not world.is_main:
+        raise typer.Exit(batch_exit_code(results))
+    merged = sorted((pair for part in gathered for pair in part), key=lambda pair: pair[0])
+    everything = []
+    for _, d in merged:
+        summary = RenderSummary(**d["summary"]) if d["summary"] else None
+        everything.append(BatchResult(d["item"], d["status"], d["output"], summary, d["message"],
+                                      0 if d["status"] in ("done", "skipped") else d.get("exit_code", 1)))
+    if as_json:
+        print(json.dumps([r.to_dict() for r in everything], indent=2))
+    elif not quiet:
+        out.print(batch_table(everything))
+    code = batch_exit_code(everything)
+    if code:
+        failed = sum(r.status not in ("done", "skipped") for r in everything)
+        err.print(f"[red]error:[/red] {failed} of {len(everything)} item(s) did not complete", highlight=False)
+    raise typer.Exit(code)
 
 
 def batch_items(paths, *, line=None, **read_options) -> list:

@@ -123,7 +123,7 @@ class BatchResult:
 
     def to_dict(self) -> dict:
         return {"item": self.name, "status": self.status, "output": self.output, "message": self.message,
-                "summary": self.summary.to_dict() if self.summary else None}
+                "exit_code": self.exit_code, "summary": self.summary.to_dict() if self.summary else None}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -89,6 +89,8 @@ def render(
     verify: bool = typer.Option(False, "--verify", help="Check weight files against their recorded sha256."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or table."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted render from its NAME.resume/ checkpoint."),
+    checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between resume checkpoints (0 = only when stopped by a signal)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
@@ -103,6 +105,8 @@ def render(
     if blend not in ("linear", "slerp"):
         raise InputError(f"--blend: expected linear or slerp, got {blend!r}")
     width, height = parse_resolution(resolution)
+    if not (checkpoint_every >= 0 and checkpoint_every != float("inf")):
+        raise InputError(f"--checkpoint-every: expected seconds >= 0 (0 = only on signals), got {checkpoint_every}")
     if prompt is not None:
         items = [("--prompt", prompt_timeline(prompt, seconds))]
     else:
@@ -114,7 +118,8 @@ def render(
     options = RenderOptions(output=output, seed=seed, width=width, height=height, sma=sma,
                             steps=parse_ints(steps, "--steps"), blend=blend, device=device, dtype=dtype,
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
-                            output_dir=output_dir, overwrite=overwrite)
+                            output_dir=output_dir, overwrite=overwrite, resume=resume,
+                            checkpoint_every=checkpoint_every)
     reporter = Reporter() if quiet else RichReporter(err)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all

@@ -88,6 +88,9 @@ class ChunkRecord:
 class StreamingGenerator:
     """Generates a video's latents chunk by chunk. One object per video: it owns caches, bank and RNG."""
 
+    # rebuilt by the constructor (from the model and the seed), so a resume checkpoint does not carry them
+    _transient = ("model", "noise")
+
     def __init__(
         self,
         model: CausalDiT,

@@ -38,9 +38,10 @@ class Interrupted(MemflowError):
 
     exit_code = 130
 
-    def __init__(self, message: str, summary: "RenderSummary | None" = None):
+    def __init__(self, message: str, summary: "RenderSummary | None" = None, exit_code: int = 130):
         super().__init__(message)
         self.summary = summary
+        self.exit_code = exit_code  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
 
 @dataclass
@@ -63,6 +64,8 @@ class RenderOptions:
     embedding_cache: Path | None = None
     output_dir: Path | None = None  # batches: where outputs go when no -o is given (default: the current folder)
     overwrite: bool = False  # -y/--overwrite/--force: replace an existing output, re-render a finished one
+    resume: bool = False  # continue from NAME.resume/ when there is one
+    checkpoint_every: float = 300.0  # seconds between resume checkpoints; 0 = only when stopped by a signal
 
 
 @dataclass
@@ -335,6 +338,8 @@ class Renderer:
         if not self.options.overwrite and self._skip(job, ident, summary, started):
             return summary
 
+        checkpoint = self._checkpoint_to_resume(job, ident)
+
         # one-off costs (encoder, loading) are charged to the item that pays them
         before = dict(self.timings)
         self.encode_prompts(job.timeline.texts)
@@ -343,32 +348,68 @@ class Renderer:
 
         from memflow_cli.conditioning import Conditioner
         from memflow_cli.generator import StreamingGenerator
+        from memflow_cli.resume import CheckpointRecorder, resume_dir
+        from memflow_cli.signals import StopRequest, exit_code, name
 
         conditioner = Conditioner({t: self._embeddings[t] for t in job.timeline.texts})
         generator = StreamingGenerator(self._model, job.stream, num_latent_frames=job.schedule.num_latent_frames,
                                        latent_height=job.height // 8, latent_width=job.width // 8, seed=job.seed,
                                        device=self.device, dtype=self.dtype)
         decoder = self._vae.stream_decoder()
+        owners = {"generator": generator, "decoder": decoder}  # the streaming state a checkpoint carries
         writer = VideoWriter(job.output, job.width, job.height, FPS)
-        self.reporter.start(job.schedule)
+        recorder = None
+        stop = StopRequest(lambda signum: self.reporter.warn(
+            f"{name(signum)}: stopping after this chunk (keeping what is rendered; Ctrl-C again to stop at once)"))
         try:
-            with writer:
-                self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk)
+            with writer, stop:
+                start = 0
+                if checkpoint is not None:
+                    t = time.perf_counter()
+                    checkpoint.restore(owners, self.device)
+                    for frame in checkpoint.frames_written(job.width, job.height):
+                        writer.write(frame)
+                        summary.frames += 1
+                    if summary.frames != checkpoint.frames:
+                        from memflow_cli.resume import ResumeError
+
+                        raise ResumeError(f"{checkpoint.folder}: holds {summary.frames} frames, its record says "
+                                          f"{checkpoint.frames}; remove it (or render with -y) to start over")
+                    start = checkpoint.chunk
+                    summary.timings["resume"] = time.perf_counter() - t
+                    self.reporter.stage(f"resumed at frame {summary.frames} of {summary.total_frames} (chunk {start})")
+                recorder = CheckpointRecorder(resume_dir(job.output), ident, job.width, job.height, FPS,
+                                              self.options.checkpoint_every, resumed=checkpoint)
+                self.reporter.start(job.schedule)
+                self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop)
+                if stop.requested:
+                    raise KeyboardInterrupt  # stopped at a chunk boundary: the writer keeps the partial file
                 t = time.perf_counter()
             summary.timings["write"] += time.perf_counter() - t  # ffmpeg finishing the file (+faststart rewrite)
         except KeyboardInterrupt:
             self.reporter.stop()
+            if recorder is not None:
+                recorder.abandon_open_segment()
             self._finish(summary, started)
+            code = exit_code(stop.signum)
             if writer.partial is None:
-                raise Interrupted("interrupted; no frame was complete, nothing was written", summary) from None
+                raise Interrupted("interrupted; no frame was complete, nothing was written", summary, code) from None
             summary.output = str(writer.partial)
             summary.manifest = str(write_manifest(manifest_path(writer.partial), {**ident, **figures(summary)}))
+            kept = f"kept {writer.partial}"
+            if recorder is not None and recorder.saves:
+                kept += f" and a checkpoint in {recorder.folder} (add --resume to the same command to continue)"
             raise Interrupted(
-                f"interrupted after {summary.frames} of {summary.total_frames} frames; kept {writer.partial}"
+                f"interrupted after {summary.frames} of {summary.total_frames} frames; {kept}"
                 + (f" ({job.output} was left untouched)" if job.output.exists() else ""),
-                summary,
+                summary, code,
             ) from None
+        except BaseException:
+            if recorder is not None:
+                recorder.abandon_open_segment()  # the last complete checkpoint stays usable
+            raise
         self.reporter.stop()
+        recorder.remove()
         summary.complete = True
         self._finish(summary, started)
         summary.manifest = str(write_manifest(manifest_path(job.output), {**ident, **figures(summary)}))
@@ -378,13 +419,36 @@ class Renderer:
             manifest_path(stale).unlink(missing_ok=True)
         return summary
 
-    def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk) -> None:
-        """source → generator → decoder → writer, one chunk at a time; memory stays flat."""
+    def _checkpoint_to_resume(self, job: RenderJob, ident: dict):
+        """The checkpoint to continue from (--resume), after checking it is this render's and intact."""
+        from memflow_cli.resume import Checkpoint, resume_dir
+
+        folder = resume_dir(job.output)
+        if not folder.exists():
+            if self.options.resume:
+                self.reporter.warn(f"--resume: no checkpoint at {folder}; rendering from the start")
+            return None
+        if self.options.resume:
+            return Checkpoint.load(folder, ident["fingerprint"], ident["settings"], ident["input"].get("sha256"))
+        if not self.options.overwrite:
+            raise InputError(f"{folder}: an interrupted render of {job.output} can be continued; add --resume to "
+                             "continue it, or -y/--overwrite to start over")
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+    def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop) -> None:
+        """source → generator → decoder → writer, one chunk at a time; memory stays flat.
+
+        Between chunks (the only points where the streaming state is consistent) a checkpoint is saved
+        when one is due or a stop was requested; after a requested stop the loop ends there.
+        """
         from memflow_cli.model.vae import pixels_to_uint8
 
         timings = summary.timings
-        for chunk in job.schedule.chunks:
-            if chunk.changed:
+        for chunk in job.schedule.chunks[start:]:
+            if chunk.changed:  # (after a resume, the current prompt and a pending re-cache are restored state)
                 generator.set_conditioning(conditioner(chunk.conditioning))
             t = time.perf_counter()
             latents = generator.next_chunk()
@@ -394,6 +458,7 @@ class Renderer:
             synchronize(self.device)
             t3 = time.perf_counter()
             writer.write(frames)
+            recorder.write(frames)
             t4 = time.perf_counter()
             timings["generate"] += t2 - t
             timings["decode"] += t3 - t2
@@ -402,6 +467,12 @@ class Renderer:
             self.reporter.chunk(chunk, summary.frames, summary.frames / max(timings["generate"], 1e-9))
             if on_chunk:
                 on_chunk(chunk)
+            last = chunk.index + 1 == job.schedule.num_chunks
+            if not last and (stop.requested or recorder.due()):
+                recorder.save(owners, chunk.index + 1, summary.frames, timings)
+                timings["checkpoint"] = recorder.seconds
+            if stop.requested and not last:
+                return
 
     def _summary(self, job: RenderJob, ident: dict) -> RenderSummary:
         s = ident["settings"]

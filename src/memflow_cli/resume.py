@@ -1,0 +1,383 @@
+"""Renders that survive interruption: checkpoints next to the output, and an exact `--resume`.
+
+`NAME.resume/` holds what it takes to continue a render at a chunk boundary and get the very frames an
+uninterrupted render gives:
+
+- `state-N.pt`: the streaming state after chunk N-1 — the generator's (KV cache, memory bank and its
+  staged frame, text cache, conditioning, clean latents kept for re-caching, random number generators)
+  and the decoder's causal caches. Captured generically from the objects that own them (`snapshot`), so
+  a new piece of state in those objects is saved without touching this file; an owner lists what its
+  constructor rebuilds anyway in `_transient` (the model, the initial noise drawn from the seed).
+- `seg-K.mkv`: the frames written so far, losslessly (FFV1, RGB planes): the final H.264 is encoded in
+  one pass from exact frames, so a resumed video is identical to an uninterrupted one, byte for byte.
+  A segment is closed at each checkpoint.
+- `meta.json` (written last, atomically): the render's fingerprint (input sha256, settings, weights),
+  the chunk to continue at, the frame count, the segments and the state file with its sha256. A checkpoint
+  whose meta, state or segments do not check out is refused with a message (never silently used).
+
+Checkpoints are taken at chunk boundaries only: on SIGINT/SIGTERM/SIGHUP (the render finishes its chunk,
+saves, keeps NAME.partial.mp4 and stops) and every `checkpoint_every` seconds. The folder is removed
+when the render completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from memflow_cli.errors import InputError, MemflowError
+
+FORMAT = "memflow-resume/1"
+
+
+class ResumeError(InputError):
+    """A checkpoint that cannot be used: another render's, or damaged."""
+
+
+def resume_dir(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(f"{output.stem}.resume")
+
+
+# ------------------------------------------------------------------------------------------------
+# Generic state capture of the streaming objects
+
+
+def _is_state_object(value: Any) -> bool:
+    """Our own plain objects (generator, memory, caches, stream decoders) — not modules, not settings."""
+    cls = type(value)
+    return (cls.__module__.startswith("memflow_cli.") and not isinstance(value, torch.nn.Module)
+            and hasattr(value, "__dict__") and not getattr(cls, "__dataclass_params__", None))
+
+
+def _module_names(obj: Any) -> dict[int, str]:
+    """id(module) → a stable name, for every module reachable from `obj`'s attributes (the decoder's
+    caches are keyed by its layers)."""
+    names: dict[int, str] = {}
+
+    def walk(o, prefix, seen):
+        if id(o) in seen:
+            return
+        seen.add(id(o))
+        for attr, v in vars(o).items():
+            if isinstance(v, torch.nn.Module):
+                for sub, m in v.named_modules(prefix=prefix + attr):
+                    names.setdefault(id(m), sub)
+            elif _is_state_object(v):
+                walk(v, f"{prefix}{attr}.", seen)
+
+    walk(obj, "", set())
+    return names
+
+
+def snapshot(obj: Any) -> dict:
+    """The mutable state of `obj` as nested dicts of CPU tensors and plain values.
+
+    A tensor that is a view of another captured tensor is skipped: restoring the base restores it.
+    Dictionary keys that are layers are saved by their names.
+    """
+    bases: set[int] = set()
+    modules = _module_names(obj)
+
+    def collect(o, seen):
+        if id(o) in seen:
+            return
+        seen.add(id(o))
+        for name, v in vars(o).items():
+            if name in getattr(type(o), "_transient", ()):
+                continue
+            if isinstance(v, torch.Tensor) and v._base is None:
+                bases.add(id(v))
+            elif _is_state_object(v):
+                collect(v, seen)
+
+    collect(obj, set())
+
+    def key(k):
+        if isinstance(k, torch.nn.Module):
+            return {"__module__": modules[id(k)]}
+        if isinstance(k, tuple):
+            return {"__tuple__": [key(x) for x in k]}
+        return k
+
+    def value(v):
+        if isinstance(v, torch.Tensor):
+            if v._base is not None and id(v._base) in bases:
+                return {"__view__": True}
+            return v.detach().to("cpu", copy=True)
+        if isinstance(v, torch.Generator):
+            return {"__rng__": v.get_state(), "device": str(v.device)}
+        if _is_state_object(v):
+            return {"__object__": walk(v)}
+        if isinstance(v, dict):
+            return {"__dict__": [[key(k), value(x)] for k, x in v.items()]}
+        if isinstance(v, (list, tuple)):
+            return {"__list__": [value(x) for x in v], "tuple": isinstance(v, tuple)}
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return {"__skip__": type(v).__name__}  # modules, callables, devices, configs: rebuilt by the constructor
+
+    def walk(o):
+        return {name: value(v) for name, v in vars(o).items() if name not in getattr(type(o), "_transient", ())}
+
+    return walk(obj)
+
+
+def restore(obj: Any, state: dict, device: torch.device | str) -> None:
+    """Put a `snapshot` back into a freshly built object of the same kind (in place, keeping views)."""
+    by_name: dict[str, torch.nn.Module] = {}
+    seen: set[int] = set()
+
+    def index(o, prefix):
+        if id(o) in seen:
+            return
+        seen.add(id(o))
+        for attr, v in vars(o).items():
+            if isinstance(v, torch.nn.Module):
+                for sub, m in v.named_modules(prefix=prefix + attr):
+                    by_name.setdefault(sub, m)
+            elif _is_state_object(v):
+                index(v, f"{prefix}{attr}.")
+
+    index(obj, "")
+
+    def key(k):
+        if isinstance(k, dict) and "__tuple__" in k:
+            return tuple(key(x) for x in k["__tuple__"])
+        if isinstance(k, dict) and "__module__" in k:
+            if k["__module__"] not in by_name:
+                raise ResumeError(f"the checkpoint refers to a layer {k['__module__']!r} this model does not have")
+            return by_name[k["__module__"]]
+        return k
+
+    def value(current, saved):
+        if isinstance(saved, torch.Tensor):
+            if isinstance(current, torch.Tensor) and current.shape == saved.shape and current.dtype == saved.dtype:
+                current.copy_(saved)
+                return current
+            return saved.to(device)
+        if isinstance(saved, dict):
+            if "__view__" in saved or "__skip__" in saved:
+                return current
+            if "__rng__" in saved:
+                current.set_state(saved["__rng__"])
+                return current
+            if "__object__" in saved:
+                apply(current, saved["__object__"])
+                return current
+            if "__dict__" in saved:
+                cur = current if isinstance(current, dict) else {}
+                out = {}
+                for k, x in saved["__dict__"]:
+                    k = key(k)
+                    out[k] = value(cur.get(k), x)
+                return out
+            if "__list__" in saved:
+                cur = list(current) if isinstance(current, (list, tuple)) else []
+                items = [value(cur[i] if i < len(cur) else None, x) for i, x in enumerate(saved["__list__"])]
+                return tuple(items) if saved.get("tuple") else items
+        return saved
+
+    def apply(o, saved):
+        for name, s in saved.items():
+            setattr(o, name, value(getattr(o, name, None), s))
+
+    apply(obj, state)
+
+
+# ------------------------------------------------------------------------------------------------
+# Lossless frame segments
+
+
+class SegmentWriter:
+    """uint8 RGB frames → one lossless FFV1 file (RGB planes: an exact round trip)."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: int):
+        import imageio_ffmpeg
+
+        self.path, self.frames = path, 0
+        self.tmp = path.with_name(path.name + ".part")
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+               "-an", "-c:v", "ffv1", "-level", "3", "-pix_fmt", "gbrp", "-f", "matroska", str(self.tmp)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, start_new_session=True)
+
+    def write(self, frames: np.ndarray) -> None:
+        self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        self.frames += len(frames)
+
+    def close(self) -> Path:
+        self._proc.stdin.close()
+        err = self._proc.stderr.read().decode("utf-8", "replace").strip()
+        if self._proc.wait() != 0:
+            raise MemflowError(f"{self.path}: could not write the checkpoint's frames ({err or 'ffmpeg failed'})")
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abandon(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_segment(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    next(reader)  # metadata
+    for frame in reader:
+        yield np.frombuffer(frame, dtype=np.uint8).reshape(height, width, 3)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+class Checkpoint:
+    """A validated checkpoint on disk: where to continue, and the state to continue with."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder, self.meta = folder, meta
+
+    @property
+    def chunk(self) -> int:
+        return self.meta["next_chunk"]
+
+    @property
+    def frames(self) -> int:
+        return self.meta["frames"]
+
+    @classmethod
+    def load(cls, folder: Path, fingerprint: str, settings: dict, input_sha256: str | None) -> "Checkpoint":
+        where = f"{folder}/meta.json"
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            ok = (isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("next_chunk"), int)
+                  and isinstance(meta.get("frames"), int) and isinstance(meta.get("segments"), list)
+                  and isinstance(meta.get("state"), dict))
+        except (OSError, ValueError, RecursionError):
+            ok, meta = False, None
+        if not ok:
+            raise ResumeError(f"{where}: not a readable memflow checkpoint; remove {folder} (or render with -y) to start over")
+        if meta.get("fingerprint") != fingerprint:
+            raise ResumeError(f"{folder}: this checkpoint belongs to a different render ({_difference(meta, settings, input_sha256)}); "
+                              f"use the same input and settings, or -y to start over")
+        for seg in meta["segments"]:
+            p = folder / str(seg.get("file", ""))
+            if not p.is_file() or p.stat().st_size != seg.get("size"):
+                raise ResumeError(f"{p}: a frame segment of the checkpoint is missing or damaged; remove {folder} "
+                                  "(or render with -y) to start over")
+        state = folder / str(meta["state"].get("file", ""))
+        if not state.is_file() or state.stat().st_size != meta["state"].get("size") or _sha256(state) != meta["state"].get("sha256"):
+            raise ResumeError(f"{state}: the checkpoint's state file is missing or damaged; remove {folder} "
+                              "(or render with -y) to start over")
+        return cls(folder, meta)
+
+    def restore(self, owners: dict[str, Any], device) -> None:
+        try:
+            saved = torch.load(self.folder / self.meta["state"]["file"], map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 — any unpickling problem is a damaged checkpoint
+            raise ResumeError(f"{self.folder}: cannot read the checkpoint's state ({exc}); remove it to start over") from None
+        for name, obj in owners.items():
+            restore(obj, saved[name], device)
+
+    def frames_written(self, width: int, height: int) -> Iterator[np.ndarray]:
+        for seg in self.meta["segments"]:
+            yield from read_segment(self.folder / seg["file"], width, height)
+
+
+def _difference(meta: dict, settings: dict, input_sha256: str | None) -> str:
+    old = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    diffs = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    if meta.get("input_sha256") != input_sha256:
+        diffs.insert(0, "the input file's content changed")
+    return "; ".join(diffs[:4]) or "different weights"
+
+
+class CheckpointRecorder:
+    """Owns NAME.resume/ during a render: tees frames into segments, saves state at chunk boundaries."""
+
+    def __init__(self, folder: Path, identity: dict, width: int, height: int, fps: int, every: float,
+                 resumed: Checkpoint | None = None, clock=time.monotonic):
+        self.folder, self.width, self.height, self.fps, self.every, self.clock = folder, width, height, fps, every, clock
+        self.base = {"format": FORMAT, "fingerprint": identity["fingerprint"], "settings": identity["settings"],
+                     "input_sha256": identity["input"].get("sha256"), "output": str(folder)}
+        self.segments: list[dict] = list(resumed.meta["segments"]) if resumed else []
+        self._state_file = resumed.meta["state"]["file"] if resumed else None
+        folder.mkdir(parents=True, exist_ok=True)
+        self._segment: SegmentWriter | None = None
+        self._last = clock()
+        self.saves = 0
+        self.seconds = 0.0
+        self.bytes = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        if self._segment is None:
+            self._segment = SegmentWriter(self.folder / f"seg-{len(self.segments):04d}.mkv", self.width, self.height, self.fps)
+        self._segment.write(frames)
+
+    def due(self) -> bool:
+        return self.every > 0 and self.clock() - self._last >= self.every
+
+    def save(self, owners: dict[str, Any], next_chunk: int, frames: int, timings: dict) -> None:
+        """State after `next_chunk - 1` chunks and `frames` frames; atomic: meta.json is replaced last."""
+        started = time.perf_counter()
+        if self._segment is not None:
+            path = self._segment.close()
+            self.segments.append({"file": path.name, "frames": self._segment.frames, "size": path.stat().st_size})
+            self._segment = None
+        state = {name: snapshot(obj) for name, obj in owners.items()}
+        name = f"state-{next_chunk:06d}.pt"
+        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.folder / name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        path = self.folder / name
+        meta = {**self.base, "next_chunk": next_chunk, "frames": frames, "segments": self.segments,
+                "state": {"file": name, "size": path.stat().st_size, "sha256": _sha256(path)},
+                "timings_s": {k: round(v, 4) for k, v in timings.items()}}
+        fd, tmp = tempfile.mkstemp(prefix=".meta.", suffix=".tmp", dir=self.folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f, indent=2)
+        os.replace(tmp, self.folder / "meta.json")
+        if self._state_file and self._state_file != name:
+            (self.folder / self._state_file).unlink(missing_ok=True)
+        self._state_file = name
+        self._last = self.clock()
+        self.saves += 1
+        self.seconds += time.perf_counter() - started
+        self.bytes = path.stat().st_size + sum(s["size"] for s in self.segments)
+
+    def abandon_open_segment(self) -> None:
+        """After a failure or an unsaved stop: the open segment is not part of any checkpoint."""
+        if self._segment is not None:
+            self._segment.abandon()
+            self._segment = None
+
+    def remove(self) -> None:
+        """The render completed: the checkpoint has served its purpose."""
+        self.abandon_open_segment()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,191 @@
+"""Exact resume: an interrupted render continued with --resume gives the uninterrupted render's frames."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+import torch
+
+from memflow_cli.generator import StreamingGenerator, StreamSettings
+from memflow_cli.model.dit import CausalDiT, DiTConfig
+from memflow_cli.render import Interrupted, Renderer, RenderOptions, render
+from memflow_cli.resume import ResumeError, resume_dir, restore, snapshot
+from memflow_cli.testing.tiny_weights import write_tiny_weights
+from memflow_cli.timeline import read_timeline
+from memflow_cli.video import probe
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# 6.5 s, 9 chunks: three prompts, a switch at chunk 3 (re-cache), a transition over two chunks, and more
+# chunks than the local window, so the memory bank records and compresses before and after a resume
+SCENE = {
+    "version": "2.1",
+    "prompts": [
+        {"startTime": 0, "endTime": 2.0, "prompts": [{"text": "A fox walks through snow", "weight": 1}]},
+        {"startTime": 2.0, "endTime": 4.0, "transitionSteps": 2,
+         "prompts": [{"text": "A fox walks through snow", "weight": 1}, {"text": "A fox runs over grass", "weight": 3}]},
+        {"startTime": 4.0, "endTime": 6.5, "prompts": [{"text": "A fox sleeps under a tree", "weight": 1}]},
+    ],
+    "settings": {"seed": 4},
+}
+
+
+def scene(tmp_path):
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(SCENE))
+    return read_timeline(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)
+
+
+def frames(path: Path) -> list[bytes]:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    next(reader)
+    return [bytes(f) for f in reader]
+
+
+def options(tiny, out, **kw):
+    return RenderOptions(output=out, weights_dir=tiny, width=32, height=32, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    """The uninterrupted render of a timeline with prompt switches and a transition (re-cache, bank)."""
+    folder = tmp_path_factory.mktemp("reference")
+    out = folder / "ref.mp4"
+    render(scene(folder), options(tiny, out))
+    return frames(out)
+
+
+def stop_at(k, signum=signal.SIGINT):
+    def hook(chunk):
+        if chunk.index == k:
+            signal.raise_signal(signum)  # a real signal, delivered to this (main) thread
+    return hook
+
+
+@pytest.mark.parametrize("k, signum", [(0, signal.SIGINT), (3, signal.SIGTERM), (6, signal.SIGHUP)])
+def test_interrupt_then_resume_is_identical(tiny, tmp_path, reference, k, signum):
+    timeline = scene(tmp_path)
+    out = tmp_path / "v.mp4"
+    with pytest.raises(Interrupted) as info:
+        render(timeline, options(tiny, out), on_chunk=stop_at(k, signum))
+    assert info.value.exit_code == 128 + signum
+    assert "--resume" in str(info.value)
+    assert probe(tmp_path / "v.partial.mp4")["frames"] == 9 + 12 * k  # the stop waits for the chunk's end
+    meta = json.loads((resume_dir(out) / "meta.json").read_text())
+    assert meta["next_chunk"] == k + 1 and meta["frames"] == 9 + 12 * k
+
+    # the same render again without --resume refuses to throw the checkpoint away
+    with pytest.raises(Exception) as refused:
+        render(timeline, options(tiny, out))
+    assert "--resume" in str(refused.value)
+
+    summary = render(timeline, options(tiny, out, resume=True))
+    assert summary.complete and summary.frames == len(reference)
+    assert frames(out) == reference
+    assert not resume_dir(out).exists() and not (tmp_path / "v.partial.mp4").exists()
+
+
+def test_resume_after_periodic_checkpoint_and_crash(tiny, tmp_path, reference):
+    """A crash (any exception) after the last checkpoint: --resume continues from that checkpoint."""
+    timeline = scene(tmp_path)
+    out = tmp_path / "v.mp4"
+
+    def crash(chunk):
+        if chunk.index == 5:
+            raise RuntimeError("the machine fell over")
+
+    # checkpoint_every=1e-9: a checkpoint after every chunk; the crash comes before chunk 5's is taken
+    with pytest.raises(RuntimeError):
+        render(timeline, options(tiny, out, checkpoint_every=1e-9), on_chunk=crash)
+    assert json.loads((resume_dir(out) / "meta.json").read_text())["next_chunk"] == 5
+    render(timeline, options(tiny, out, resume=True))
+    assert frames(out) == reference
+
+
+def test_mismatched_or_damaged_checkpoint_is_refused(tiny, tmp_path):
+    timeline = scene(tmp_path)
+    out = tmp_path / "v.mp4"
+    with pytest.raises(Interrupted):
+        render(timeline, options(tiny, out), on_chunk=stop_at(1))
+    with pytest.raises(ResumeError) as info:
+        render(timeline, RenderOptions(output=out, weights_dir=tiny, width=32, height=32, seed=99, resume=True))
+    assert "seed" in str(info.value) and "99" in str(info.value)
+    state = next(resume_dir(out).glob("state-*.pt"))
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ResumeError) as info:
+        render(timeline, options(tiny, out, resume=True))
+    assert "damaged" in str(info.value)
+    assert not out.exists()
+    # -y starts over and completes
+    assert render(timeline, options(tiny, out, overwrite=True)).complete
+
+
+def test_snapshot_restore_round_trip_continues_identically():
+    """The generator's whole streaming state survives snapshot → restore into a fresh generator."""
+    torch.manual_seed(0)
+    model = CausalDiT(DiTConfig.preset("tiny")).eval()
+    prompt_a, prompt_b = torch.randn(8, model.config.text_dim), torch.randn(8, model.config.text_dim)
+
+    def make():
+        return StreamingGenerator(model, StreamSettings(), num_latent_frames=27, latent_height=4, latent_width=4, seed=5)
+
+    straight = make()
+    straight.set_conditioning(prompt_a)
+    expected = [straight.next_chunk() if i != 4 else (straight.set_conditioning(prompt_b), straight.next_chunk())[1]
+                for i in range(9)]
+
+    first = make()
+    first.set_conditioning(prompt_a)
+    for _ in range(4):
+        first.next_chunk()
+    state = snapshot(first)
+    second = make()
+    restore(second, state, "cpu")
+    second.set_conditioning(prompt_b)
+    rest = [second.next_chunk() for _ in range(5)]
+    for a, b in zip(expected[4:], rest):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_real_signal_to_a_process_then_resume(tiny, tmp_path, signum):
+    out = tmp_path / "sig.mp4"
+    cmd = [sys.executable, "-m", "memflow_cli", "render", "--prompt", "a red dog runs", "--seconds", "12",
+           "--weights-dir", str(tiny), "--resolution", "32x32", "-o", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not list(resume_dir(out).glob("seg-*.part")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1].decode()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=180)
+    stderr = stderr.decode()
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    kept = probe(tmp_path / "sig.partial.mp4")["frames"]
+    assert 0 < kept < 192 and (kept - 9) % 12 == 0
+    assert not list(tmp_path.glob(".sig.*"))  # no temporaries left behind
+
+    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    plain = tmp_path / "plain.mp4"
+    subprocess.run([*cmd[:-3], "-o", str(plain), "--quiet"], cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    assert frames(out) == frames(plain)

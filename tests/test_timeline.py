@@ -116,7 +116,7 @@ BAD = {
     "text wrong type": (_scope([_block(text=5)]), "prompts[0].prompts[0].text", "string"),
     "weights sum zero": (_scope([_block(weight=0)]), "prompts[0].prompts", "positive sum"),
     "negative weight": (_scope([_block(weight=-5)]), "prompts[0].prompts[0].weight", "≥ 0"),
-    "time wrong type": (_scope([_block(start="0")]), "prompts[0].startTime", "a number"),
+    "time wrong type": (_scope([_block(start="0")]), "prompts[0].startTime", "a finite number"),
     "resolution": (_scope([_block()], {"resolution": {"height": 480, "width": 830}}), "settings.resolution.width", "multiple of 16"),
     "interpolation": (_scope([_block(temporalInterpolationMethod="cubic")]), "prompts[0].temporalInterpolationMethod", '"linear" or "slerp"'),
     "transition steps": (_scope([_block(transitionSteps=-2)]), "prompts[0].transitionSteps", "integer"),

@@ -48,8 +48,10 @@ def parse_resolution(text: str | None) -> tuple[int | None, int | None]:
         w, h = (int(v) for v in text.lower().replace("×", "x").split("x"))
     except ValueError:
         raise InputError(f"--resolution: expected WIDTHxHEIGHT such as 832x480, got {text!r}") from None
-    if w <= 0 or h <= 0 or w % 16 or h % 16:
-        raise InputError(f"--resolution: expected width and height that are positive multiples of 16, got {text!r}")
+    from memflow_cli.timeline import MAX_SIDE
+
+    if w <= 0 or h <= 0 or w % 16 or h % 16 or max(w, h) > MAX_SIDE:
+        raise InputError(f"--resolution: expected width and height that are positive multiples of 16 up to {MAX_SIDE}, got {text!r}")
     return w, h
 
 
@@ -59,7 +61,16 @@ def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise InputError(f"{option}: expected comma-separated integers such as 40,80,120, got {text!r}") from None
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise InputError(f"{option}: expected comma-separated integers such as 40,80,120, got {shown!r}") from None
+
+
+def parse_steps(text: str | None) -> tuple[int, ...] | None:
+    """--steps under the same rule as a file's denoising steps: decreasing integers in 1..1000."""
+    from memflow_cli.limits import check_steps
+
+    values = parse_ints(text, "--steps")
+    return None if values is None else check_steps(values, "--steps")
 
 
 @app.command()
@@ -91,6 +102,7 @@ def render(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted render from its NAME.resume/ checkpoint."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between resume checkpoints (0 = only when stopped by a signal)."),
+    max_hours: float = typer.Option(24.0, "--max-hours", help="Refuse timelines longer than this many hours of video."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
@@ -107,6 +119,11 @@ def render(
     width, height = parse_resolution(resolution)
     if not (checkpoint_every >= 0 and checkpoint_every != float("inf")):
         raise InputError(f"--checkpoint-every: expected seconds >= 0 (0 = only on signals), got {checkpoint_every}")
+    from memflow_cli.limits import check_seed
+
+    if seed is not None:
+        check_seed(seed, "--seed")
+    parsed_steps = parse_steps(steps)
     if prompt is not None:
         items = [("--prompt", prompt_timeline(prompt, seconds))]
     else:
@@ -116,10 +133,10 @@ def render(
         raise InputError(f"-o/--output names one file, but there are {len(items)} items to render; "
                          "use --output-dir DIR for a batch")
     options = RenderOptions(output=output, seed=seed, width=width, height=height, sma=sma,
-                            steps=parse_ints(steps, "--steps"), blend=blend, device=device, dtype=dtype,
+                            steps=parsed_steps, blend=blend, device=device, dtype=dtype,
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
-                            checkpoint_every=checkpoint_every)
+                            checkpoint_every=checkpoint_every, max_hours=max_hours)
     reporter = Reporter() if quiet else RichReporter(err)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all

@@ -23,8 +23,9 @@ import torch
 from memflow_cli.errors import CheckpointError, InputError, MemflowError
 from memflow_cli.manifest import figures, identity, is_complete_render, read_manifest
 from memflow_cli.progress import Reporter
+from memflow_cli.limits import DEFAULT_MAX_HOURS, check_seed, check_steps
 from memflow_cli.schedule import ChunkPlan, Schedule, plan
-from memflow_cli.timeline import FPS, Timeline
+from memflow_cli.timeline import FPS, MAX_SIDE, Timeline
 from memflow_cli.video import VideoWriter, check_output_path, manifest_path, partial_path, write_manifest
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 832, 480  # MemFlow's training resolution
@@ -66,6 +67,7 @@ class RenderOptions:
     overwrite: bool = False  # -y/--overwrite/--force: replace an existing output, re-render a finished one
     resume: bool = False  # continue from NAME.resume/ when there is one
     checkpoint_every: float = 300.0  # seconds between resume checkpoints; 0 = only when stopped by a signal
+    max_hours: float = DEFAULT_MAX_HOURS  # refuse longer videos before anything loads
 
 
 @dataclass
@@ -138,12 +140,14 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # meta, mps, xla...: nothing a render can run on here
         raise InputError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -160,8 +164,8 @@ def resolve_size(timeline: Timeline, options: RenderOptions) -> tuple[int, int]:
     width = options.width or timeline.settings.width or DEFAULT_WIDTH
     height = options.height or timeline.settings.height or DEFAULT_HEIGHT
     for value, name in ((width, "width"), (height, "height")):
-        if value <= 0 or value % 16:
-            raise InputError(f"--resolution: expected a {name} that is a positive multiple of 16, got {value}")
+        if value <= 0 or value % 16 or value > MAX_SIDE:
+            raise InputError(f"--resolution: expected a {name} that is a positive multiple of 16 up to {MAX_SIDE}, got {value}")
     return width, height
 
 
@@ -180,17 +184,18 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     from memflow_cli.generator import StreamSettings
 
     options = options or RenderOptions()
-    schedule = plan(timeline, blend_method=options.blend)
+    schedule = plan(timeline, blend_method=options.blend, max_hours=options.max_hours)
     width, height = resolve_size(timeline, options)
     seed = options.seed if options.seed is not None else (
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
+    seed = check_seed(seed, "--seed")
     if options.output_dir is not None:
         options.output_dir.mkdir(parents=True, exist_ok=True) if not options.output_dir.exists() else None
     output = check_output_path(options.output or default_output(timeline, options.output_dir))
     if timeline.settings.loras:
         names = ", ".join(str(l.path) for l in timeline.settings.loras)
         raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
-    steps = options.steps or timeline.settings.denoising_steps
+    steps = check_steps(options.steps, "--steps") if options.steps is not None else timeline.settings.denoising_steps
     try:
         stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
     except ValueError as exc:

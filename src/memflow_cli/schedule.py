@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from memflow_cli.limits import DEFAULT_MAX_HOURS, check_length
 from memflow_cli.timeline import FPS, Block, Timeline
 
 LATENT_FRAMES_PER_CHUNK = 3
@@ -26,6 +27,15 @@ CHUNK_FRAMES = 12  # 4·3 video frames from three later latent frames
 def chunk_start_frame(index: int) -> int:
     """First video frame produced by chunk `index`."""
     return 0 if index == 0 else FIRST_CHUNK_FRAMES + CHUNK_FRAMES * (index - 1)
+
+
+def first_chunk_at_or_after(frame: int) -> int:
+    """Index of the first chunk whose first video frame is at or after `frame` (inverse of chunk_start_frame)."""
+    if frame <= 0:
+        return 0
+    if frame <= FIRST_CHUNK_FRAMES:
+        return 1
+    return 1 + -(-(frame - FIRST_CHUNK_FRAMES) // CHUNK_FRAMES)
 
 
 def chunks_for_frames(frames: int) -> int:
@@ -110,12 +120,14 @@ class Schedule:
         return [c.index for c in self.chunks[1:] if c.changed]
 
 
-def plan(timeline: Timeline, *, blend_method: str = "linear") -> Schedule:
+def plan(timeline: Timeline, *, blend_method: str = "linear", max_hours: float = DEFAULT_MAX_HOURS) -> Schedule:
     """Lay the timeline's blocks onto chunks.
 
     `blend_method` is how a block's own prompts are mixed when it has exactly two ("linear" or "slerp");
-    transitions between blocks use each block's `interpolation`.
+    transitions between blocks use each block's `interpolation`. A timeline longer than `max_hours` of
+    video is refused before a single chunk is planned.
     """
+    check_length(timeline.end, timeline.source, max_hours)
     blocks = sorted(timeline.blocks, key=lambda b: b.start)
     total = round(timeline.end * FPS)
     count = chunks_for_frames(total)
@@ -124,9 +136,8 @@ def plan(timeline: Timeline, *, blend_method: str = "linear") -> Schedule:
     # (the earlier one is shorter than a chunk and would never be seen).
     starts: dict[int, int] = {}
     for i, block in enumerate(blocks):
-        frame = round(block.start * FPS)
-        chunk = 0 if i == 0 else next((c for c in range(count) if chunk_start_frame(c) >= frame), None)
-        if chunk is not None:
+        chunk = 0 if i == 0 else first_chunk_at_or_after(round(block.start * FPS))
+        if chunk < count:
             starts[chunk] = i
 
     chunks: list[ChunkPlan] = []

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from memflow_cli.errors import InputError
+from memflow_cli.limits import MAX_TIMELINE_BYTES, as_finite, check_seed, check_steps, describe_number, is_blank_prompt
 
 FPS = 16  # MemFlow's native frame rate; video files are written at this rate.
 DEFAULT_SEGMENT_SECONDS = 10.0  # the published benchmark: 10 s per prompt
@@ -28,6 +29,8 @@ DEFAULT_LATENT_FRAMES = 240  # MemFlow's interactive default when switch points 
 INTERPOLATIONS = ("linear", "slerp")
 SCOPE_VERSIONS = ("1.0", "2.0", "2.1")
 OTHER_SCOPE_PIPELINES = ("longlive", "krea-realtime-video", "reward-forcing", "streamdiffusionv2")
+MAX_SIDE = 8192  # pixels; far beyond what the model was trained for, and still a sane allocation per frame
+MAX_LATENT_FRAMES = 10**9  # --latent-frames; the length limit (--max-hours) applies on top
 OVERLAP_TOLERANCE = 1e-6  # seconds; exported boundaries are copied floats and match exactly, allow rounding noise
 
 
@@ -50,8 +53,11 @@ class Block:
 
     @property
     def weights(self) -> tuple[float, ...]:
-        total = sum(p.weight for p in self.prompts)
-        return tuple(p.weight / total for p in self.prompts)
+        # Scaled by the largest weight first, so that weights near the float limit cannot overflow the sum.
+        largest = max(p.weight for p in self.prompts)
+        scaled = [p.weight / largest for p in self.prompts]
+        total = sum(scaled)
+        return tuple(w / total for w in scaled)
 
 
 @dataclass(frozen=True)
@@ -115,14 +121,7 @@ def read_timelines(
     """Read a timeline file of any supported format. A prompt-list JSONL gives one timeline per line."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{where}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{where}: expected a timeline file, found a directory") from None
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
+    raw = _read_regular_file(path, where)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -133,7 +132,7 @@ def read_timelines(
     if not text.strip():
         raise InputError(f"{where}: the file is empty; expected a JSON timeline or JSONL prompt lists")
     try:
-        doc = json.loads(text)
+        doc = _parse_json(text, where)
         documents = [(None, doc)]
     except json.JSONDecodeError as exc:
         # Several JSON values, one per line: the MemFlow prompt-list format.
@@ -182,10 +181,11 @@ def read_timeline(path: str | Path, *, line: int | None = None, **options: Any) 
 
 def prompt_timeline(text: str, seconds: float = DEFAULT_SEGMENT_SECONDS) -> Timeline:
     """A single prompt for `seconds`: the quickest way to try the model."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or is_blank_prompt(text):
         raise InputError("--prompt: expected a non-empty prompt text")
-    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-        raise InputError(f"--seconds: expected a duration > 0 seconds, got {seconds}")
+    if as_finite(seconds) is None or seconds <= 0:
+        shown = describe_number(seconds) if isinstance(seconds, (int, float)) else repr(seconds)
+        raise InputError(f"--seconds: expected a finite duration > 0 seconds, found {shown}")
     _check_duration(seconds, "--prompt")
     return Timeline(blocks=(Block(0.0, float(seconds), (WeightedPrompt(text.strip(), 1.0),), where="--prompt"),))
 
@@ -194,13 +194,50 @@ def prompt_timeline(text: str, seconds: float = DEFAULT_SEGMENT_SECONDS) -> Time
 # Parsing helpers
 
 
+def _read_regular_file(path: Path, where: str) -> bytes:
+    """The bytes of a regular file of sane size. A FIFO would block forever and /dev/zero never ends, so
+    anything but a regular file is refused before it is opened."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{where}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{where}: cannot read the file ({getattr(exc, 'strerror', None) or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{where}: expected a timeline file, found a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{where}: expected a regular timeline file, found a pipe, socket or device")
+    if info.st_size > MAX_TIMELINE_BYTES:
+        raise InputError(
+            f"{where}: expected a timeline file of at most {MAX_TIMELINE_BYTES // 2**20} MiB, found {info.st_size:,} bytes"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
+
+
+def _parse_json(text: str, where: str, line: int | None = None) -> Any:
+    """json.loads, with the failures that are not JSONDecodeError turned into input errors: nesting deeper
+    than Python's recursion limit, and integers longer than Python's 4300-digit conversion limit."""
+    at = "" if line is None else f" at line {line}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise InputError(f"{where}: expected a timeline, found JSON nested too deeply{at}") from None
+    except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise InputError(f"{where}: not valid JSON{at}: {exc}") from None
+
+
 def _json_lines(text: str, where: str) -> list[tuple[int, Any]]:
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            out.append((number, json.loads(line)))
+            out.append((number, _parse_json(line, where, number)))
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: not valid JSON at line {number}, column {exc.colno}: {exc.msg}") from None
     return out
@@ -210,13 +247,17 @@ def _is_prompt_list(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
 
 
+def _blank(text: str) -> str:
+    return "an empty string" if not text else "only invisible characters (spaces, zero-width characters or &nbsp;)"
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, (int, float)):
-        return f"a number ({value})"
+        return describe_number(value)
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"a string ({json.dumps(shown)})"
@@ -226,11 +267,11 @@ def _kind(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return as_finite(value) is not None
 
 
 def _check_duration(end: float, where: str) -> None:
-    if round(end * FPS) < 1:
+    if end * FPS < 0.5:  # round(end·FPS) < 1, without overflowing for absurd ends
         raise InputError(f"{where}: the video would have no frames; expected an end time of at least {1 / FPS:.4f} s")
 
 
@@ -256,7 +297,7 @@ class _Reader:
             return default
         value = obj[key]
         if not _is_number(value):
-            raise self.fail(f"{path}.{key}", "a number", value)
+            raise self.fail(f"{path}.{key}", "a finite number", value)
         return float(value)
 
     def integer(self, obj: dict, key: str, path: str, *, minimum: int = 0) -> int | None:
@@ -302,13 +343,13 @@ class _Reader:
                 raise self.fail(f"{p}.text", "a prompt text (string)", text) if "text" in item else InputError(
                     f"{self.where}: {p}.text: expected a prompt text, but the field is missing"
                 )
-            if not text.strip():
-                raise InputError(f"{self.where}: {p}.text: expected a non-empty prompt text, found an empty string")
+            if is_blank_prompt(text):
+                raise InputError(f"{self.where}: {p}.text: expected a non-empty prompt text, found {_blank(text)}")
             weight = item.get("weight", default_weight)
             if weight is None:
                 weight = default_weight
             if not _is_number(weight) or weight < 0:
-                raise self.fail(f"{p}.weight", "a weight ≥ 0", weight)
+                raise self.fail(f"{p}.weight", "a finite weight ≥ 0", weight)
             out.append(WeightedPrompt(text.strip(), float(weight)))
         if sum(p.weight for p in out) <= 0:
             raise InputError(f"{self.where}: {path}: expected weights with a positive sum, found weights summing to 0")
@@ -356,34 +397,20 @@ class _Reader:
                 continue
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16:
-                raise self.fail(path, "a positive multiple of 16 pixels", value)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16 or value > MAX_SIDE:
+                raise self.fail(path, f"a positive multiple of 16 pixels, at most {MAX_SIDE}", value)
             out.append(value)
         return out[0], out[1]
 
     def seed(self, value: Any, path: str) -> int | None:
         if value is None:
             return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise self.fail(path, "a seed (integer ≥ 0)", value)
-        return value
+        return check_seed(value, f"{self.where}: {path}")
 
     def steps(self, value: Any, path: str) -> tuple[int, ...] | None:
         if value is None:
             return None
-        value = self.array(value, path)
-        steps = []
-        for i, s in enumerate(value):
-            if isinstance(s, float) and s.is_integer():
-                s = int(s)
-            if not isinstance(s, int) or isinstance(s, bool) or not 0 < s <= 1000:
-                raise self.fail(f"{path}[{i}]", "a timestep in 1..1000", s)
-            steps.append(s)
-        if any(b >= a for a, b in zip(steps, steps[1:])):
-            raise InputError(f"{self.where}: {path}: expected strictly decreasing timesteps, found {steps}")
-        return tuple(steps)
+        return check_steps(self.array(value, path), f"{self.where}: {path}")
 
     def quantization(self, value: Any, path: str) -> None:
         if value is None:
@@ -421,17 +448,29 @@ class _Reader:
         if scale is None:
             scale = 1.0
         if not _is_number(scale):
-            raise self.fail(f"{path}.scale" if name_key == "path" else f"{path}.weight", "a number", scale)
-        given = Path(name).expanduser()
-        candidates = [given] + [d / Path(name.replace("\\", "/")).name for d in self.lora_dirs]
-        for candidate in candidates:
-            if candidate.is_file():
-                return LoraSpec(candidate, float(scale), merge if isinstance(merge, str) else None)
+            raise self.fail(f"{path}.scale" if name_key == "path" else f"{path}.weight", "a finite number", scale)
+        for candidate in self.lora_candidates(name):
+            try:
+                if candidate.is_file():
+                    return LoraSpec(candidate, float(scale), merge if isinstance(merge, str) else None)
+            except (OSError, ValueError):  # a name too long for the filesystem, an embedded NUL byte
+                continue
         searched = ", ".join(str(d) for d in self.lora_dirs) or "(no LoRA folder given)"
         raise InputError(
             f"{self.where}: {path}.{name_key}: expected an existing LoRA file; {name!r} was not found, "
             f"nor a file of that name in {searched} (use --lora-dir)"
         )
+
+    def lora_candidates(self, name: str) -> list[Path]:
+        """Where a LoRA named in a file may be: the path as given (with ~ expanded when that user exists),
+        then a file of that name in each LoRA folder."""
+        given = Path(name)
+        try:
+            given = given.expanduser()
+        except RuntimeError:  # `~nosuchuser/x`: no such home folder; the name may still match in a folder
+            pass
+        base = Path(name.replace("\\", "/")).name
+        return [given] + ([d / base for d in self.lora_dirs] if base else [])
 
     def finish(self, settings: TimelineSettings) -> tuple[str, ...]:
         warnings = list(self.notes)
@@ -566,8 +605,8 @@ class _Reader:
         for i, text in enumerate(prompts):
             if not isinstance(text, str):
                 raise self.fail(f"prompts[{i}]", "a prompt text (string)", text, prefix=prefix)
-            if not text.strip():
-                raise InputError(f"{self.where}: {prefix}prompts[{i}]: expected a non-empty prompt text, found an empty string")
+            if is_blank_prompt(text):
+                raise InputError(f"{self.where}: {prefix}prompts[{i}]: expected a non-empty prompt text, found {_blank(text)}")
         times = segment_times(len(prompts), segment_seconds, switch_frames, num_latent_frames, f"{self.where}: {prefix}prompts")
         blocks = tuple(
             Block(start, end, (WeightedPrompt(text.strip(), 1.0),), where=f"{prefix}prompts[{i}]")
@@ -591,12 +630,17 @@ def segment_times(
     """
     if switch_frames is None:
         seconds = DEFAULT_SEGMENT_SECONDS if segment_seconds is None else segment_seconds
-        if not (_is_number(seconds) and seconds > 0):
-            raise InputError(f"--segment-seconds: expected a duration > 0 seconds, got {seconds}")
+        if not _is_number(seconds) or seconds * FPS < 1:
+            shown = describe_number(seconds) if isinstance(seconds, (int, float)) else repr(seconds)
+            raise InputError(
+                f"--segment-seconds: expected a finite duration of at least one frame ({1 / FPS:g} s) per prompt, found {shown}"
+            )
+        if not _is_number(seconds * count):
+            raise InputError(f"--segment-seconds: {count} segments of {seconds:g} s overflow the clock; expected a shorter duration")
         return [(i * seconds, (i + 1) * seconds) for i in range(count)]
     total = DEFAULT_LATENT_FRAMES if num_latent_frames is None else num_latent_frames
-    if not isinstance(total, int) or total < 1:
-        raise InputError(f"--latent-frames: expected a positive number of latent frames, got {total}")
+    if not isinstance(total, int) or isinstance(total, bool) or not 1 <= total <= MAX_LATENT_FRAMES:
+        raise InputError(f"--latent-frames: expected a number of latent frames from 1 to {MAX_LATENT_FRAMES}, got {total}")
     frames = list(switch_frames)
     if len(frames) != count - 1:
         raise InputError(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -38,9 +40,16 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=_can_mmap(path))
+        with warnings.catch_warnings():  # torch's "please file an issue" about pickle protocols means nothing to a user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=_can_mmap(path))
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise CheckpointError(f"{path}: cannot read this weight file ({_first_line(exc)}). It may be truncated or "
+                                  "not a checkpoint; delete it and download it again.") from None
+        raise CheckpointError(_refused_pickle(path, str(exc))) from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -49,6 +58,21 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         ) from exc
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: cannot read this weight file ({type(exc).__name__}: {exc})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refused_pickle(path: Path, message: str) -> str:
+    """Why torch's weights-only unpickler refused a file, without torch's advice to turn the protection off."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    if match:
+        return (f"{path}: contains code (a call to {match.group(1)}) and was refused for safety; a weight file must "
+                "hold only tensors. Use the official weights or a .safetensors file.")
+    return (f"{path}: contains code or objects other than tensors and was refused for safety; a weight file must "
+            "hold only tensors. Use the official weights or a .safetensors file.")
 
 
 def _can_mmap(path: Path) -> bool:

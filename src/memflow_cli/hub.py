@@ -214,12 +214,31 @@ def read_lock(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        lock = json.loads(path.read_text())
+        lock = json.loads(path.read_bytes().decode("utf-8"))
         if not isinstance(lock, dict) or not isinstance(lock.get("files"), dict):
             raise ValueError("no `files` table")
+        _check_lock_entries(lock["files"])
         return lock
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CheckpointError(f"{path}: unreadable lock file ({exc}); delete it and run `memflow download`") from None
+
+
+# Field → (accepted types, what to say): a lock edited by hand or damaged must fail here, naming the field,
+# not later as an AttributeError deep in verification.
+_LOCK_FIELDS = {"repo": ((str,), "a repository name"), "commit": ((str, type(None)), "a commit hash or null"),
+                "size": ((int, type(None)), "a size in bytes or null"), "sha256": ((str, type(None)), "a sha256 hex digest or null"),
+                "recorded": ((str,), "a date")}
+
+
+def _check_lock_entries(files: dict) -> None:
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"files.{name}: expected an object, found {type(entry).__name__}")
+        for key, (types, expected) in _LOCK_FIELDS.items():
+            if key in entry and (not isinstance(entry[key], types) or isinstance(entry[key], bool)):
+                raise ValueError(f"files.{name}.{key}: expected {expected}, found {json.dumps(entry[key])[:40]}")
+        if isinstance(entry.get("size"), int) and entry["size"] < 0:
+            raise ValueError(f"files.{name}.size: expected a size in bytes ≥ 0, found {entry['size']}")
 
 
 def write_lock(path: Path, lock: dict) -> None:

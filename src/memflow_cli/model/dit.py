@@ -61,30 +61,62 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DiTConfig":
-        """Build from Wan's config.json or our own; unknown keys (_class_name, model_type, …) are ignored."""
+        """Build from Wan's config.json or our own; unknown keys (_class_name, model_type, …) are ignored.
+
+        Every known field is checked for type and a sane range (ValueError naming the field), so that a
+        damaged config fails here rather than as a ZeroDivisionError or a terabyte allocation later.
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a JSON object of model settings, found {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
-        if "patch_size" in kwargs:
-            kwargs["patch_size"] = tuple(kwargs["patch_size"])
+        for key, value in kwargs.items():
+            if key == "patch_size":
+                if not (isinstance(value, list | tuple) and len(value) == 3 and all(_is_int(v, 1, 16) for v in value)):
+                    raise ValueError(f"patch_size: expected 3 integers from 1 to 16, found {value!r}")
+                kwargs[key] = tuple(value)
+            elif key in _CONFIG_LIMITS and not _is_int(value, 1, _CONFIG_LIMITS[key]):
+                raise ValueError(f"{key}: expected an integer from 1 to {_CONFIG_LIMITS[key]}, found {value!r}")
+            elif key in ("qk_norm", "cross_attn_norm") and not isinstance(value, bool):
+                raise ValueError(f"{key}: expected true or false, found {value!r}")
+            elif key == "eps" and not (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1):
+                raise ValueError(f"eps: expected a number between 0 and 1, found {value!r}")
         config = cls(**kwargs)
         if config.dim % config.num_heads or config.head_dim % 2:
-            raise ValueError(f"dim {config.dim} must split into {config.num_heads} heads of even size")
+            raise ValueError(f"num_heads: dim {config.dim} must split into {config.num_heads} heads of even size")
+        # self- and cross-attention (8·dim²) and the MLP (2·dim·ffn_dim) per layer dominate the size
+        params = config.num_layers * (8 * config.dim**2 + 2 * config.dim * config.ffn_dim)
+        if params > 50e9:
+            raise ValueError(f"dim/ffn_dim/num_layers: describe a {params / 1e9:,.0f}-billion-parameter model; "
+                             "expected at most 50 billion (the largest Wan DiT has 14)")
         return config
 
     @classmethod
     def from_file(cls, path: str | Path) -> "DiTConfig":
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: cannot read the DiT config ({exc})") from exc
+            values = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"{path}: cannot read the DiT config (not UTF-8 text: undecodable byte at offset {exc.start})") from None
+        except (OSError, RecursionError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"{path}: cannot read the DiT config ({exc or type(exc).__name__})") from None
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a valid DiT config ({exc})") from exc
+            raise CheckpointError(f"{path}: not a valid DiT config ({exc})") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Upper bounds far above any released Wan DiT (14B: dim 5120, ffn 13824, 40 layers, 40 heads): a config beyond
+# them is damaged, and building it would try to allocate terabytes.
+_CONFIG_LIMITS = {"dim": 16384, "ffn_dim": 65536, "freq_dim": 4096, "text_dim": 16384, "text_len": 4096,
+                  "in_dim": 256, "out_dim": 256, "num_heads": 256, "num_layers": 256}
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 PRESETS = {

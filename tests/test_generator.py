@@ -42,8 +42,8 @@ def test_same_seed_same_video_other_seed_other_video(model):
 
 
 def test_injected_noise_replaces_the_draws(model):
-    _, drawn = render(model, seed=9)
-    noise = drawn.noise.clone()
+    _, drawn = render(model, seed=9, keep_records=True)
+    noise = torch.cat([r.noise for r in drawn.records], 1)
     eps = {}
     torch.manual_seed(0)
     for c in range(4):
@@ -98,3 +98,33 @@ def test_bad_settings_are_rejected(model):
     gen = StreamingGenerator(model, num_latent_frames=3, latent_height=4, latent_width=6)
     with pytest.raises(RuntimeError, match="set_conditioning"):
         gen.next_chunk()
+
+
+def test_noise_drawn_chunk_by_chunk_is_the_reference_stream(model):
+    """The reference draws the whole initial noise, then the re-noising draws, from one generator."""
+    chunks, h, w = 4, 4, 6
+    _, gen = render(model, chunks=chunks, seed=21, h=h, w=w, keep_records=True)
+    rng = torch.Generator().manual_seed(21)
+    whole = torch.randn(1, 3 * chunks, 16, h, w, generator=rng)
+    steps = len(gen.timesteps)
+    renoise = [torch.randn(3, 16, h, w, generator=rng) for _ in range(chunks * (steps - 1))]
+    assert torch.equal(torch.cat([r.noise for r in gen.records], 1), whole)
+    assert torch.equal(torch.stack([e for r in gen.records for e in r.renoise]).reshape(-1, 3, 16, h, w), torch.stack(renoise))
+
+
+def test_memory_does_not_grow_with_the_video_length(model):
+    """The generator holds the same tensors for any length: a 300-million-frame video (460 GB of initial noise
+    if it were drawn up front) starts like a short one, with the same first chunks."""
+    zeros = lambda c, s: torch.zeros(3, 16, 4, 6)  # noqa: E731 (skipping 10^8 chunks of the stream would take a while)
+
+    def first_two(frames):
+        gen = StreamingGenerator(model, num_latent_frames=frames, latent_height=4, latent_width=6, seed=1, renoise=zeros)
+        gen.set_conditioning(text(1))
+        out = torch.cat([gen.next_chunk() for _ in range(2)], 1)
+        held = {k: tuple(v.shape) for k, v in vars(gen).items() if isinstance(v, torch.Tensor)}
+        return out, held, [tuple(t.shape) for t in gen.latents]
+
+    long_out, long_held, long_latents = first_two(3 * 10**8)
+    short_out, short_held, short_latents = first_two(6)
+    assert long_held == short_held and long_latents == short_latents
+    assert torch.equal(long_out, short_out)

@@ -8,8 +8,15 @@ Per chunk (MemFlow's interactive pipeline):
   3. context pass: the clean x0 once more at t = context_noise, committing its keys/values to the cache
      and, on record chunks, staging its first frame for the memory bank.
 
-Random numbers follow one generator seeded once: the whole initial noise `[1, T, C, h, w]` is drawn first,
-then three re-noising draws `[3, C, h, w]` per chunk, in order. Both can be injected instead.
+Random numbers follow the reference's order: one generator seeded once draws the whole initial noise
+`[1, T, C, h, w]` first, then the re-noising draws `[3, C, h, w]` per chunk. We never hold that whole draw
+(it grows with the video: gigabytes for a long one). Instead two generators share the seed: one draws the
+initial noise a chunk at a time when the chunk starts, the other — advanced past the whole initial draw on
+first use, drawing it piecewise into one reused buffer — makes the re-noising draws. On the CPU, draws whose
+sizes are multiples of 16 values continue one another exactly as one big draw (each chunk holds 16 channels),
+so the stream is the reference's bit for bit (the golden cases check it). On CUDA the Philox kernel lays a
+draw out by its total size, so per-chunk draws are a different (still seeded, reproducible on the same
+device) stream than the reference's single draw. Both can be injected instead.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ class ChunkRecord:
     recached: bool
     step_x0: list[torch.Tensor] = field(default_factory=list)
     renoise: list[torch.Tensor] = field(default_factory=list)
+    noise: torch.Tensor | None = None  # this chunk's initial noise [1, n, C, h, w]
     key_frames: list[int] = field(default_factory=list)  # per pass, layer-independent unless SMA
     bank_frames: list[list[int]] = field(default_factory=list)
 
@@ -138,19 +146,18 @@ class StreamingGenerator:
         self.sigmas = [schedule.sigma(t) for t in self.timesteps]
         self.context_sigma = schedule.sigma(settings.context_noise)
 
-        self._rng = None
-        if noise is None or renoise is None:
-            self._rng = torch.Generator(device=self.device)
-            self._rng.manual_seed(0 if seed is None else int(seed))
-        self.noise = noise.to(self.device, self.dtype) if noise is not None else self._randn(1, num_latent_frames, *self.latent_shape)
+        seed = 0 if seed is None else int(seed)
+        self._rng = self._renoise_rng = None  # initial-noise and re-noising generators (see the module doc)
+        self._renoise_behind = 0  # initial-noise chunks the re-noising generator has still to skip
+        if noise is None:
+            self._rng = torch.Generator(device=self.device).manual_seed(seed)
+        if renoise is None:
+            self._renoise_rng = torch.Generator(device=self.device).manual_seed(seed)
+            self._renoise_behind = 0 if noise is not None else num_latent_frames // n
+        self.noise = noise.to(self.device, self.dtype) if noise is not None else None  # injected only
         expected = (1, num_latent_frames, *self.latent_shape)
-        if tuple(self.noise.shape) != expected:
+        if self.noise is not None and tuple(self.noise.shape) != expected:
             raise ValueError(f"noise has shape {tuple(self.noise.shape)}, expected {expected}")
-        if self.device.type == "cuda":
-            # Drawn on the device (the reference's Philox stream), then kept in pinned host memory so that
-            # device memory does not grow with the video's length; each chunk's slice is copied back
-            # asynchronously.
-            self.noise = self.noise.cpu().pin_memory()
         self._renoise = renoise
 
         self.latents: list[torch.Tensor] = []  # clean chunks (needed by the re-cache; at most a window's worth kept)
@@ -187,7 +194,9 @@ class StreamingGenerator:
 
         self.apply_conditioning(record)
 
-        x = self.noise[:, first : first + n].to(self.device, non_blocking=True)
+        x = self._initial_noise(first)
+        if record is not None:
+            record.noise = x
         steps = len(self.timesteps)
         for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
             # The bank is refreshed before the first step's blocks only.
@@ -274,13 +283,22 @@ class StreamingGenerator:
         keep = -(-self.settings.local_attn_size // n)
         del self.latents[:-keep]
 
-    def _randn(self, *shape) -> torch.Tensor:
-        return torch.randn(shape, generator=self._rng, device=self.device, dtype=self.dtype)
+    def _initial_noise(self, first: int) -> torch.Tensor:
+        n = self.settings.frames_per_chunk
+        if self.noise is not None:
+            return self.noise[:, first : first + n]
+        return torch.randn((1, n, *self.latent_shape), generator=self._rng, device=self.device, dtype=self.dtype)
 
     def _next_renoise(self, step: int) -> torch.Tensor:
         n = self.settings.frames_per_chunk
         if self._renoise is not None:
             eps = self._renoise(self.chunk_index, step).to(self.device, self.dtype)
         else:
-            eps = self._randn(n, *self.latent_shape)
+            if self._renoise_behind:
+                # Skip what the reference's whole initial draw consumed: the same draws, one chunk at a time.
+                scratch = torch.empty((1, n, *self.latent_shape), device=self.device, dtype=self.dtype)
+                for _ in range(self._renoise_behind):
+                    torch.randn(scratch.shape, generator=self._renoise_rng, out=scratch)
+                self._renoise_behind = 0
+            eps = torch.randn((n, *self.latent_shape), generator=self._renoise_rng, device=self.device, dtype=self.dtype)
         return eps.reshape(1, n, *self.latent_shape)

@@ -6,6 +6,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from memflow_cli.errors import InputError
 from memflow_cli.video import (
     VideoError,
     VideoWriter,
@@ -91,10 +92,10 @@ def test_paths_and_manifest(tmp_path):
     assert manifest_path(tmp_path / "a.mp4") == tmp_path / "a.manifest.json"
     m = write_manifest(tmp_path / "a.manifest.json", {"seed": 1, "path": tmp_path})
     assert json.loads(m.read_text())["seed"] == 1
-    with pytest.raises(VideoError, match="does not exist"):
-        check_output_path(tmp_path / "missing" / "a.mp4")
-    with pytest.raises(VideoError, match="directory"):
-        check_output_path(tmp_path)
+    assert check_output_path(tmp_path / "missing" / "a.mp4") == tmp_path / "missing" / "a.mp4"
+    assert (tmp_path / "missing").is_dir()  # a missing output folder is created, as most tools do
+    with pytest.raises(InputError, match="directory"):
+        check_output_path(tmp_path / "missing.mp4" if (tmp_path / "missing.mp4").mkdir() is None else tmp_path)
 
 
 def test_finished_files_get_ordinary_permissions(tmp_path):

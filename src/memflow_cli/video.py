@@ -3,8 +3,10 @@
 Frames go to ffmpeg (the binary that imageio-ffmpeg ships) through a pipe as they are decoded: H.264,
 yuv420p, 16 fps, `+faststart` so that players can start before the whole file is read. The video is
 written to a hidden temporary file next to the target and renamed over it only when ffmpeg finished
-cleanly, so an existing good file is never replaced by a broken one. On Ctrl-C the frames written so far
-are finalised into a playable `NAME.partial.mp4`.
+cleanly, so an existing good file is never replaced by a broken one; with a manifest, the two are published
+as one step (`outputs.publish`). On Ctrl-C the frames written so far are finalised into a playable
+`NAME.partial.mp4`. Temporaries carry the owning process id, and stale ones of dead processes are removed
+when a new writer starts on the same output (see outputs.py).
 
 ffmpeg runs in its own session: a Ctrl-C in the terminal reaches only us, and we decide to finish the
 file instead of ffmpeg dying mid-write.
@@ -12,16 +14,24 @@ file instead of ffmpeg dying mid-write.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from memflow_cli.errors import MemflowError
+from memflow_cli.outputs import (
+    check_output,
+    create_temp,
+    manifest_path,
+    partial_path,
+    publish,
+    remove_stale_temporaries,
+    signals_deferred,
+)
 
 FPS = 16
 
@@ -30,58 +40,54 @@ class VideoError(MemflowError):
     """ffmpeg failed or the output cannot be written."""
 
 
-def partial_path(path: str | Path) -> Path:
-    """`out.mp4` → `out.partial.mp4`: where an interrupted render keeps its frames."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
-
-
-def manifest_path(video: str | Path) -> Path:
-    """`out.mp4` → `out.manifest.json`: the render's settings, inputs and figures."""
-    video = Path(video)
-    return video.with_name(f"{video.stem}.manifest.json")
-
-
-def check_output_path(path: str | Path) -> Path:
-    """Fail before any work if the video cannot be written where asked."""
-    path = Path(path)
-    if path.is_dir():
-        raise VideoError(f"{path}: is a directory; expected the path of an .mp4 file to write")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise VideoError(f"{path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise VideoError(f"{path}: cannot write into {parent} (permission denied)")
-    return path
+def check_output_path(path: str | Path, inputs=()) -> Path:
+    """Fail before any work if the video cannot be written where asked (InputError, exit 2); see outputs.py."""
+    return check_output(path, inputs)
 
 
 class VideoWriter:
     """Append uint8 RGB frames `[n, H, W, 3]`; `finish()` publishes the file atomically.
 
     Use as a context manager: leaving normally finishes, leaving by KeyboardInterrupt keeps a partial
-    file (see `partial`), any other error discards the temporary file.
+    file (see `partial`), any other error discards the temporary file. `manifest(path, complete)`, if given,
+    returns the manifest of the file about to be published at `path`; video and manifest then appear together.
     """
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS, *, crf: int = 18, preset: str = "medium"):
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS, *, crf: int = 18, preset: str = "medium",
+                 manifest: Callable[[Path, bool], dict] | None = None):
         import imageio_ffmpeg
 
         self.path = Path(path)
         self.width, self.height, self.fps = int(width), int(height), fps
         self.frames = 0
         self.partial: Path | None = None  # set when an interrupt kept a partial file
+        self.manifest: Path | None = None  # set when a manifest was published with the video
+        self._manifest = manifest
         self._done = False
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.mp4", dir=self.path.parent or ".")
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp: Path | None = None
+        self._proc = None
+        remove_stale_temporaries(self.path)
         self._log = tempfile.TemporaryFile()
+        try:
+            # A Ctrl-C between creating the file and starting ffmpeg must not leave a hidden file behind:
+            # signals wait until both exist, and any interruption right after cleans both up.
+            with signals_deferred():
+                self.tmp = create_temp(self.path, ".mp4")
+                self._proc = self._start(imageio_ffmpeg.get_ffmpeg_exe(), crf, preset)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _start(self, ffmpeg: str, crf: int, preset: str) -> subprocess.Popen:
+        width, height, fps = self.width, self.height, self.fps
         cmd = [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", str(fps), "-i", "-",
+            ffmpeg, "-y", "-hide_banner", "-loglevel", "error",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
             "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(self.tmp),
         ]  # fmt: skip
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
-                                      start_new_session=True)
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                start_new_session=True)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -108,7 +114,7 @@ class VideoWriter:
             reason = self._ffmpeg_error() or ("no frames were written" if self.frames == 0 else "unknown error")
             self._remove_tmp()
             raise VideoError(f"{self.path}: ffmpeg could not write the video ({reason}); nothing was replaced")
-        _publish(self.tmp, self.path)
+        self._publish(self.path, complete=True)
         return self.path
 
     def keep_partial(self) -> Path | None:
@@ -116,15 +122,25 @@ class VideoWriter:
         if self._close() != 0 or self.frames == 0:
             self._remove_tmp()
             return None
+        self._publish(partial_path(self.path), complete=False)
         self.partial = partial_path(self.path)
-        _publish(self.tmp, self.partial)
         return self.partial
 
     def discard(self) -> None:
-        if self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
         self._close()
         self._remove_tmp()
+
+    def _publish(self, target: Path, complete: bool) -> None:
+        try:
+            data = self._manifest(target, complete) if self._manifest is not None else None
+            publish(self.tmp, target, data, manifest_path(target) if data is not None else None)
+        except BaseException:
+            self._remove_tmp()
+            raise
+        if data is not None:
+            self.manifest = manifest_path(target)
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -143,6 +159,8 @@ class VideoWriter:
 
     def _close(self) -> int:
         self._done = True
+        if self._proc is None:
+            return -1
         if self._proc.stdin and not self._proc.stdin.closed:
             try:
                 self._proc.stdin.close()
@@ -161,6 +179,8 @@ class VideoWriter:
         return text.splitlines()[-1] if text else ""
 
     def _remove_tmp(self) -> None:
+        if self.tmp is None:
+            return
         try:
             self.tmp.unlink()
         except FileNotFoundError:
@@ -170,24 +190,8 @@ class VideoWriter:
 def write_manifest(path: str | Path, data: dict) -> Path:
     """Write JSON atomically (temp file + rename), so a reader never sees half a manifest."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.json", dir=path.parent or ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    _publish(Path(tmp), path)
+    publish(None, None, data, path)
     return path
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename a finished temporary file over `path` with ordinary permissions.
-
-    mkstemp creates files readable by their owner only; a finished video should get the same mode as any
-    file the user creates (0666 less the umask).
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 def probe(path: str | Path) -> dict:

@@ -25,18 +25,22 @@ out = Console()
 
 
 def _errors(fn):
-    """Turn MemflowError into a message + exit code, Ctrl-C into exit code 130."""
+    """Turn MemflowError into a message + exit code; Ctrl-C, SIGTERM and SIGHUP into 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MemflowError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/yellow]")
-            raise typer.Exit(130) from None
+        from memflow_cli.signals import exit_code_of, stop_on_signals
+
+        # The handlers stay until the message is printed: a second Ctrl-C meanwhile prints no traceback.
+        with stop_on_signals(lambda text: err.print(f"[yellow]{text}[/yellow]", highlight=False)):
+            try:
+                return fn(*args, **kwargs)
+            except MemflowError as exc:
+                err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt as exc:
+                err.print("[yellow]interrupted[/yellow]")
+                raise typer.Exit(exit_code_of(exc)) from None
 
     return wrapper
 

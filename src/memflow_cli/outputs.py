@@ -102,8 +102,7 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         name = entry.name
-        stem = next((s for s in stems if name.startswith(s)), None)
-        match = pattern.fullmatch(name[len(stem) - 1:]) if stem else None
+        match = next((m for s in stems if name.startswith(s) and (m := pattern.fullmatch(name[len(s) - 1:]))), None)
         if not match or match.group(2) != _host():
             continue
         pid = int(match.group(1))

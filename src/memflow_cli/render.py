@@ -26,7 +26,7 @@ from memflow_cli.progress import Reporter
 from memflow_cli.limits import DEFAULT_MAX_HOURS, check_seed, check_steps
 from memflow_cli.schedule import ChunkPlan, Schedule, plan
 from memflow_cli.timeline import FPS, MAX_SIDE, Timeline
-from memflow_cli.video import VideoWriter, check_output_path, manifest_path, partial_path, write_manifest
+from memflow_cli.video import VideoWriter, check_output_path, manifest_path, partial_path
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 832, 480  # MemFlow's training resolution
 DEFAULT_SEED = 1  # MemFlow's interactive default
@@ -35,7 +35,8 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
 
 
 class Interrupted(MemflowError):
-    """Ctrl-C during a render; what was rendered is kept as NAME.partial.mp4. Exit code 130 like a shell."""
+    """Ctrl-C (or SIGTERM/SIGHUP) during a render; what was rendered is kept as NAME.partial.mp4.
+    Exit code 128 + the signal like a shell: 130 for Ctrl-C."""
 
     exit_code = 130
 
@@ -191,7 +192,7 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     seed = check_seed(seed, "--seed")
     if options.output_dir is not None:
         options.output_dir.mkdir(parents=True, exist_ok=True) if not options.output_dir.exists() else None
-    output = check_output_path(options.output or default_output(timeline, options.output_dir))
+    output = check_output_path(options.output or default_output(timeline, options.output_dir), inputs=job_inputs(timeline))
     if timeline.settings.loras:
         names = ", ".join(str(l.path) for l in timeline.settings.loras)
         raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
@@ -201,6 +202,14 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     except ValueError as exc:
         raise InputError(f"{timeline.source}: {exc}") from None
     return RenderJob(timeline, schedule, output, width, height, seed, stream, list(timeline.warnings))
+
+
+def job_inputs(timeline: Timeline) -> list[Path]:
+    """Files a render reads, which its outputs must never overwrite: the timeline file and its LoRAs."""
+    found = [lora.path for lora in timeline.settings.loras]
+    if timeline.format != "prompt":
+        found.append(Path(timeline.source.rsplit(" line ", 1)[0] if " line " in timeline.source else timeline.source))
+    return found
 
 
 def synchronize(device: torch.device) -> None:
@@ -354,7 +363,7 @@ class Renderer:
         from memflow_cli.conditioning import Conditioner
         from memflow_cli.generator import StreamingGenerator
         from memflow_cli.resume import CheckpointRecorder, resume_dir
-        from memflow_cli.signals import StopRequest, exit_code, name
+        from memflow_cli.signals import StopRequest, exit_code, exit_code_of, name
 
         conditioner = Conditioner({t: self._embeddings[t] for t in job.timeline.texts})
         generator = StreamingGenerator(self._model, job.stream, num_latent_frames=job.schedule.num_latent_frames,
@@ -362,11 +371,23 @@ class Renderer:
                                        device=self.device, dtype=self.dtype)
         decoder = self._vae.stream_decoder()
         owners = {"generator": generator, "decoder": decoder}  # the streaming state a checkpoint carries
-        writer = VideoWriter(job.output, job.width, job.height, FPS)
-        recorder = None
+        finishing = [0.0]  # when ffmpeg began finishing the file
+
+        def manifest_for(path: Path, complete: bool) -> dict:
+            """The manifest of the file about to be published; the writer publishes both as one step."""
+            if complete:
+                self.reporter.stop()
+                summary.timings["write"] += time.perf_counter() - finishing[0]  # ffmpeg finishing (+faststart)
+            summary.complete, summary.output = complete, str(path)
+            self._finish(summary, started)
+            return {**ident, **figures(summary)}
+
+        existed = job.output.exists()
+        writer = recorder = None
         stop = StopRequest(lambda signum: self.reporter.warn(
             f"{name(signum)}: stopping after this chunk (keeping what is rendered; Ctrl-C again to stop at once)"))
         try:
+            writer = VideoWriter(job.output, job.width, job.height, FPS, manifest=manifest_for)
             with writer, stop:
                 start = 0
                 if checkpoint is not None:
@@ -389,35 +410,21 @@ class Renderer:
                 self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop)
                 if stop.requested:
                     raise KeyboardInterrupt  # stopped at a chunk boundary: the writer keeps the partial file
-                t = time.perf_counter()
-            summary.timings["write"] += time.perf_counter() - t  # ffmpeg finishing the file (+faststart rewrite)
-        except KeyboardInterrupt:
+                finishing[0] = time.perf_counter()
+        except KeyboardInterrupt as exc:
             self.reporter.stop()
             if recorder is not None:
                 recorder.abandon_open_segment()
             self._finish(summary, started)
-            code = exit_code(stop.signum)
-            if writer.partial is None:
-                raise Interrupted("interrupted; no frame was complete, nothing was written", summary, code) from None
-            summary.output = str(writer.partial)
-            summary.manifest = str(write_manifest(manifest_path(writer.partial), {**ident, **figures(summary)}))
-            kept = f"kept {writer.partial}"
-            if recorder is not None and recorder.saves:
-                kept += f" and a checkpoint in {recorder.folder} (add --resume to the same command to continue)"
-            raise Interrupted(
-                f"interrupted after {summary.frames} of {summary.total_frames} frames; {kept}"
-                + (f" ({job.output} was left untouched)" if job.output.exists() else ""),
-                summary, code,
-            ) from None
+            code = exit_code(stop.signum) if stop.signum is not None else exit_code_of(exc)
+            raise self._interrupted(job, writer, recorder, summary, existed, code) from None
         except BaseException:
             if recorder is not None:
                 recorder.abandon_open_segment()  # the last complete checkpoint stays usable
             raise
         self.reporter.stop()
         recorder.remove()
-        summary.complete = True
-        self._finish(summary, started)
-        summary.manifest = str(write_manifest(manifest_path(job.output), {**ident, **figures(summary)}))
+        summary.manifest = str(writer.manifest)
         stale = partial_path(job.output)
         if stale.exists():  # an earlier interrupted attempt is superseded by this complete file
             stale.unlink()
@@ -442,6 +449,24 @@ class Renderer:
 
         shutil.rmtree(folder, ignore_errors=True)
         return None
+
+    @staticmethod
+    def _interrupted(job: RenderJob, writer, recorder, summary: RenderSummary, existed: bool, code: int) -> Interrupted:
+        """Say exactly what an interrupted render kept (the exit code is 128 + the signal)."""
+        what = "stopped" if code != 130 else "interrupted"
+        old = f"; the existing {job.output} was left untouched" if existed else ""
+        published = getattr(writer, "published", None)
+        if published == job.output:  # the signal came while the finished video was being put in place
+            summary.complete, summary.output, summary.manifest = True, str(job.output), str(writer.manifest)
+            return Interrupted(f"{what} after the video was complete: kept {job.output} and {writer.manifest}",
+                               summary, code)
+        if writer is None or writer.partial is None:
+            return Interrupted(f"{what} before a frame was complete: nothing was written{old}", summary, code)
+        summary.output, summary.manifest = str(writer.partial), str(writer.manifest)
+        kept = f"kept {writer.partial} and its manifest {writer.manifest}"
+        if recorder is not None and recorder.saves:
+            kept += f", and a checkpoint in {recorder.folder} (add --resume to the same command to continue)"
+        return Interrupted(f"{what} after {summary.frames} of {summary.total_frames} frames; {kept}{old}", summary, code)
 
     def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop) -> None:
         """source → generator → decoder → writer, one chunk at a time; memory stays flat.

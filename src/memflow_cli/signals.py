@@ -8,6 +8,8 @@ A second Ctrl-C while stopping stops at once (the partial file is still kept, th
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 from typing import Callable
@@ -42,6 +44,8 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
+                if signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # `nohup` ignores SIGHUP, a background job SIGINT: they stay ignored
                 try:
                     self._previous[s] = signal.signal(s, self._handle)
                 except (ValueError, OSError):  # not settable here
@@ -64,3 +68,63 @@ def name(signum: int | None) -> str:
         return signal.Signals(signum or signal.SIGINT).name
     except ValueError:
         return f"signal {signum}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Outside a render's chunk loop (parsing, loading, encoding, printing the result)
+
+
+class Stopped(KeyboardInterrupt):
+    """A command was stopped by a signal outside a render's StopRequest; `exit_code` is 128 + its number."""
+
+    def __init__(self, signum: int):
+        super().__init__(name(signum))
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.signum)
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """128 + signal for a Stopped, 130 for a plain KeyboardInterrupt (Ctrl-C without our handler)."""
+    return getattr(exc, "exit_code", exit_code(signal.SIGINT))
+
+
+@contextlib.contextmanager
+def stop_on_signals(say: Callable[[str], None] = print):
+    """For a whole command: SIGINT/SIGTERM/SIGHUP raise `Stopped` at once (before a render starts there is
+    nothing to keep; a render's own StopRequest takes over inside its chunk loop). A second signal while
+    stopping is only acknowledged — no shutdown traceback; a third quits at once (the next render to the same
+    output removes the temporaries this leaves; their names carry our PID). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def tell(text: str) -> None:
+        with contextlib.suppress(Exception):  # the terminal may be gone (SIGHUP): never fail while stopping
+            say(text)
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            tell(f"stopping ({name(signum)})…")
+            raise Stopped(signum)
+        if len(received) == 2:
+            tell("still stopping (signal again to quit at once)")
+            return
+        os._exit(exit_code(received[0]))
+
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, old)

@@ -62,8 +62,10 @@ class VideoWriter:
         self.frames = 0
         self.partial: Path | None = None  # set when an interrupt kept a partial file
         self.manifest: Path | None = None  # set when a manifest was published with the video
+        self.published: Path | None = None  # the video file that was put in place (target or partial)
         self._manifest = manifest
         self._done = False
+        self._pending: KeyboardInterrupt | None = None  # an interrupt that arrived while ffmpeg was finishing
         self.tmp: Path | None = None
         self._proc = None
         remove_stale_temporaries(self.path)
@@ -115,6 +117,8 @@ class VideoWriter:
             self._remove_tmp()
             raise VideoError(f"{self.path}: ffmpeg could not write the video ({reason}); nothing was replaced")
         self._publish(self.path, complete=True)
+        if self._pending is not None:  # a signal came while ffmpeg finished: the complete file is kept, then we stop
+            raise self._pending
         return self.path
 
     def keep_partial(self) -> Path | None:
@@ -122,8 +126,11 @@ class VideoWriter:
         if self._close() != 0 or self.frames == 0:
             self._remove_tmp()
             return None
-        self._publish(partial_path(self.path), complete=False)
-        self.partial = partial_path(self.path)
+        try:
+            self._publish(partial_path(self.path), complete=False)
+        finally:
+            if self.published is not None:
+                self.partial = self.published
         return self.partial
 
     def discard(self) -> None:
@@ -133,14 +140,17 @@ class VideoWriter:
         self._remove_tmp()
 
     def _publish(self, target: Path, complete: bool) -> None:
+        # Signals wait while the manifest is made and both files are put in place: a finished video is never
+        # thrown away because Ctrl-C came a moment too late, and the pair never half-appears.
         try:
-            data = self._manifest(target, complete) if self._manifest is not None else None
-            publish(self.tmp, target, data, manifest_path(target) if data is not None else None)
+            with signals_deferred():
+                data = self._manifest(target, complete) if self._manifest is not None else None
+                publish(self.tmp, target, data, manifest_path(target) if data is not None else None)
+                self.published = target
+                self.manifest = manifest_path(target) if data is not None else None
         except BaseException:
             self._remove_tmp()
             raise
-        if data is not None:
-            self.manifest = manifest_path(target)
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -170,7 +180,8 @@ class VideoWriter:
         while True:
             try:
                 return self._proc.wait()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                self._pending = self._pending or exc
                 continue
 
     def _ffmpeg_error(self) -> str:

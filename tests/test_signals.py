@@ -1,0 +1,87 @@
+"""SIGTERM and SIGHUP stop a render like Ctrl-C: partial file + manifest kept, temporaries removed, 128 + signal."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from memflow_cli.signals import Stopped, exit_code_of, stop_on_signals
+from memflow_cli.testing.tiny_weights import write_tiny_weights
+from memflow_cli.video import probe
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+def test_each_signal_becomes_a_stop_with_its_exit_code():
+    said = []
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+        with pytest.raises(KeyboardInterrupt) as info:
+            with stop_on_signals(said.append):
+                signal.raise_signal(signum)
+                time.sleep(1)  # the handler runs at once; never reached
+        assert isinstance(info.value, Stopped) and exit_code_of(info.value) == code
+    assert exit_code_of(KeyboardInterrupt()) == 130
+    assert said == ["stopping (SIGINT)…", "stopping (SIGTERM)…", "stopping (SIGHUP)…"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are restored
+
+
+def test_a_second_signal_while_stopping_is_only_acknowledged():
+    said = []
+    with pytest.raises(Stopped):
+        with stop_on_signals(said.append):
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except Stopped:
+                signal.raise_signal(signal.SIGINT)  # while cleaning up: must not raise again
+                raise
+    assert len(said) == 2 and said[1].startswith("still stopping")
+
+
+def test_ignored_signals_stay_ignored():
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with stop_on_signals(lambda text: None):
+            signal.raise_signal(signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum, second", [(signal.SIGTERM, signal.SIGINT)])  # SIGHUP: same path, unit-tested above
+def test_signals_in_a_real_process(tiny, tmp_path, signum, second):
+    out = tmp_path / "sig.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memflow_cli", "render", "--prompt", "a red dog runs", "--seconds", "3600",
+         "--weights-dir", str(tiny), "--resolution", "32x32", "-o", str(out)],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1", "MEMFLOW_CACHE": str(tmp_path / "emb")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    while not any(p.stat().st_size for p in tmp_path.glob(".sig.*tmp.mp4")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert proc.poll() is None, proc.communicate()[1].decode()
+    proc.send_signal(signum)
+    if second is not None:
+        time.sleep(0.05)
+        proc.send_signal(second)  # impatient: a second signal while the partial file is being finished
+    _, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode()
+    assert proc.returncode == 128 + signum, stderr
+    assert f"{signal.Signals(signum).name}: stopping after this chunk" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
+    partial = tmp_path / "sig.partial.mp4"
+    frames = probe(partial)["frames"]
+    assert frames > 0 and (frames - 9) % 12 == 0
+    manifest = json.loads((tmp_path / "sig.partial.manifest.json").read_text())
+    assert manifest["video"]["complete"] is False and manifest["video"]["frames"] == frames
+    assert f"kept {partial} and its manifest" in " ".join(stderr.split())
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -190,8 +190,6 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     seed = options.seed if options.seed is not None else (
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
     seed = check_seed(seed, "--seed")
-    if options.output_dir is not None:
-        options.output_dir.mkdir(parents=True, exist_ok=True) if not options.output_dir.exists() else None
     output = check_output_path(options.output or default_output(timeline, options.output_dir), inputs=job_inputs(timeline))
     if timeline.settings.loras:
         names = ", ".join(str(l.path) for l in timeline.settings.loras)

@@ -115,3 +115,10 @@ def test_missing_output_folder_is_created(tmp_path):
     code, text = cli("render", "--prompt", "a cat", "-o", "new/folder/v.mp4", "--offline")
     assert (tmp_path / "new" / "folder").is_dir()  # then the render goes on (here: no weights offline, exit 1)
     assert code == 1 and "Traceback" not in text
+
+
+def test_a_timeline_whose_name_contains_line_is_protected(tmp_path):
+    original = (FIXTURES / "scope_v1.json").read_bytes()
+    (tmp_path / "take line 2.manifest.json").write_bytes(original)
+    refused("take line 2.manifest.json", "-o", "take line 2.mp4", expected="would overwrite the input")
+    assert (tmp_path / "take line 2.manifest.json").read_bytes() == original

@@ -206,7 +206,8 @@ def job_inputs(timeline: Timeline) -> list[Path]:
     """Files a render reads, which its outputs must never overwrite: the timeline file and its LoRAs."""
     found = [lora.path for lora in timeline.settings.loras]
     if timeline.format != "prompt":
-        found.append(Path(timeline.source.rsplit(" line ", 1)[0] if " line " in timeline.source else timeline.source))
+        jsonl = timeline.format == "memflow-jsonl"  # its source is "FILE line N"
+        found.append(Path(timeline.source.rsplit(" line ", 1)[0] if jsonl else timeline.source))
     return found
 
 

@@ -16,13 +16,16 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from memflow_cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from memflow_cli.model.vace import VaceGuide
 
 
 @dataclass(frozen=True)
@@ -374,10 +377,14 @@ class CausalDiT(nn.Module):
             text = F.pad(text, (0, 0, 0, self.config.text_len - length))
         return text
 
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Padded text embedding through `text_embedding`: the context every cross-attention reads."""
+        param = self.text_embedding[0].weight
+        return self.text_embedding(self.pad_text(text).to(param.device, param.dtype))
+
     def text_key_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys/values of every layer, stacked: [num_layers, B, text_len, H, D] each."""
-        param = self.text_embedding[0].weight
-        context = self.text_embedding(self.pad_text(text).to(param.device, param.dtype))
+        context = self.embed_text(text)
         pairs = [block.cross_attn.text_key_values(context) for block in self.blocks]
         return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
 
@@ -391,16 +398,21 @@ class CausalDiT(nn.Module):
         text: TextKeyValues,
         keys: KeySetProvider,
         text_embedding: torch.Tensor | None = None,
+        vace: "VaceGuide | None" = None,
     ) -> torch.Tensor:
         """Flow prediction for `latents` [B, F, C, H, W] at per-frame `timesteps` [B, F].
 
         `frame_start` is the absolute index of the first frame (its RoPE time position). If `text` is not
-        ready, its keys/values are computed from `text_embedding` first (once per prompt).
+        ready, its keys/values are computed from `text_embedding` first (once per prompt). With `vace`
+        (model/vace.py), VACE hints are computed before the main blocks and added after main block 2n.
         """
-        if not text.ready:
+        if not text.ready or (vace is not None and not vace.text.ready):
             if text_embedding is None:
                 raise ValueError("the cross-attention cache is empty and no text embedding was given")
-            text.fill(*self.text_key_values(text_embedding))
+            if not text.ready:
+                text.fill(*self.text_key_values(text_embedding))
+            if vace is not None and not vace.text.ready:
+                vace.text.fill(*vace.module.text_key_values(self.embed_text(text_embedding)))
         batch, frames, _, height, width = latents.shape
         _, ph, pw = self.config.patch_size
         rows, cols = height // ph, width // pw
@@ -414,8 +426,16 @@ class CausalDiT(nn.Module):
         e = e.unflatten(0, (batch, frames))
 
         rope = self._rope.get(self.config.head_dim, frame_start, frames, rows, cols, x.device, dtype)
-        for index, block in enumerate(self.blocks):
-            x = block(x, e0, index, rope, keys, text.layer(index), frames)
+        if vace is None:
+            for index, block in enumerate(self.blocks):
+                x = block(x, e0, index, rope, keys, text.layer(index), frames)
+        else:
+            hints = vace.module(vace.context, x, e0, vace.text, vace.reference_frames, rows, cols)
+            hint_for_layer = vace.module.hint_for_layer
+            for index, block in enumerate(self.blocks):
+                x = block(x, e0, index, rope, keys, text.layer(index), frames)
+                if index in hint_for_layer:
+                    x = x + hints[hint_for_layer[index]] * vace.scale
         out = self.head(x, e, frames)
         return self.unpatchify(out, frames, rows, cols)
 

@@ -151,3 +151,63 @@ def test_vace_positions_do_not_follow_the_chunk(dit, vace):
         at0 = _flow(dit, latents, VaceGuide(vace, context, 1.0, VaceTextCache()), frame_start=0)
         at30 = _flow(dit, latents, VaceGuide(vace, context, 1.0, VaceTextCache()), frame_start=30)
     torch.testing.assert_close(at30, at0, rtol=1e-4, atol=1e-4)
+
+
+# -- in the streaming generator --------------------------------------------------------------------------------
+
+
+def _generate(dit, vace=None, scale=1.0, contexts=None, chunks=3, switch_at=None):
+    from memflow_cli.generator import StreamingGenerator
+
+    gen = StreamingGenerator(dit, num_latent_frames=3 * chunks, latent_height=4, latent_width=4, seed=7,
+                             vace=vace, vace_scale=scale)
+    gen.set_conditioning(torch.randn(6, CONFIG.text_dim, generator=torch.Generator().manual_seed(1)))
+    out = []
+    for k in range(chunks):
+        if switch_at == k:
+            gen.set_conditioning(torch.randn(6, CONFIG.text_dim, generator=torch.Generator().manual_seed(2)))
+        out.append(gen.next_chunk(None if contexts is None else contexts[k]))
+    return torch.cat(out, 1)
+
+
+def _contexts(seed, chunks=3, refs=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, refs + 3, 96, 4, 4, generator=g) for _ in range(chunks)]
+
+
+def test_generator_scale_zero_equals_no_vace_and_contexts_steer(dit, vace):
+    plain = _generate(dit)
+    assert torch.equal(_generate(dit, vace, 0.0, _contexts(1)), plain)
+    a = _generate(dit, vace, 1.0, _contexts(1))
+    b = _generate(dit, vace, 1.0, _contexts(2))
+    assert (a - plain).abs().max() > 1e-2 and (b - a).abs().max() > 1e-2
+    assert torch.equal(_generate(dit, vace, 1.0, _contexts(1)), a)  # deterministic
+    # a prompt switch re-caches without hints and refreshes the VACE text keys
+    switched = _generate(dit, vace, 1.0, _contexts(1), switch_at=1)
+    assert torch.equal(switched[:, :3], a[:, :3]) and not torch.allclose(switched[:, 3:], a[:, 3:])
+
+
+def test_hints_in_denoising_passes_only(dit, vace):
+    from memflow_cli.generator import StreamingGenerator, StreamSettings
+
+    seen = []
+    original = dit.forward
+
+    def spy(*args, vace=None, **kwargs):
+        seen.append(vace is not None)
+        return original(*args, vace=vace, **kwargs)
+
+    gen = StreamingGenerator(dit, num_latent_frames=6, latent_height=4, latent_width=4, vace=vace)
+    gen.set_conditioning(torch.randn(6, CONFIG.text_dim))
+    dit.forward = spy
+    try:
+        gen.next_chunk(_contexts(3, refs=1)[0])
+        gen.next_chunk()  # a chunk without context runs plain
+    finally:
+        del dit.forward
+    steps = len(StreamSettings().denoising_steps)
+    assert seen == [True] * steps + [False] + [False] * (steps + 1)
+    with pytest.raises(ValueError, match="VACE context has shape"):
+        gen2 = StreamingGenerator(dit, num_latent_frames=3, latent_height=4, latent_width=4, vace=vace)
+        gen2.set_conditioning(torch.randn(6, CONFIG.text_dim))
+        gen2.next_chunk(torch.zeros(1, 3, 32, 4, 4))

@@ -28,6 +28,7 @@ import torch
 
 from memflow_cli.memory import MemoryLayout, StreamMemory
 from memflow_cli.model.dit import CausalDiT
+from memflow_cli.model.vace import VaceGuide, VaceModule, VaceTextCache
 from memflow_cli.scheduler import DEFAULT_STEPS, FlowMatchSchedule, add_noise, flow_to_x0
 
 BANK_STAGING_MODES = ("interactive", "every_chunk")
@@ -113,6 +114,8 @@ class StreamingGenerator:
         noise: torch.Tensor | None = None,
         renoise: Callable[[int, int], torch.Tensor] | None = None,
         keep_records: bool = False,
+        vace: VaceModule | None = None,
+        vace_scale: float = 1.0,
     ):
         config = model.config
         param = next(model.parameters())
@@ -166,6 +169,10 @@ class StreamingGenerator:
         self._prompt_changed = False
         self.keep_records = keep_records
         self.records: list[ChunkRecord] = []
+        # VACE (optional): the blocks, the guidance scale and their text keys/values for the current prompt.
+        self.vace = vace
+        self.vace_scale = float(vace_scale)
+        self.vace_text = VaceTextCache()
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -180,10 +187,16 @@ class StreamingGenerator:
         """
         self._prompt = self.model.pad_text(text_embedding.to(self.device, self.dtype))
         self._prompt_changed = True
+        self.vace_text.reset()
 
     @torch.no_grad()
-    def next_chunk(self) -> torch.Tensor:
-        """Generate the next chunk; returns its clean latents [1, frames_per_chunk, C, h, w]."""
+    def next_chunk(self, vace_context: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate the next chunk; returns its clean latents [1, frames_per_chunk, C, h, w].
+
+        `vace_context` [1, R + frames_per_chunk, 96, h, w] (R reference frames first) guides the chunk's
+        denoising passes through the VACE blocks; the context pass that commits the chunk's keys runs
+        without hints, so the cache holds plain keys. At scale 0 the blocks are not run at all.
+        """
         if self.chunk_index >= self.num_chunks:
             raise IndexError("all chunks of this video have been generated")
         if self._prompt is None:
@@ -194,13 +207,14 @@ class StreamingGenerator:
 
         self.apply_conditioning(record)
 
+        guide = self._vace_guide(vace_context)
         x = self._initial_noise(first)
         if record is not None:
             record.noise = x
         steps = len(self.timesteps)
         for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
             # The bank is refreshed before the first step's blocks only.
-            flow = self._pass(x, t, first, commit=False, stage=False, refresh_bank=(i == 0), record=record)
+            flow = self._pass(x, t, first, commit=False, stage=False, refresh_bank=(i == 0), record=record, vace=guide)
             x0 = flow_to_x0(x, flow, sigma)
             if record is not None:
                 record.step_x0.append(x0)
@@ -249,13 +263,27 @@ class StreamingGenerator:
     def _is_record_chunk(self, first: int) -> bool:
         return first % (self.settings.frames_per_chunk * self.settings.record_interval) == 0
 
-    def _pass(self, x, t, first, *, commit, stage, refresh_bank, record):
+    def _vace_guide(self, context: torch.Tensor | None) -> VaceGuide | None:
+        if context is None:
+            return None
+        if self.vace is None:
+            raise ValueError("a VACE context was given but the generator has no VACE module")
+        n = self.settings.frames_per_chunk
+        expected = (self.vace.vace_patch_embedding.in_channels, *self.latent_shape[1:])
+        if context.dim() != 5 or context.shape[1] < n or tuple(context.shape[2:]) != expected:
+            raise ValueError(f"VACE context has shape {tuple(context.shape)}, expected [1, R + {n}, {', '.join(map(str, expected))}]")
+        if self.vace_scale == 0.0:
+            return None  # hints * 0 add nothing: skip the blocks
+        return VaceGuide(self.vace, context.to(self.device, self.dtype), self.vace_scale, self.vace_text,
+                         reference_frames=context.shape[1] - n)
+
+    def _pass(self, x, t, first, *, commit, stage, refresh_bank, record, vace=None):
         memory = self.memory
         if refresh_bank:
             memory.refresh_bank()
         memory.begin_pass(first, x.shape[1], commit=commit, stage=stage)
         timesteps = torch.full(x.shape[:2], float(t), device=self.device, dtype=torch.float32)
-        flow = self.model(x, timesteps, first, memory.text, memory, text_embedding=self._prompt)
+        flow = self.model(x, timesteps, first, memory.text, memory, text_embedding=self._prompt, vace=vace)
         memory.end_pass(staging_advances=self._is_record_chunk(first))
         if record is not None:
             record.key_frames.append(memory.last_key_frames)

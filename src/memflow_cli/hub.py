@@ -435,3 +435,66 @@ def _paths(found: dict, source: str, lock: dict) -> WeightPaths:
     identities = {k: {kk: vv for kk, vv in v.items() if kk != "recorded"} for k, v in lock["files"].items()}
     return WeightPaths(found["base"], found["lora"], found["config"], found["vae"], found["t5"], found["tokenizer"],
                        source, identities)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optional modules, fetched on demand (only when a render asks for them)
+
+KIJAI_REPO = "Kijai/WanVideo_comfy"
+KIJAI_MIRROR = "daydreamlive/WanVideo_comfy"
+VACE_FILE = WeightFile("vace", KIJAI_REPO, "Wan2_1-VACE_module_1_3B_bf16.safetensors", required=False)
+OPTIONAL_MIRRORS = {KIJAI_REPO: (KIJAI_MIRROR,)}
+
+
+def resolve_optional(
+    file: WeightFile,
+    needed_for: str,
+    weights_dir: str | Path | None = None,
+    *,
+    offline: bool = False,
+    downloader: Downloader | None = None,
+    verify_hashes: bool = False,
+) -> Path:
+    """Path of an optional module (the VACE blocks, …): from the weights folder, the cache, or downloaded now.
+
+    The repository's mirrors are tried in turn when it cannot be read. A module that is not there while
+    offline is an InputError (exit 2): the option that needs it cannot be honoured.
+    """
+    from memflow_cli.errors import InputError
+
+    if weights_dir is not None:
+        root = Path(weights_dir).expanduser()
+        path = root / file.filename
+        if not path.is_file():
+            raise InputError(f"{root}: weights folder has no {file.filename} ({file.repo}), needed for {needed_for}")
+        lock = read_lock(root / LOCK_NAME) or new_lock()
+        verify(file, path, lock["files"].get(file.filename), hashes=verify_hashes,
+               remedy=f"replace it, or remove it from {root / LOCK_NAME}")
+        return path
+    offline = offline or offline_from_env()
+    downloader = downloader or HFDownloader(hub_cache())
+    sources = [file] + [WeightFile(file.role, repo, file.filename, file.required) for repo in OPTIONAL_MIRRORS.get(file.repo, ())]
+    lock_file = lock_path()
+    lock = read_lock(lock_file) or new_lock()
+    for source in sources:
+        path = downloader.cached(source, None)
+        if path is not None:
+            verify(source, path, lock["files"].get(file.filename), hashes=verify_hashes)
+            return path
+    if offline:
+        raise InputError(
+            f"{file.repo}/{file.filename} is not in the Hugging Face cache {hub_cache()} and offline mode is on; it is "
+            f"needed for {needed_for}. Run once with a network connection, or put it in a --weights-dir"
+        )
+    failures = []
+    for source in sources:
+        try:
+            item = downloader.inspect(source, None)
+            path = downloader.fetch(source, None)
+        except DownloadError as exc:
+            failures.append(str(exc))
+            continue
+        record(lock, source, path, item.commit)
+        write_lock(lock_file, lock)
+        return path
+    raise DownloadError(f"cannot fetch {file.filename}, needed for {needed_for}: " + "; ".join(failures))

@@ -101,13 +101,34 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
 
     build_tiny_tokenizer(root / "google" / "umt5-xxl" / "tokenizer.json")
 
+    write_tiny_vace_module(root / hub.VACE_FILE.filename, config, seed)
+
     lock = hub.new_lock()
     lock["note"] = f"tiny random weights for smoke tests (seed {seed}); not a real model"
-    for f in hub.FILES:
+    for f in (*hub.FILES, hub.VACE_FILE):
         if (root / f.filename).is_file():
             hub.record(lock, f, root / f.filename, None)
     hub.write_lock(root / hub.LOCK_NAME, lock)
     return root
+
+
+def write_tiny_vace_module(path: Path, config, seed: int = 0) -> Path:
+    """A VACE module for `config` in the real file's layout: flat safetensors, bf16, one block per two layers.
+
+    Its own random stream (seed + 1), so adding it leaves every other tiny file unchanged. Unlike the
+    released module's zero-initialised projections before training, before/after_proj are random here, so
+    the hints visibly change the frames.
+    """
+    from safetensors.torch import save_file
+
+    from memflow_cli.model.vace import VaceModule, vace_main_layers
+
+    with torch.device("meta"):
+        module = VaceModule(config, len(vace_main_layers(config.num_layers)))
+    shapes = {k: torch.empty(v.shape) for k, v in module.state_dict().items()}
+    weights = _fill(shapes, torch.Generator().manual_seed(seed + 1), torch.bfloat16)
+    save_file(weights, str(path), metadata={"format": "pt"})
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,6 +77,7 @@ class TimelineSettings:
     pipeline_id: str | None = None
     denoising_steps: tuple[int, ...] | None = None  # only kept for MemFlow files
     loras: tuple[LoraSpec, ...] = ()
+    vace_scale: float | None = None  # VACE guidance strength (workflow `vace_context_scale`, Scope `vaceContextScale`)
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,12 @@ class _Reader:
         if not _is_number(value):
             raise self.fail(f"{path}.{key}", "a finite number", value)
         return float(value)
+
+    def vace_scale(self, obj: dict, key: str, path: str) -> float | None:
+        value = self.number(obj, key, path, required=False)
+        if value is not None and not 0.0 <= value <= 2.0:
+            raise self.fail(f"{path}.{key}", "a VACE scale from 0 to 2", value)
+        return value
 
     def integer(self, obj: dict, key: str, path: str, *, minimum: int = 0) -> int | None:
         if key not in obj or obj[key] is None:
@@ -532,7 +539,8 @@ class _Reader:
                 p = f"settings.loras[{i}]"
                 item = self.obj(item, p)
                 loras.append(self.lora(item.get("path"), item.get("scale"), item.get("mergeMode"), p, "path"))
-        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras))
+        vace_scale = self.vace_scale(s, "vaceContextScale", "settings")
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale)
 
     def scope_workflow(self, doc: dict) -> Timeline:
         version = doc.get("format_version")
@@ -584,7 +592,8 @@ class _Reader:
                 p = f"{path}.loras[{i}]"
                 item = self.obj(item, p)
                 loras.append(self.lora(item.get("filename"), item.get("weight"), item.get("merge_mode"), p, "filename"))
-        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras))
+        vace_scale = self.vace_scale(params, "vace_context_scale", pp)
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale)
 
     def prompt_list(
         self,

@@ -400,3 +400,13 @@ def validate_inputs(inputs: VaceInputs, num_latent_frames: int) -> dict:
     for ref in inputs.references:
         _check_readable(ref, "reference image")
     return counts
+
+
+def open_context_stream(inputs: VaceInputs, vae, *, num_latent_frames: int, width: int, height: int,
+                        frames_per_chunk: int = 3) -> VaceContextStream:
+    """One render's VACE context stream from the user's files (validated before: `validate_inputs`)."""
+    control = open_control(inputs.control, width, height) if inputs.control else None
+    mask = open_mask(inputs.mask, width, height) if inputs.mask else None
+    references = [read_reference(path, width, height) for path in inputs.references]
+    return VaceContextStream(vae, num_latent_frames=num_latent_frames, height=height, width=width,
+                             frames_per_chunk=frames_per_chunk, control=control, mask=mask, references=references)

@@ -176,3 +176,16 @@ def test_short_control_is_reported_by_name(vae):
     stream.next_chunk()
     with pytest.raises(InputError, match="control video: ends after 15 frames"):
         stream.next_chunk()
+
+
+def test_frames_past_the_timeline_repeat_the_last_one(vae):
+    control = _video(16, seed=6)  # a 1 s timeline: 16 frames, the chunk grid has 21
+    padded = torch.cat([control, control[-1:].expand(5, -1, -1, -1)])
+    a = VaceContextStream(vae, num_latent_frames=6, height=H, width=W, control=_chunks(control, 12), covers=16)
+    b = VaceContextStream(vae, num_latent_frames=6, height=H, width=W, control=[padded])
+    for _ in range(2):
+        assert torch.equal(a.next_chunk(), b.next_chunk())
+    short = VaceContextStream(vae, num_latent_frames=6, height=H, width=W, control=[control[:15]], covers=16)
+    short.next_chunk()
+    with pytest.raises(InputError, match="ends after 15 frames"):
+        short.next_chunk()

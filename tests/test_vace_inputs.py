@@ -71,13 +71,13 @@ def test_reference_letterboxed_on_white(tmp_path):
 
 def test_validate_lengths_and_scale(tmp_path):
     clip = write_video(tmp_path / "c.mp4", 21)
-    validate_inputs(VaceInputs(control=str(clip)), num_latent_frames=6)  # 21 frames: exactly enough
+    validate_inputs(VaceInputs(control=str(clip)), 21)  # exactly enough
     with pytest.raises(InputError, match="control video has 21 frames at 16 fps; the timeline needs 33"):
-        validate_inputs(VaceInputs(control=str(clip)), num_latent_frames=9)
+        validate_inputs(VaceInputs(control=str(clip)), 33)
     short_mask = write_video(tmp_path / "m.mp4", 25, pattern="white")
     with pytest.raises(InputError, match="mask video has 25 frames .* control video's length \\(21 frames\\)"):
-        validate_inputs(VaceInputs(control=str(clip), mask=str(short_mask)), num_latent_frames=6)
+        validate_inputs(VaceInputs(control=str(clip), mask=str(short_mask)), 21)
     with pytest.raises(InputError, match="--vace-scale: 2.1 is outside 0..2"):
-        validate_inputs(VaceInputs(control=str(clip), scale=2.1), num_latent_frames=6)
+        validate_inputs(VaceInputs(control=str(clip), scale=2.1), 21)
     with pytest.raises(InputError, match="reference image not found"):
-        validate_inputs(VaceInputs(references=(str(tmp_path / "none.png"),)), num_latent_frames=6)
+        validate_inputs(VaceInputs(references=(str(tmp_path / "none.png"),)), 21)

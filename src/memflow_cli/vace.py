@@ -92,13 +92,19 @@ def split_by_mask(frames: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
 
 
 class FrameBuffer:
-    """Random access by increasing frame index over a stream of frame chunks; old frames are dropped."""
+    """Random access by increasing frame index over a stream of frame chunks; old frames are dropped.
 
-    def __init__(self, chunks: Iterable[torch.Tensor], name: str):
+    With `covers`, a stream that ended after at least that many frames continues with its last frame
+    (the chunk grid may reach past the timeline's last frame, as in video-to-video).
+    """
+
+    def __init__(self, chunks: Iterable[torch.Tensor], name: str, covers: int | None = None):
         self._chunks: Iterator[torch.Tensor] = iter(chunks)
         self._frames: torch.Tensor | None = None
         self._first = 0  # absolute index of self._frames[0]
+        self._last: torch.Tensor | None = None
         self.name = name
+        self.covers = covers
 
     @property
     def _end(self) -> int:
@@ -112,7 +118,12 @@ class FrameBuffer:
             try:
                 chunk = next(self._chunks)
             except StopIteration:
-                raise InputError(f"{self.name}: ends after {self._end} frames; frame {stop - 1} is needed") from None
+                if self.covers is None or self._last is None or self._end < self.covers:
+                    raise InputError(f"{self.name}: ends after {self._end} frames; frame {stop - 1} is needed") from None
+                chunk = self._last.expand(stop - self._end, *self._last.shape[1:])
+            if chunk.shape[0] == 0:
+                continue
+            self._last = chunk[-1:]
             self._frames = chunk if self._frames is None else torch.cat([self._frames, chunk])
         return self._frames[start - self._first : stop - self._first]
 
@@ -180,15 +191,18 @@ class VaceContextStream:
         control: Iterable[torch.Tensor] | None = None,
         mask: Iterable[torch.Tensor] | None = None,
         references: list[torch.Tensor] = (),
+        covers: int | None = None,
     ):
+        """`covers`: frames of the timeline the control and mask must provide; past them, the chunk grid
+        repeats their last frame. None: they must provide every frame of the chunk grid."""
         if height % MASK_STRIDE or width % MASK_STRIDE:
             raise ValueError(f"video size {width}x{height} is not a multiple of {MASK_STRIDE}")
         self.vae = vae
         self.num_latent_frames = num_latent_frames
         self.frames_per_chunk = frames_per_chunk
         self.size = (height, width)
-        self.control = FrameBuffer(control, "control video") if control is not None else None
-        self.mask = FrameBuffer(mask, "mask video") if mask is not None else None
+        self.control = FrameBuffer(control, "control video", covers) if control is not None else None
+        self.mask = FrameBuffer(mask, "mask video", covers) if mask is not None else None
         self.mask_index = mask_time_indices(num_latent_frames)
         self.inactive = stream_encoder(vae)
         self.reactive = stream_encoder(vae)
@@ -375,11 +389,11 @@ def read_reference(path: str | os.PathLike, width: int, height: int) -> torch.Te
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def validate_inputs(inputs: VaceInputs, num_latent_frames: int) -> dict:
-    """Check VACE inputs before any weights load: files readable, videos long enough. Returns frame counts."""
+def validate_inputs(inputs: VaceInputs, needed: int) -> dict:
+    """Check VACE inputs before any weights load: files readable, videos covering the timeline's `needed`
+    frames. Returns the frame counts."""
     if not 0.0 <= inputs.scale <= 2.0:
         raise InputError(f"--vace-scale: {inputs.scale} is outside 0..2")
-    needed = pixel_frame_count(num_latent_frames)
     counts = {}
     if inputs.control:
         counts["control"] = probe_frame_count(inputs.control, "control video")
@@ -403,10 +417,11 @@ def validate_inputs(inputs: VaceInputs, num_latent_frames: int) -> dict:
 
 
 def open_context_stream(inputs: VaceInputs, vae, *, num_latent_frames: int, width: int, height: int,
-                        frames_per_chunk: int = 3) -> VaceContextStream:
+                        covers: int, frames_per_chunk: int = 3) -> VaceContextStream:
     """One render's VACE context stream from the user's files (validated before: `validate_inputs`)."""
     control = open_control(inputs.control, width, height) if inputs.control else None
     mask = open_mask(inputs.mask, width, height) if inputs.mask else None
     references = [read_reference(path, width, height) for path in inputs.references]
     return VaceContextStream(vae, num_latent_frames=num_latent_frames, height=height, width=width,
-                             frames_per_chunk=frames_per_chunk, control=control, mask=mask, references=references)
+                             frames_per_chunk=frames_per_chunk, control=control, mask=mask, references=references,
+                             covers=covers)

@@ -107,6 +107,10 @@ def render(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted render from its NAME.resume/ checkpoint."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between resume checkpoints (0 = only when stopped by a signal)."),
     max_hours: float = typer.Option(24.0, "--max-hours", help="Refuse timelines longer than this many hours of video."),
+    control: Optional[Path] = typer.Option(None, "--control", help="VACE: control video (depth, pose, edges, sketch…) guiding the structure."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="VACE: mask video; white is regenerated, black kept from --control."),
+    reference: List[Path] = typer.Option([], "--reference", help="VACE: reference image for the subject (repeatable)."),
+    vace_scale: Optional[float] = typer.Option(None, "--vace-scale", help="VACE strength, 0 to 2 (default: the file's, else 1.0)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
@@ -140,7 +144,8 @@ def render(
                             steps=parsed_steps, blend=blend, device=device, dtype=dtype,
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
-                            checkpoint_every=checkpoint_every, max_hours=max_hours)
+                            checkpoint_every=checkpoint_every, max_hours=max_hours,
+                            control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale)
     reporter = Reporter() if quiet else RichReporter(err)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all

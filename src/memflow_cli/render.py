@@ -69,6 +69,11 @@ class RenderOptions:
     resume: bool = False  # continue from NAME.resume/ when there is one
     checkpoint_every: float = 300.0  # seconds between resume checkpoints; 0 = only when stopped by a signal
     max_hours: float = DEFAULT_MAX_HOURS  # refuse longer videos before anything loads
+    # VACE (vace.py): a control video, a mask video, reference images, the guidance scale (None: the file's, else 1)
+    control: Path | None = None
+    mask: Path | None = None
+    references: tuple[Path, ...] = ()
+    vace_scale: float | None = None
 
 
 @dataclass
@@ -110,6 +115,7 @@ class RenderJob:
     seed: int
     stream: "object"  # generator.StreamSettings
     warnings: list = field(default_factory=list)
+    vace: "object | None" = None  # vace.VaceRender: the VACE inputs, checked
 
     @property
     def name(self) -> str:
@@ -190,7 +196,9 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     seed = options.seed if options.seed is not None else (
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
     seed = check_seed(seed, "--seed")
-    output = check_output_path(options.output or default_output(timeline, options.output_dir), inputs=job_inputs(timeline))
+    vace_files = [Path(p) for p in (options.control, options.mask, *options.references) if p]
+    output = check_output_path(options.output or default_output(timeline, options.output_dir),
+                               inputs=job_inputs(timeline) + vace_files)
     if timeline.settings.loras:
         names = ", ".join(str(l.path) for l in timeline.settings.loras)
         raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
@@ -199,7 +207,26 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
     except ValueError as exc:
         raise InputError(f"{timeline.source}: {exc}") from None
-    return RenderJob(timeline, schedule, output, width, height, seed, stream, list(timeline.warnings))
+    warnings = list(timeline.warnings)
+    vace = _prepare_vace(timeline, options, schedule, warnings)
+    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace)
+
+
+def _prepare_vace(timeline: Timeline, options: RenderOptions, schedule: Schedule, warnings: list):
+    """VACE inputs checked before any weights (None without any); the scale: option > file > 1.0."""
+    from memflow_cli.vace import VaceInputs, VaceRender
+
+    scale = options.vace_scale if options.vace_scale is not None else timeline.settings.vace_scale
+    inputs = VaceInputs(
+        control=str(options.control) if options.control else None,
+        mask=str(options.mask) if options.mask else None,
+        references=tuple(str(p) for p in options.references),
+        scale=1.0 if scale is None else float(scale),
+    )
+    vace = VaceRender.prepare(inputs, schedule.total_frames)
+    if vace is None and options.vace_scale is not None:
+        warnings.append("--vace-scale has no effect without --control, --mask or --reference")
+    return vace
 
 
 def job_inputs(timeline: Timeline) -> list[Path]:
@@ -238,6 +265,8 @@ class Renderer:
         self._embeddings: dict = {}
         self._model = None
         self._vae = None
+        self._vace = None  # the VACE blocks, loaded by the first render that uses them
+        self._vace_sha256: str | None = None
         self._warned: set[str] = set()
 
     # -- parts, each loaded once -----------------------------------------------------------------
@@ -302,6 +331,29 @@ class Renderer:
         self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
         self.timings["load"] += time.perf_counter() - t
 
+    def load_vace(self, job: RenderJob):
+        """The VACE blocks for `job` (None without VACE or at scale 0), loaded once per renderer.
+
+        Called once before the prompts are encoded (to find the module file: offline without it is exit 2)
+        and once after the DiT loaded (to load it).
+        """
+        vace = job.vace
+        if vace is None or not vace.runs:
+            return None
+        o = self.options
+        vace.locate_module(weights_dir=o.weights_dir, offline=o.offline, verify_hashes=o.verify_hashes)
+        if self._model is None:
+            return None
+        if self._vace is None:
+            t = time.perf_counter()
+            self.reporter.stage("loading the VACE blocks")
+            self._vace = vace.load_module(self.config, device=self.device, dtype=self.dtype)
+            self.timings["load"] += time.perf_counter() - t
+        else:
+            vace.module_sha256 = self._vace_sha256
+        self._vace_sha256 = vace.module_sha256
+        return self._vace
+
     def _warn_once(self, text: str) -> None:
         if text not in self._warned:
             self._warned.add(text)
@@ -324,6 +376,7 @@ class Renderer:
             "attention": attention_backend(self.device, self.dtype),
             "blend": self.options.blend,
             **job.stream.to_dict(),
+            **({"vace": job.vace.described} if job.vace is not None else {}),
         }
 
     def identity(self, job: RenderJob) -> dict:
@@ -355,9 +408,13 @@ class Renderer:
 
         # one-off costs (encoder, loading) are charged to the item that pays them
         before = dict(self.timings)
+        self.load_vace(job)  # finds the VACE module first: a missing one fails before any weight loads
         self.encode_prompts(job.timeline.texts)
         self.load()
+        vace_module = self.load_vace(job)
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
+        if job.vace is not None:
+            ident["vace"] = job.vace.manifest()
 
         from memflow_cli.conditioning import Conditioner
         from memflow_cli.generator import StreamingGenerator
@@ -367,9 +424,15 @@ class Renderer:
         conditioner = Conditioner({t: self._embeddings[t] for t in job.timeline.texts})
         generator = StreamingGenerator(self._model, job.stream, num_latent_frames=job.schedule.num_latent_frames,
                                        latent_height=job.height // 8, latent_width=job.width // 8, seed=job.seed,
-                                       device=self.device, dtype=self.dtype)
+                                       device=self.device, dtype=self.dtype, vace=vace_module,
+                                       vace_scale=job.vace.inputs.scale if job.vace is not None else 0.0)
         decoder = self._vae.stream_decoder()
         owners = {"generator": generator, "decoder": decoder}  # the streaming state a checkpoint carries
+        contexts = None
+        if vace_module is not None:  # the VACE context stream: two encoder caches and the input buffers
+            contexts = owners["vace"] = job.vace.open(
+                self._vae, num_latent_frames=job.schedule.num_latent_frames, width=job.width, height=job.height,
+                frames_per_chunk=job.stream.frames_per_chunk)
         finishing = [0.0]  # when ffmpeg began finishing the file
 
         def manifest_for(path: Path, complete: bool) -> dict:
@@ -406,7 +469,8 @@ class Renderer:
                 recorder = CheckpointRecorder(resume_dir(job.output), ident, job.width, job.height, FPS,
                                               self.options.checkpoint_every, resumed=checkpoint)
                 self.reporter.start(job.schedule)
-                self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop)
+                self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
+                             contexts)
                 if stop.requested:
                     raise KeyboardInterrupt  # stopped at a chunk boundary: the writer keeps the partial file
                 finishing[0] = time.perf_counter()
@@ -467,7 +531,8 @@ class Renderer:
             kept += f", and a checkpoint in {recorder.folder} (add --resume to the same command to continue)"
         return Interrupted(f"{what} after {summary.frames} of {summary.total_frames} frames; {kept}{old}", summary, code)
 
-    def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop) -> None:
+    def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
+                contexts=None) -> None:
         """source → generator → decoder → writer, one chunk at a time; memory stays flat.
 
         Between chunks (the only points where the streaming state is consistent) a checkpoint is saved
@@ -480,7 +545,7 @@ class Renderer:
             if chunk.changed:  # (after a resume, the current prompt and a pending re-cache are restored state)
                 generator.set_conditioning(conditioner(chunk.conditioning))
             t = time.perf_counter()
-            latents = generator.next_chunk()
+            latents = generator.next_chunk(contexts.next_chunk() if contexts is not None else None)
             synchronize(self.device)
             t2 = time.perf_counter()
             frames = pixels_to_uint8(decoder.decode(latents))[: chunk.frames].cpu().numpy()

@@ -425,3 +425,68 @@ def open_context_stream(inputs: VaceInputs, vae, *, num_latent_frames: int, widt
     return VaceContextStream(vae, num_latent_frames=num_latent_frames, height=height, width=width,
                              frames_per_chunk=frames_per_chunk, control=control, mask=mask, references=references,
                              covers=covers)
+
+
+class VaceRender:
+    """VACE for one render: the inputs (checked before any weights), the module, the per-chunk context.
+
+    The renderer's only contact points: `VaceRender.prepare` (no weights), `load_module`, `open` (per render,
+    given the Wan VAE) and `manifest`.
+    """
+
+    def __init__(self, inputs: VaceInputs, frame_counts: dict, needed_frames: int):
+        self.inputs = inputs
+        self.frame_counts = frame_counts
+        self.needed_frames = needed_frames
+        self.described = inputs.manifest()  # paths, sha256 and scale: part of the render's fingerprint
+        self.module_path: Path | None = None
+        self.module_sha256: str | None = None
+
+    @classmethod
+    def prepare(cls, inputs: VaceInputs, needed_frames: int) -> "VaceRender | None":
+        """None when no VACE input was given; InputError (exit 2) for any bad input."""
+        if not 0.0 <= inputs.scale <= 2.0:
+            raise InputError(f"--vace-scale: {inputs.scale} is outside 0..2")
+        if not inputs.active:
+            return None
+        return cls(inputs, validate_inputs(inputs, needed_frames), needed_frames)
+
+    @property
+    def needed_for(self) -> str:
+        given = [name for name, value in (("--control", self.inputs.control), ("--mask", self.inputs.mask),
+                                          ("--reference", self.inputs.references)) if value]
+        return " and ".join(given)
+
+    @property
+    def runs(self) -> bool:
+        """Whether the VACE blocks run at all: at scale 0 they would add exact zeros, so they are skipped."""
+        return self.inputs.scale != 0.0
+
+    def locate_module(self, *, weights_dir=None, offline=False, verify_hashes=False, downloader=None) -> Path | None:
+        """Find (or download) the module file before any weights load; an offline miss is exit 2."""
+        from memflow_cli import hub
+
+        if self.runs:
+            self.module_path = hub.resolve_optional(hub.VACE_FILE, self.needed_for, weights_dir, offline=offline,
+                                                    downloader=downloader, verify_hashes=verify_hashes)
+        return self.module_path
+
+    def load_module(self, dit_config, *, device="cpu", dtype=torch.float32):
+        """The VACE blocks for this DiT (None at scale 0)."""
+        from memflow_cli.model.vace import load_vace_module
+
+        if self.module_path is None:
+            return None
+        module = load_vace_module(self.module_path, dit_config, device=device, dtype=dtype)
+        self.module_sha256 = file_sha256(self.module_path)
+        return module
+
+    def open(self, vae, *, num_latent_frames: int, width: int, height: int, frames_per_chunk: int = 3) -> VaceContextStream | None:
+        if not self.runs:
+            return None
+        return open_context_stream(self.inputs, vae, num_latent_frames=num_latent_frames, width=width, height=height,
+                                   covers=self.needed_frames, frames_per_chunk=frames_per_chunk)
+
+    def manifest(self) -> dict:
+        return {**self.described, "frames": self.frame_counts,
+                "module": {"path": str(self.module_path) if self.module_path else None, "sha256": self.module_sha256}}

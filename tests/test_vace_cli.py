@@ -129,3 +129,15 @@ def test_not_a_video_and_no_module_offline(tiny, media, tmp_path):
     code, text = render(without, tmp_path / "out.mp4", "--reference", media["face"], "--offline")
     assert code == 2 and "weights folder has no Wan2_1-VACE_module_1_3B_bf16.safetensors" in " ".join(text.split())
     assert not list(tmp_path.glob("out*"))
+
+
+def test_vace_inputs_are_part_of_the_render_identity(tiny, media, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert render(tiny, out, "--control", media["control"])[0] == 0
+    before = out.stat().st_mtime_ns
+    code, text = render(tiny, out, "--control", media["control"])
+    assert code == 0 and out.stat().st_mtime_ns == before  # the same render: skipped
+    code, text = render(tiny, out, "--control", media["other"])
+    assert code == 2 and "the file exists" in text  # another control is another render
+    code, text = render(tiny, out, "--control", media["control"], "--vace-scale", "0.5")
+    assert code == 2 and "the file exists" in text

@@ -61,3 +61,18 @@ def test_offline_without_the_module_is_an_input_error(env, tmp_path):
         hub.resolve_optional(hub.VACE_FILE, "--mask", weights_dir=folder)
     (folder / hub.VACE_FILE.filename).write_bytes(b"x")
     assert hub.resolve_optional(hub.VACE_FILE, "--mask", weights_dir=folder) == folder / hub.VACE_FILE.filename
+
+
+def test_download_command_fetches_the_module_with_vace(env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from memflow_cli.cli import app
+
+    fake = FlakyHub(env / "cache")
+    fake.commits.update({hub.MEMFLOW_REPO: "a" * 40, hub.WAN_REPO: "b" * 40})
+    monkeypatch.setattr(hub, "HFDownloader", lambda *a, **k: fake)
+    monkeypatch.setattr(hub, "check_space", lambda plan, cache: 0)
+    result = CliRunner().invoke(app, ["download", "--quiet", "--vace"])
+    assert result.exit_code == 0, result.output
+    assert hub.VACE_FILE.filename in fake.fetched and "base.pt" in fake.fetched
+    assert hub.VACE_FILE.filename in hub.read_lock(hub.lock_path())["files"]

@@ -250,6 +250,7 @@ def download(
     wan_revision: Optional[str] = typer.Option(None, "--wan-revision", help="Wan-AI/Wan2.1-T2V-1.3B revision."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against the lock file."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    vace: bool = typer.Option(False, "--vace", help="Also fetch the VACE module (for --control/--mask/--reference offline)."),
 ):
     """Download exactly the weight files inference needs into the Hugging Face cache (resumable)."""
     from memflow_cli import hub
@@ -261,6 +262,10 @@ def download(
     show = None if quiet else (lambda plan: err.print(plan_table(plan)))
     paths, lock = hub.download(hub.HFDownloader(hub.hub_cache(), progress=not quiet), revision=revision,
                                wan_revision=wan_revision, verify_hashes=verify, show=show)
+    if vace:
+        hub.resolve_optional(hub.VACE_FILE, "--vace", downloader=hub.HFDownloader(hub.hub_cache(), progress=not quiet),
+                             verify_hashes=verify)
+        lock = hub.read_lock(hub.lock_path()) or lock
     if not quiet:
         err.print(f"[green]done[/green]: {len(lock['files'])} files in {hub.hub_cache()}; lock file {hub.lock_path()}")
 

@@ -4,7 +4,7 @@ import pytest
 
 from memflow_cli import hub
 from memflow_cli.errors import InputError
-from memflow_cli.hub import DownloadError, RemoteFile
+from memflow_cli.hub import DownloadError
 from test_hub import FakeHub
 
 

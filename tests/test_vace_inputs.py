@@ -6,7 +6,6 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
-import torch
 
 from memflow_cli.errors import InputError
 from memflow_cli.timeline import read_timeline

@@ -141,3 +141,29 @@ def test_vace_inputs_are_part_of_the_render_identity(tiny, media, tmp_path):
     assert code == 2 and "the file exists" in text  # another control is another render
     code, text = render(tiny, out, "--control", media["control"], "--vace-scale", "0.5")
     assert code == 2 and "the file exists" in text
+
+
+def test_interrupted_vace_render_resumes_identically(tiny, tmp_path):
+    """The VACE context stream (two encoder caches, the input buffers) is part of a resume checkpoint."""
+    import signal
+
+    from memflow_cli.render import Interrupted, RenderOptions, render as render_api
+    from memflow_cli.timeline import prompt_timeline
+
+    control = write_video(tmp_path / "control.mp4", 32)
+    mask = write_video(tmp_path / "mask.mp4", 32)  # the test pattern's red channel: a mixed mask
+    face = write_image(tmp_path / "face.png", 32, 32, "green")
+    timeline = prompt_timeline("a lantern over a river", 2.0)  # 3 chunks
+    options = dict(weights_dir=tiny, width=32, height=32, control=control, mask=mask, references=(face,))
+
+    render_api(timeline, RenderOptions(output=tmp_path / "ref.mp4", **options))
+
+    def stop_after_first(chunk):
+        if chunk.index == 0:
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "v.mp4"
+    with pytest.raises(Interrupted):
+        render_api(timeline, RenderOptions(output=out, **options), on_chunk=stop_after_first)
+    assert render_api(timeline, RenderOptions(output=out, resume=True, **options)).complete
+    assert np.array_equal(frames(out), frames(tmp_path / "ref.mp4"))

@@ -96,10 +96,17 @@ class FrameBuffer:
 
     With `covers`, a stream that ended after at least that many frames continues with its last frame
     (the chunk grid may reach past the timeline's last frame, as in video-to-video).
+
+    Resume: a checkpoint carries the buffer and `_pulled`; the stream itself is reopened from the start,
+    so the frames it already gave are skipped on the first read after a restore.
     """
+
+    _transient = ("_chunks", "_position")  # the open stream: rebuilt, then fast-forwarded to `_pulled`
 
     def __init__(self, chunks: Iterable[torch.Tensor], name: str, covers: int | None = None):
         self._chunks: Iterator[torch.Tensor] = iter(chunks)
+        self._position = 0  # frames read from this stream object
+        self._pulled = 0  # frames read from the input in all (across a resume)
         self._frames: torch.Tensor | None = None
         self._first = 0  # absolute index of self._frames[0]
         self._last: torch.Tensor | None = None
@@ -116,7 +123,7 @@ class FrameBuffer:
             raise ValueError(f"{self.name}: frame {start} was already released")
         while self._end < stop:
             try:
-                chunk = next(self._chunks)
+                chunk = self._read()
             except StopIteration:
                 if self.covers is None or self._last is None or self._end < self.covers:
                     raise InputError(f"{self.name}: ends after {self._end} frames; frame {stop - 1} is needed") from None
@@ -126,6 +133,17 @@ class FrameBuffer:
             self._last = chunk[-1:]
             self._frames = chunk if self._frames is None else torch.cat([self._frames, chunk])
         return self._frames[start - self._first : stop - self._first]
+
+    def _read(self) -> torch.Tensor:
+        """The input's next frames; after a resume, first skips what the checkpoint already holds."""
+        while True:
+            chunk = next(self._chunks)
+            skip = self._pulled - self._position
+            self._position += chunk.shape[0]
+            if chunk.shape[0] > skip:
+                chunk = chunk[max(skip, 0):]
+                self._pulled = self._position
+                return chunk
 
     def release(self, before: int) -> None:
         """Forget frames below `before` (they will not be asked for again)."""

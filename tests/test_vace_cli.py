@@ -167,3 +167,12 @@ def test_interrupted_vace_render_resumes_identically(tiny, tmp_path):
         render_api(timeline, RenderOptions(output=out, **options), on_chunk=stop_after_first)
     assert render_api(timeline, RenderOptions(output=out, resume=True, **options)).complete
     assert np.array_equal(frames(out), frames(tmp_path / "ref.mp4"))
+
+
+def test_output_never_replaces_a_vace_input(tiny, tmp_path):
+    control = write_video(tmp_path / "control.mp4", 16)
+    before = control.read_bytes()
+    result = CliRunner().invoke(app, ["render", *BASE, "--weights-dir", str(tiny), "-o", str(control), "-y",
+                                      "--control", str(control)])
+    assert result.exit_code == 2, result.output
+    assert control.read_bytes() == before

@@ -47,17 +47,18 @@ def build_case_model(case: dict, index: dict, golden: Path):
     )
 
 
-def run_pipeline_case(case: dict, index: dict, golden: Path) -> dict:
+def generate_case(case: dict, index: dict, golden: Path, model=None, dtype=torch.float32):
+    """Run a pipeline case's stream (its noise, prompts and switches) through `model` (default: the
+    case's float32 model). Returns (generator, chunks of latents)."""
     config = case["config"]
-    model = build_case_model(case, index, golden)
+    model = model if model is not None else build_case_model(case, index, golden)
     inputs = load_file(str(golden / case["inputs"]["file"]))
-    expected = load_file(str(golden / case["expected"]["file"]))
     settings = _settings(config)
     _, frames, _, height, width = config["latent_shape"]
 
     gen = StreamingGenerator(
         model, settings, num_latent_frames=frames, latent_height=height, latent_width=width,
-        seed=case["seed"], dtype=torch.float32, keep_records=True,
+        seed=case["seed"], dtype=dtype, keep_records=True,
     )
     tensor_for = case["inputs"]["text_tensor_for_prompt"]
     prompts = [inputs[tensor_for[p]] for p in case["prompts_in_segment_order"]]
@@ -70,6 +71,13 @@ def run_pipeline_case(case: dict, index: dict, golden: Path) -> dict:
             segment += 1
             gen.set_conditioning(prompts[segment])
         chunks.append(gen.next_chunk())
+    return gen, chunks
+
+
+def run_pipeline_case(case: dict, index: dict, golden: Path) -> dict:
+    inputs = load_file(str(golden / case["inputs"]["file"]))
+    expected = load_file(str(golden / case["expected"]["file"]))
+    gen, chunks = generate_case(case, index, golden)
 
     # The generator draws its own noise, chunk by chunk; together it must be the noise the reference drew whole.
     torch.testing.assert_close(torch.cat([r.noise for r in gen.records], 1), inputs["noise"], rtol=0, atol=0)

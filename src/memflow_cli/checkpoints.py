@@ -129,16 +129,21 @@ def assign_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
             target.copy_(state[key].to(target.dtype))
 
 
+def read_flat_state(path, what: str) -> dict:
+    """A plain state-dict file (T5, VAE) as {name: tensor}, FSDP prefixes removed."""
+    state = read_state_dict(path)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a flat state dict of tensors for the {what}")
+    return strip_prefixes(state, ("_fsdp_wrapped_module.",))
+
+
 def load_flat_module(path, what: str, config_from_state, build, device="cpu", dtype=torch.float32):
     """Load a plain state-dict file (T5, VAE) into a module whose sizes are inferred from the tensors.
 
     `config_from_state(state)` raises KeyError naming a tensor it needs; `build(config)` makes the module,
     which is created on the meta device so a multi-GB file is never held twice in memory.
     """
-    state = read_state_dict(path)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a flat state dict of tensors for the {what}")
-    state = strip_prefixes(state, ("_fsdp_wrapped_module.",))
+    state = read_flat_state(path, what)
     try:
         config = config_from_state(state)
     except KeyError as exc:

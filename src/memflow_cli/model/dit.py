@@ -379,7 +379,7 @@ class CausalDiT(nn.Module):
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         """Padded text embedding through `text_embedding`: the context every cross-attention reads."""
-        param = self.text_embedding[0].weight
+        param = self.patch_embedding.weight  # never quantized: its dtype is the compute dtype
         return self.text_embedding(self.pad_text(text).to(param.device, param.dtype))
 
     def text_key_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

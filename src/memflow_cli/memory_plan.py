@@ -1,0 +1,301 @@
+"""How much device memory a render will need, planned from configs before any weight is loaded.
+
+A render has two phases that never share the device: first the text encoder turns the prompts into
+embeddings (then it is freed), then the DiT generates while the decoder turns latents into pixels. The
+planned peak is the larger phase. Parts:
+
+  - text encoder: umT5-XXL weights (bf16, or fp8 with a scale per row) + its activations; 0 on the device
+    with --low-vram (it runs on the CPU, once per distinct prompt: embeddings are cached on disk);
+  - DiT weights: counted from the DiT config, Linears of the blocks in fp8 when quantized;
+  - KV cache + memory bank: (sink + bank + local window) frames × frame tokens × layers × 2 (K, V) × dim,
+    plus the staged bank frame and the cross-attention text keys/values;
+  - activations of the largest pass: the re-cache after a prompt switch runs `local_attn_size` frames at once;
+  - decoder: weights + stream state + the working set of one decode call.
+
+Weights and caches are exact byte counts (a test checks them against the real-size model and caches
+built on the meta device). Activations and decoder working sets are estimates from the largest tensors
+alive at once; after a CUDA render the summary shows planned against measured peak.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from memflow_cli.errors import InputError
+from memflow_cli.generator import StreamSettings
+from memflow_cli.model.dit import DiTConfig
+from memflow_cli.model.t5 import UMT5Config
+
+DECODER_KINDS = ("wan", "lightvae", "tae", "lighttae")
+LEVERS = "--low-vram, --quantization fp8, --vae lighttae, or a smaller --resolution (e.g. 640x368)"
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class PlanPart:
+    name: str
+    phase: str  # "encode" (text encoder, freed before generation) or "generate"
+    bytes: int
+    exact: bool  # counted (True) or estimated (False)
+    note: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    width: int
+    height: int
+    dtype: str
+    quantization: str | None
+    low_vram: bool
+    decoder: str
+    parts: list[PlanPart] = field(default_factory=list)
+
+    def phase_bytes(self, phase: str) -> int:
+        return sum(p.bytes for p in self.parts if p.phase == phase)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.phase_bytes("encode"), self.phase_bytes("generate"))
+
+    def part(self, name: str) -> PlanPart:
+        return next(p for p in self.parts if p.name == name)
+
+    def to_dict(self) -> dict:
+        return {
+            "resolution": f"{self.width}x{self.height}", "dtype": self.dtype, "quantization": self.quantization,
+            "low_vram": self.low_vram, "decoder": self.decoder, "peak_bytes": self.peak_bytes,
+            "parts": [{"name": p.name, "phase": p.phase, "bytes": p.bytes, "exact": p.exact, "note": p.note}
+                      for p in self.parts],
+        }
+
+
+# ------------------------------------------------------------------------------------------- counting
+
+
+def _linear(inp: int, out: int, bias: bool, b: int, fp8: bool) -> int:
+    """Bytes of one Linear: fp8 weight + a float32 scale per output row, or the weight in b bytes."""
+    weight = inp * out + 4 * out if fp8 else inp * out * b
+    return weight + (out * b if bias else 0)
+
+
+def dit_weight_bytes(config: DiTConfig, dtype: torch.dtype, quantization: str | None = None) -> int:
+    """Parameters of the causal DiT, counted from its config (Linears of the blocks in fp8 if quantized)."""
+    b = torch.empty(0, dtype=dtype).element_size()
+    fp8 = quantization == "fp8"
+    d, f = config.dim, config.ffn_dim
+    patch = math.prod(config.patch_size)
+    total = (config.in_dim * patch * d + d) * b  # patch embedding (a Conv3d, never quantized)
+    total += _linear(config.text_dim, d, True, b, False) + _linear(d, d, True, b, False)  # text embedding
+    total += _linear(config.freq_dim, d, True, b, False) + _linear(d, d, True, b, False)  # time embedding
+    total += _linear(d, 6 * d, True, b, False)  # time projection
+    per_block = 8 * _linear(d, d, True, b, fp8)  # q k v o of self- and cross-attention
+    per_block += _linear(d, f, True, b, fp8) + _linear(f, d, True, b, fp8)  # FFN
+    per_block += (4 * d if config.qk_norm else 0) * b  # RMSNorm gains on q and k, twice
+    per_block += (2 * d if config.cross_attn_norm else 0) * b  # norm3: LayerNorm weight + bias
+    per_block += 6 * d * b  # modulation
+    total += config.num_layers * per_block
+    total += _linear(d, patch * config.out_dim, True, b, False) + 2 * d * b  # head + its modulation
+    return total
+
+
+def cache_bytes(config: DiTConfig, settings: StreamSettings, frame_tokens: int, dtype: torch.dtype) -> dict[str, int]:
+    """Bytes of what the stream remembers: KV cache + bank, the staged bank frame, the text keys/values."""
+    b = torch.empty(0, dtype=dtype).element_size()
+    row = config.num_layers * 2 * config.dim * b  # one token's K and V in every layer
+    frames = settings.local_attn_size + settings.bank_size  # sink + window = local_attn_size, plus bank slots
+    return {
+        "kv": frames * frame_tokens * row,
+        "staged": frame_tokens * row,
+        "text": config.text_len * row,
+    }
+
+
+def umt5_weight_bytes(config: UMT5Config, dtype: torch.dtype, quantization: str | None = None) -> int:
+    b = torch.empty(0, dtype=dtype).element_size()
+    fp8 = quantization == "fp8"
+    total = (config.vocab * config.dim + 4 * config.vocab) if fp8 else config.vocab * config.dim * b
+    per_block = 3 * _linear(config.dim, config.dim_attn, False, b, fp8) + _linear(config.dim_attn, config.dim, False, b, fp8)
+    per_block += 2 * _linear(config.dim, config.dim_ffn, False, b, fp8) + _linear(config.dim_ffn, config.dim, False, b, fp8)
+    per_block += 2 * config.dim * b + config.num_buckets * config.num_heads * b
+    return total + config.num_layers * per_block + config.dim * b
+
+
+def umt5_activation_bytes(config: UMT5Config, dtype: torch.dtype, quantization: str | None, tokens: int = 512) -> int:
+    b = torch.empty(0, dtype=dtype).element_size()
+    hidden = tokens * config.dim * b * 6  # residual, norm, q, k, v, attention output
+    logits = config.num_heads * tokens * tokens * (4 + 2 * b)  # bias + logits, float32 softmax, cast back
+    ffn = tokens * config.dim_ffn * b * 3
+    dequant = 2 * config.dim * config.dim_ffn * b if quantization == "fp8" else 0  # one layer's weight, expanded
+    return hidden + max(logits, ffn) + dequant
+
+
+def pass_activation_bytes(config: DiTConfig, settings: StreamSettings, frame_tokens: int, dtype: torch.dtype,
+                          quantization: str | None) -> int:
+    """Largest tensors alive in one block during the re-cache pass (`local_attn_size` frames at once).
+
+    Residual stream and its update; attention phase: modulated input, q/k/v, the float32 RoPE copies of
+    q and k, the attention output and the assembled key set (up to sink + bank + window frames); FFN
+    phase: modulated input, the hidden layer before and after GELU, the output. fp8 adds one layer's
+    de-quantized weight (or, for fp8 matmuls, the activations rounded to fp8).
+    """
+    b = torch.empty(0, dtype=dtype).element_size()
+    n = settings.local_attn_size * frame_tokens
+    d, f = config.dim, config.ffn_dim
+    keys = (settings.local_attn_size + settings.bank_size) * frame_tokens
+    residual = 2 * n * d * b
+    attention = 6 * n * d * b + 2 * n * d * 4 + 2 * keys * d * b
+    ffn = 2 * n * d * b + 2 * n * f * b
+    dequant = 2 * d * f * b if quantization == "fp8" else 0
+    return residual + max(attention, ffn) + dequant
+
+
+def decoder_bytes(kind: str, width: int, height: int, dtype: torch.dtype, frames_per_call: int = 3) -> tuple[int, int]:
+    """(weights, working set) of the decoder: stream state + one call of `frames_per_call` latent frames.
+
+    Wan VAE: the state is two frames of input per causal conv; the working set peaks where the last
+    upsampler copies 192 channels to full resolution (then a conv halves them to 96). TAEHV-style
+    decoders (tae, lighttae) work at 64 channels at full resolution; lightvae is the Wan VAE at half width.
+    """
+    b = torch.empty(0, dtype=dtype).element_size()
+    if kind not in DECODER_KINDS:
+        raise InputError(f"--vae: expected one of {', '.join(DECODER_KINDS)}, got {kind!r}")
+    pixels = width * height
+    frames = 4 * frames_per_call  # pixel frames per call in the steady state
+    out = 3 * frames * pixels * 4 * 2  # float32 pixels and their clamped copy
+    if kind in ("wan", "lightvae"):
+        scale = 1 if kind == "wan" else 2
+        c = 96 // scale  # channels at full resolution; 2c enter the last upsampler
+        weights = _wan_vae_params(c) * b
+        state = _wan_state_elements(c, width, height) * b
+        upsample = frames * pixels * (2 * c * b + c * b) + frames * pixels // 4 * 2 * c * b  # x2 copy, conv out, input
+        resblock = (frames + 2) * pixels * c * b * 4  # block input, conv input with history, conv output, sum
+        return weights, state + max(upsample, resblock) + out
+    params = 11_300_000  # taew2_1-sized TAEHV decoder + encoder
+    state = 3 * 64 * pixels * b * 4  # one past frame per memory block at full resolution (upper bound)
+    work = frames * pixels * 64 * b * 5  # x, cat(x, past) (2x), two conv outputs
+    return params * b, state + work + out
+
+
+@functools.lru_cache(maxsize=8)
+def _wan_vae_params(dim: int) -> int:
+    from memflow_cli.model.vae import VAEConfig, WanVAE
+
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig(dim=dim))
+    return sum(p.numel() for p in vae.parameters())
+
+
+@functools.lru_cache(maxsize=32)
+def _wan_state_elements(dim: int, width: int, height: int) -> int:
+    """Elements the Wan decoder keeps between calls: 2 input frames per temporal conv (meta-device run)."""
+    from memflow_cli.model.vae import VAEConfig, WanVAE
+
+    config = VAEConfig(dim=dim)
+    with torch.device("meta"):
+        vae = WanVAE(config)
+        decoder = vae.stream_decoder(1)
+        z = torch.empty(1, 2, config.z_dim, height // 8, width // 8)
+        decoder.vae.decoder(z.permute(0, 2, 1, 3, 4)[:, :, :1], decoder.state)
+        decoder.vae.decoder(z.permute(0, 2, 1, 3, 4)[:, :, 1:], decoder.state)
+    return sum(v.numel() for v in decoder.state.values() if isinstance(v, torch.Tensor))
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+
+def plan_memory(
+    width: int,
+    height: int,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    quantization: str | None = None,
+    low_vram: bool = False,
+    decoder: str = "wan",
+    dit: DiTConfig | None = None,
+    text_encoder: UMT5Config | None = None,
+    settings: StreamSettings | None = None,
+    decoder_frames_per_call: int | None = None,
+) -> MemoryPlan:
+    """Planned device memory of a render at width x height (defaults: the real MemFlow model)."""
+    dit = dit or DiTConfig()
+    text_encoder = text_encoder or UMT5Config.umt5_xxl()
+    settings = settings or StreamSettings()
+    if low_vram:
+        quantization = "fp8"
+    tokens = dit.frame_tokens(height // 8, width // 8)
+    name = str(dtype).replace("torch.", "")
+    plan = MemoryPlan(width, height, name, quantization, low_vram, decoder)
+    weights = "fp8 blocks" if quantization == "fp8" else name
+    if low_vram:
+        plan.parts.append(PlanPart("text encoder", "encode", 0, True, "on the CPU (--low-vram)"))
+    else:
+        plan.parts.append(PlanPart("text encoder", "encode", umt5_weight_bytes(text_encoder, dtype, quantization), True,
+                                   f"umT5-XXL, {'fp8' if quantization == 'fp8' else name}"))
+        plan.parts.append(PlanPart("text encoder activations", "encode",
+                                   umt5_activation_bytes(text_encoder, dtype, quantization), False, "512 tokens"))
+    plan.parts.append(PlanPart("DiT weights", "generate", dit_weight_bytes(dit, dtype, quantization), True, weights))
+    caches = cache_bytes(dit, settings, tokens, dtype)
+    frames = settings.local_attn_size + settings.bank_size
+    plan.parts.append(PlanPart("KV cache + memory bank", "generate", caches["kv"] + caches["staged"], True,
+                               f"{frames} frames x {tokens} tokens x {dit.num_layers} layers"))
+    plan.parts.append(PlanPart("text keys/values", "generate", caches["text"], True, f"{dit.text_len} tokens"))
+    plan.parts.append(PlanPart("activations", "generate", pass_activation_bytes(dit, settings, tokens, dtype, quantization),
+                               False, f"re-cache pass of {settings.local_attn_size} frames"))
+    per_call = decoder_frames_per_call or (1 if low_vram else settings.frames_per_chunk)
+    dec_weights, dec_work = decoder_bytes(decoder, width, height, dtype, per_call)
+    plan.parts.append(PlanPart("decoder weights", "generate", dec_weights, False, decoder))
+    plan.parts.append(PlanPart("decoder working set", "generate", dec_work, False,
+                               f"{per_call} latent frame{'s' if per_call > 1 else ''} per call"))
+    return plan
+
+
+def free_device_memory(device: torch.device | str) -> int | None:
+    """Free bytes on a CUDA device (None elsewhere: nothing to check)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def check_fits(plan: MemoryPlan, free_bytes: int | None, device: str = "cuda") -> None:
+    """Stop before anything loads when the planned peak exceeds the free memory (with 5 % slack for the
+    allocator's fragmentation), naming the levers that would make it fit."""
+    if free_bytes is None:
+        return
+    need = int(plan.peak_bytes * 1.05)
+    if need > free_bytes:
+        tried = []
+        if not plan.low_vram:
+            tried.append("--low-vram")
+        if plan.quantization != "fp8":
+            tried.append("--quantization fp8")
+        if plan.decoder != "lighttae":
+            tried.append("--vae lighttae")
+        tried.append(f"a smaller --resolution than {plan.width}x{plan.height}")
+        raise InputError(
+            f"not enough GPU memory on {device}: this render plans a peak of {plan.peak_bytes / GiB:.1f} GiB "
+            f"(+5 % slack), {free_bytes / GiB:.1f} GiB is free. Try {', '.join(tried)} "
+            f"(`memflow info --resolution {plan.width}x{plan.height} ...` shows the plan of each)."
+        )
+
+
+def plan_table(plan: MemoryPlan, measured_peak: int | None = None):
+    from rich.table import Table
+
+    t = Table(title=f"memory plan {plan.width}x{plan.height}, {plan.dtype}"
+                    + (", fp8" if plan.quantization == "fp8" else "") + (", low VRAM" if plan.low_vram else "")
+                    + f", decoder {plan.decoder}")
+    for col in ("part", "phase", "GiB", "how"):
+        t.add_column(col, justify="right" if col == "GiB" else "left")
+    for p in plan.parts:
+        t.add_row(p.name, p.phase, f"{'' if p.exact else '≈'}{p.bytes / GiB:.2f}", p.note)
+    t.add_row("[bold]planned peak[/bold]", "", f"[bold]{plan.peak_bytes / GiB:.2f}[/bold]",
+              f"encode {plan.phase_bytes('encode') / GiB:.2f}, generate {plan.phase_bytes('generate') / GiB:.2f}")
+    if measured_peak is not None:
+        t.add_row("measured peak", "", f"{measured_peak / GiB:.2f}", "torch.cuda.max_memory_allocated")
+    return t

@@ -77,6 +77,15 @@ def parse_steps(text: str | None) -> tuple[int, ...] | None:
     return None if values is None else check_steps(values, "--steps")
 
 
+def parse_quantization_option(text: str | None) -> str | None:
+    from memflow_cli.quantization import parse_quantization
+
+    try:
+        return parse_quantization(text, "--quantization")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 @app.command()
 @_errors
 def render(
@@ -111,6 +120,8 @@ def render(
     mask: Optional[Path] = typer.Option(None, "--mask", help="VACE: mask video; white is regenerated, black kept from --control."),
     reference: List[Path] = typer.Option([], "--reference", help="VACE: reference image for the subject (repeatable)."),
     vace_scale: Optional[float] = typer.Option(None, "--vace-scale", help="VACE strength, 0 to 2 (default: the file's, else 1.0)."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="fp8: DiT and text encoder weights in fp8 (about half the memory)."),
+    low_vram: bool = typer.Option(False, "--low-vram", help="For 12-16 GB GPUs: text encoder on the CPU, fp8 DiT, smallest decoder working set."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
@@ -145,7 +156,8 @@ def render(
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
                             checkpoint_every=checkpoint_every, max_hours=max_hours,
-                            control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale)
+                            control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
+                            quantization=parse_quantization_option(quantization), low_vram=low_vram)
     reporter = Reporter() if quiet else RichReporter(err)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -275,8 +287,14 @@ def download(
 def info(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Describe this weights folder instead of the HF cache."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="Also print the memory plan of a render at WIDTHxHEIGHT."),
+    low_vram: bool = typer.Option(False, "--low-vram", help="Memory plan with --low-vram."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="Memory plan with fp8 weights."),
+    vae: str = typer.Option("wan", "--vae", help="Memory plan with this decoder: wan, lightvae, tae or lighttae."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Memory plan in this dtype (default bf16)."),
 ):
-    """Versions, device, GPU, attention backend, and which weight files are present."""
+    """Versions, device, GPU, attention backend, fp8 path, which weight files are present; with --resolution,
+    the planned peak GPU memory of a render, part by part."""
     import platform
 
     import huggingface_hub
@@ -285,7 +303,18 @@ def info(
 
     from memflow_cli import hub
     from memflow_cli.model.dit import attention_backend
+    from memflow_cli.quantization import describe_fp8_path
 
+    plan = None
+    if resolution is not None or low_vram or quantization is not None:
+        from memflow_cli.memory_plan import plan_memory
+        from memflow_cli.render import DTYPES, DEFAULT_HEIGHT, DEFAULT_WIDTH
+
+        width, height = parse_resolution(resolution)
+        if dtype is not None and dtype not in DTYPES:
+            raise InputError(f"--dtype: expected one of bf16, fp16, fp32, got {dtype!r}")
+        plan = plan_memory(width or DEFAULT_WIDTH, height or DEFAULT_HEIGHT, dtype=DTYPES[dtype or "bf16"],
+                           quantization=parse_quantization_option(quantization), low_vram=low_vram, decoder=vae)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     data = {
@@ -299,6 +328,7 @@ def info(
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "gpu_memory_bytes": torch.cuda.get_device_properties(0).total_memory if cuda else None,
         "attention": attention_backend(device, torch.bfloat16 if cuda else torch.float32),
+        "fp8": describe_fp8_path(device),
         "weights": str(weights_dir) if weights_dir else str(hub.hub_cache()),
         "files": [
             {"repo": f.repo, "file": f.filename, "present": path is not None, "size": size,
@@ -306,6 +336,8 @@ def info(
             for f, path, size in hub.presence(weights_dir)
         ],
     }
+    if plan is not None:
+        data["memory_plan"] = plan.to_dict()
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -314,7 +346,7 @@ def info(
     t = Table(show_header=False, title="memflow info")
     t.add_column(style="bold")
     t.add_column()
-    for key in ("memflow_cli", "python", "torch", "cuda", "huggingface_hub", "ffmpeg", "device", "gpu", "attention", "weights"):
+    for key in ("memflow_cli", "python", "torch", "cuda", "huggingface_hub", "ffmpeg", "device", "gpu", "attention", "fp8", "weights"):
         t.add_row(key, str(data[key]))
     if data["gpu_memory_bytes"]:
         t.add_row("gpu memory", f"{data['gpu_memory_bytes'] / 2**30:.1f} GiB")
@@ -326,6 +358,10 @@ def info(
         status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
         files.add_row(f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
     out.print(files)
+    if plan is not None:
+        from memflow_cli.memory_plan import plan_table as memory_table
+
+        out.print(memory_table(plan))
 
 
 @app.command()

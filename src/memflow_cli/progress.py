@@ -21,6 +21,7 @@ class Reporter:
     def stage(self, text: str) -> None: ...
     def warn(self, text: str) -> None: ...
     def show_plan(self, plan) -> None: ...
+    def memory_plan(self, plan) -> None: ...
     def item(self, index: int, count: int, name: str) -> None: ...
     def start(self, schedule: "Schedule") -> None: ...
     def chunk(self, chunk: "ChunkPlan", frames_done: int, generation_fps: float) -> None: ...
@@ -44,6 +45,11 @@ class RichReporter(Reporter):
 
     def show_plan(self, plan) -> None:
         self.console.print(plan_table(plan))
+
+    def memory_plan(self, plan) -> None:
+        from memflow_cli.memory_plan import plan_table as memory_table
+
+        self.console.print(memory_table(plan))
 
     def item(self, index: int, count: int, name: str) -> None:
         if count > 1:
@@ -90,6 +96,8 @@ def summary_table(summary: "RenderSummary"):
         t.add_row(f"time {stage}", f"{summary.timings.get(stage, 0.0):.2f} s")
     t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
     t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
+    if summary.planned_peak_gpu_memory_bytes is not None:
+        t.add_row("peak GPU memory planned", _mib(summary.planned_peak_gpu_memory_bytes))
     t.add_row("peak GPU memory", _mib(summary.peak_gpu_memory_bytes))
     t.add_row("peak RSS", _mib(summary.peak_rss_bytes))
     t.add_row("manifest", summary.manifest)

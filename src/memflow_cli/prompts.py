@@ -58,12 +58,14 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 
 class PromptEncoder:
-    def __init__(self, tokenizer_path, encoder_path, cache_dir=None, device="cpu", dtype=torch.float32):
+    def __init__(self, tokenizer_path, encoder_path, cache_dir=None, device="cpu", dtype=torch.float32,
+                 quantization: str | None = None):
         self.tokenizer_path = Path(tokenizer_path)
         self.encoder_path = Path(encoder_path)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.device = torch.device(device)
         self.dtype = dtype
+        self.quantization = quantization  # "fp8": weights stored in fp8, computing in `dtype`
         self.encoder_loads = 0  # how many times the big model was loaded (tests, logging)
         self._encoder = None
         self._tokenizer = None
@@ -84,6 +86,8 @@ class PromptEncoder:
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "max_length": str(MAX_LENGTH),
             }
+            if self.quantization:  # only then: plain entries keep their keys
+                self._identity["quantization"] = self.quantization
         return self._identity
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -126,7 +130,8 @@ class PromptEncoder:
             self._tokenizer = PromptTokenizer.from_file(self.tokenizer_path)
         if self._encoder is None:
             log.info("loading text encoder %s", self.encoder_path)
-            self._encoder = load_umt5_encoder(self.encoder_path, device=self.device, dtype=self.dtype)
+            self._encoder = load_umt5_encoder(self.encoder_path, device=self.device, dtype=self.dtype,
+                                              quantization=self.quantization)
             self.encoder_loads += 1
         ids, mask = self._tokenizer([text], clean=False)
         n = int(mask[0].sum())

@@ -74,6 +74,8 @@ class RenderOptions:
     mask: Path | None = None
     references: tuple[Path, ...] = ()
     vace_scale: float | None = None
+    quantization: str | None = None  # "fp8": fp8 weights for the DiT and the text encoder (else the file's choice)
+    low_vram: bool = False  # text encoder on the CPU, fp8 DiT, the decoder's smallest working set
 
 
 @dataclass
@@ -98,6 +100,7 @@ class RenderSummary:
     manifest: str = ""
     warnings: list = field(default_factory=list)
     skipped: bool = False  # an existing complete output already was this render
+    planned_peak_gpu_memory_bytes: int | None = None  # memory_plan's figure, shown beside the measured peak
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +119,7 @@ class RenderJob:
     stream: "object"  # generator.StreamSettings
     warnings: list = field(default_factory=list)
     vace: "object | None" = None  # vace.VaceRender: the VACE inputs, checked
+    quantization: str | None = None  # "fp8" from the options, --low-vram or the file
 
     @property
     def name(self) -> str:
@@ -209,7 +213,8 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         raise InputError(f"{timeline.source}: {exc}") from None
     warnings = list(timeline.warnings)
     vace = _prepare_vace(timeline, options, schedule, warnings)
-    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace)
+    quantization = "fp8" if options.low_vram else (options.quantization or timeline.settings.quantization)
+    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace, quantization=quantization)
 
 
 def _prepare_vace(timeline: Timeline, options: RenderOptions, schedule: Schedule, warnings: list):
@@ -268,6 +273,8 @@ class Renderer:
         self._vace = None  # the VACE blocks, loaded by the first render that uses them
         self._vace_sha256: str | None = None
         self._warned: set[str] = set()
+        self._quantization: str | None = None  # of the loaded DiT (decided by the first job that loads it)
+        self._checked_memory = False
 
     # -- parts, each loaded once -----------------------------------------------------------------
 
@@ -299,8 +306,12 @@ class Renderer:
 
         t = time.perf_counter()
         self.reporter.stage(f"encoding {len(todo)} prompt(s)")
-        encoder = PromptEncoder(self.weights.tokenizer, self.weights.t5, cache_dir=self.options.embedding_cache,
-                                device=self.device, dtype=self.dtype)
+        from memflow_cli.low_vram import text_encoder_file
+
+        quantization = self._quantization or ("fp8" if self.options.low_vram else self.options.quantization)
+        encoder = PromptEncoder(self.weights.tokenizer, text_encoder_file(self.weights.t5, self.options.weights_dir, quantization),
+                                cache_dir=self.options.embedding_cache, dtype=self.dtype, quantization=quantization,
+                                device=torch.device("cpu") if self.options.low_vram else self.device)
         try:
             embeddings = encoder.encode(todo)
         finally:
@@ -315,19 +326,23 @@ class Renderer:
         self._embeddings.update(embeddings)
         self.timings["encode"] += time.perf_counter() - t
 
-    def load(self) -> None:
-        """Load the DiT (with its LoRA merged) and the decoder, once."""
+    def load(self, quantization: str | None = None) -> None:
+        """Load the DiT (with its LoRA merged, then quantized if asked) and the decoder, once."""
         if self._model is not None:
+            if quantization != self._quantization:
+                self._warn_once(f"the DiT is already loaded with quantization {self._quantization or 'none'}; "
+                                f"items asking for {quantization or 'none'} use it as loaded")
             return
-        from memflow_cli.checkpoints import load_dit
         from memflow_cli.model.dit import DiTConfig
+        from memflow_cli.low_vram import load_generator
         from memflow_cli.model.vae import load_wan_vae
 
         t = time.perf_counter()
-        self.reporter.stage("loading the generator and the VAE")
+        self.reporter.stage("loading the generator and the VAE" + (" (fp8 weights)" if quantization else ""))
         if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
             self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        self._model = load_dit(self.config, self.weights.base, self.weights.lora, device=self.device, dtype=self.dtype)
+        self._model = load_generator(self.config, self.weights, self.device, self.dtype, quantization)
+        self._quantization = quantization
         self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
         self.timings["load"] += time.perf_counter() - t
 
@@ -353,6 +368,20 @@ class Renderer:
             vace.module_sha256 = self._vace_sha256
         self._vace_sha256 = vace.module_sha256
         return self._vace
+    def check_memory(self, job: RenderJob, summary: RenderSummary | None = None) -> None:
+        """Show the memory plan once and stop (InputError naming the levers) if it cannot fit the device."""
+        from memflow_cli.low_vram import plan_for
+
+        plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram)
+        if summary is not None:
+            summary.planned_peak_gpu_memory_bytes = plan.peak_bytes if self.device.type == "cuda" else None
+        if self._checked_memory:
+            return
+        self._checked_memory = True
+        self.reporter.memory_plan(plan)
+        from memflow_cli import memory_plan
+
+        memory_plan.check_fits(plan, memory_plan.free_device_memory(self.device), str(self.device))
 
     def _warn_once(self, text: str) -> None:
         if text not in self._warned:
@@ -368,6 +397,7 @@ class Renderer:
         """What determines the frames besides the input and the weights (recorded in the manifest)."""
         from memflow_cli.model.dit import attention_backend
 
+        extra = {"quantization": job.quantization} if job.quantization else {}  # absent: unchanged identity
         return {
             "seed": job.seed,
             "resolution": f"{job.width}x{job.height}",
@@ -377,6 +407,7 @@ class Renderer:
             "blend": self.options.blend,
             **job.stream.to_dict(),
             **({"vace": job.vace.described} if job.vace is not None else {}),
+            **extra,
         }
 
     def identity(self, job: RenderJob) -> dict:
@@ -404,13 +435,16 @@ class Renderer:
         if not self.options.overwrite and self._skip(job, ident, summary, started):
             return summary
 
+        # the memory plan, and the stop when it cannot fit, come before anything loads
+        self.check_memory(job, summary)
         checkpoint = self._checkpoint_to_resume(job, ident)
 
         # one-off costs (encoder, loading) are charged to the item that pays them
         before = dict(self.timings)
         self.load_vace(job)  # finds the VACE module first: a missing one fails before any weight loads
+        self._quantization = self._quantization if self._model is not None else job.quantization
         self.encode_prompts(job.timeline.texts)
-        self.load()
+        self.load(job.quantization)
         vace_module = self.load_vace(job)
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
         if job.vace is not None:
@@ -426,7 +460,7 @@ class Renderer:
                                        latent_height=job.height // 8, latent_width=job.width // 8, seed=job.seed,
                                        device=self.device, dtype=self.dtype, vace=vace_module,
                                        vace_scale=job.vace.inputs.scale if job.vace is not None else 0.0)
-        decoder = self._vae.stream_decoder()
+        decoder = self._vae.stream_decoder(1 if self.options.low_vram else None)  # 1 latent frame a call: smallest
         owners = {"generator": generator, "decoder": decoder}  # the streaming state a checkpoint carries
         contexts = None
         if vace_module is not None:  # the VACE context stream: two encoder caches and the input buffers
@@ -647,6 +681,8 @@ class Renderer:
             todo.append((i, job))
         if todo:
             try:
+                self.check_memory(todo[0][1])
+                self._quantization = todo[0][1].quantization
                 self.encode_prompts([t for _, job in todo for t in job.timeline.texts])
             except MemflowError as exc:
                 for i, job in todo:

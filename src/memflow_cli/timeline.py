@@ -78,6 +78,7 @@ class TimelineSettings:
     denoising_steps: tuple[int, ...] | None = None  # only kept for MemFlow files
     loras: tuple[LoraSpec, ...] = ()
     vace_scale: float | None = None  # VACE guidance strength (workflow `vace_context_scale`, Scope `vaceContextScale`)
+    quantization: str | None = None  # "fp8" when the file asks for fp8_e4m3fn weights
 
 
 @dataclass(frozen=True)
@@ -419,12 +420,12 @@ class _Reader:
             return None
         return check_steps(self.array(value, path), f"{self.where}: {path}")
 
-    def quantization(self, value: Any, path: str) -> None:
+    def quantization(self, value: Any, path: str) -> str | None:
         if value is None:
-            return
+            return None
         if value != "fp8_e4m3fn":
             raise self.fail(path, 'null or "fp8_e4m3fn"', value)
-        self.notes.append(f"{path} is fp8_e4m3fn: fp8 quantization is not used offline; weights run in the chosen --dtype")
+        return "fp8"  # the DiT (and the text encoder) store fp8 weights; see quantization.py
 
     def input_mode(self, value: Any, path: str) -> None:
         if value is None or value == "text":
@@ -524,9 +525,9 @@ class _Reader:
         steps = self.steps(s.get("denoisingSteps"), "settings.denoisingSteps")
         if steps is not None and pipeline not in (None, "memflow"):
             steps = None  # another pipeline's step count (often 2) is not MemFlow's distilled 4-step list
-        self.quantization(s.get("quantization"), "settings.quantization")
+        quantization = self.quantization(s.get("quantization"), "settings.quantization")
         if s.get("useFp8E4m3fn") is True:
-            self.quantization("fp8_e4m3fn", "settings.useFp8E4m3fn")
+            quantization = self.quantization("fp8_e4m3fn", "settings.useFp8E4m3fn")
         for key in ("manageCache", "kvCacheAttentionBias", "noiseScale", "noiseController", "loraMergeStrategy"):
             if key in s:
                 self.ignored.append(f"settings.{key}")
@@ -540,7 +541,8 @@ class _Reader:
                 item = self.obj(item, p)
                 loras.append(self.lora(item.get("path"), item.get("scale"), item.get("mergeMode"), p, "path"))
         vace_scale = self.vace_scale(s, "vaceContextScale", "settings")
-        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale)
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale,
+                                quantization=quantization)
 
     def scope_workflow(self, doc: dict) -> Timeline:
         version = doc.get("format_version")
@@ -582,7 +584,7 @@ class _Reader:
         steps = self.steps(params.get("denoising_step_list"), f"{pp}.denoising_step_list")
         if steps is not None and pipeline not in (None, "memflow"):
             steps = None
-        self.quantization(params.get("quantization"), f"{pp}.quantization")
+        quantization = self.quantization(params.get("quantization"), f"{pp}.quantization")
         for key in ("noise_scale", "noise_controller", "manage_cache", "kv_cache_attention_bias", "vae_type"):
             if key in params:
                 self.ignored.append(f"{pp}.{key}")
@@ -593,7 +595,8 @@ class _Reader:
                 item = self.obj(item, p)
                 loras.append(self.lora(item.get("filename"), item.get("weight"), item.get("merge_mode"), p, "filename"))
         vace_scale = self.vace_scale(params, "vace_context_scale", pp)
-        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale)
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale,
+                                quantization=quantization)
 
     def prompt_list(
         self,

@@ -306,7 +306,7 @@ def info(
     from memflow_cli.quantization import describe_fp8_path
 
     plan = None
-    if resolution is not None or low_vram or quantization is not None:
+    if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None:
         from memflow_cli.memory_plan import plan_memory
         from memflow_cli.render import DTYPES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 

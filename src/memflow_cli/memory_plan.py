@@ -12,6 +12,9 @@ planned peak is the larger phase. Parts:
   - activations of the largest pass: the re-cache after a prompt switch runs `local_attn_size` frames at once;
   - decoder: weights + stream state + the working set of one decode call.
 
+A DiT pass and a decode call never run at the same time, so the generate phase holds weights, caches and
+decoder state plus the larger of the two working sets.
+
 Weights and caches are exact byte counts (a test checks them against the real-size model and caches
 built on the meta device). Activations and decoder working sets are estimates from the largest tensors
 alive at once; after a CUDA render the summary shows planned against measured peak.
@@ -42,6 +45,7 @@ class PlanPart:
     bytes: int
     exact: bool  # counted (True) or estimated (False)
     note: str = ""
+    transient: bool = False  # alive only during its own step (a DiT pass, a decode call): these never overlap
 
 
 @dataclass
@@ -55,7 +59,9 @@ class MemoryPlan:
     parts: list[PlanPart] = field(default_factory=list)
 
     def phase_bytes(self, phase: str) -> int:
-        return sum(p.bytes for p in self.parts if p.phase == phase)
+        """What stays (weights, caches, state) plus the largest transient working set of the phase."""
+        parts = [p for p in self.parts if p.phase == phase]
+        return sum(p.bytes for p in parts if not p.transient) + max([p.bytes for p in parts if p.transient], default=0)
 
     @property
     def peak_bytes(self) -> int:
@@ -68,7 +74,8 @@ class MemoryPlan:
         return {
             "resolution": f"{self.width}x{self.height}", "dtype": self.dtype, "quantization": self.quantization,
             "low_vram": self.low_vram, "decoder": self.decoder, "peak_bytes": self.peak_bytes,
-            "parts": [{"name": p.name, "phase": p.phase, "bytes": p.bytes, "exact": p.exact, "note": p.note}
+            "parts": [{"name": p.name, "phase": p.phase, "bytes": p.bytes, "exact": p.exact, "note": p.note,
+                       "transient": p.transient}
                       for p in self.parts],
         }
 
@@ -149,12 +156,13 @@ def pass_activation_bytes(config: DiTConfig, settings: StreamSettings, frame_tok
     residual = 2 * n * d * b
     attention = 6 * n * d * b + 2 * n * d * 4 + 2 * keys * d * b
     ffn = 2 * n * d * b + 2 * n * f * b
-    dequant = 2 * d * f * b if quantization == "fp8" else 0
+    # fp8: one layer's weight expanded to b bytes, or (fp8 matmuls) the FFN hidden layer rounded to fp8
+    dequant = max(2 * d * f * b, n * f * b) if quantization == "fp8" else 0
     return residual + max(attention, ffn) + dequant
 
 
-def decoder_bytes(kind: str, width: int, height: int, dtype: torch.dtype, frames_per_call: int = 3) -> tuple[int, int]:
-    """(weights, working set) of the decoder: stream state + one call of `frames_per_call` latent frames.
+def decoder_bytes(kind: str, width: int, height: int, dtype: torch.dtype, frames_per_call: int = 3) -> tuple[int, int, int]:
+    """(weights, stream state, working set of one call of `frames_per_call` latent frames) of the decoder.
 
     Wan VAE: the state is two frames of input per causal conv; the working set peaks where the last
     upsampler copies 192 channels to full resolution (then a conv halves them to 96). TAEHV-style
@@ -173,11 +181,11 @@ def decoder_bytes(kind: str, width: int, height: int, dtype: torch.dtype, frames
         state = _wan_state_elements(c, width, height) * b
         upsample = frames * pixels * (2 * c * b + c * b) + frames * pixels // 4 * 2 * c * b  # x2 copy, conv out, input
         resblock = (frames + 2) * pixels * c * b * 4  # block input, conv input with history, conv output, sum
-        return weights, state + max(upsample, resblock) + out
+        return weights, state, max(upsample, resblock) + out
     params = 11_300_000  # taew2_1-sized TAEHV decoder + encoder
     state = 3 * 64 * pixels * b * 4  # one past frame per memory block at full resolution (upper bound)
     work = frames * pixels * 64 * b * 5  # x, cat(x, past) (2x), two conv outputs
-    return params * b, state + work + out
+    return params * b, state, work + out
 
 
 @functools.lru_cache(maxsize=8)
@@ -236,20 +244,21 @@ def plan_memory(
         plan.parts.append(PlanPart("text encoder", "encode", umt5_weight_bytes(text_encoder, dtype, quantization), True,
                                    f"umT5-XXL, {'fp8' if quantization == 'fp8' else name}"))
         plan.parts.append(PlanPart("text encoder activations", "encode",
-                                   umt5_activation_bytes(text_encoder, dtype, quantization), False, "512 tokens"))
+                                   umt5_activation_bytes(text_encoder, dtype, quantization), False, "512 tokens",
+                                   transient=True))
     plan.parts.append(PlanPart("DiT weights", "generate", dit_weight_bytes(dit, dtype, quantization), True, weights))
     caches = cache_bytes(dit, settings, tokens, dtype)
     frames = settings.local_attn_size + settings.bank_size
     plan.parts.append(PlanPart("KV cache + memory bank", "generate", caches["kv"] + caches["staged"], True,
                                f"{frames} frames x {tokens} tokens x {dit.num_layers} layers"))
     plan.parts.append(PlanPart("text keys/values", "generate", caches["text"], True, f"{dit.text_len} tokens"))
-    plan.parts.append(PlanPart("activations", "generate", pass_activation_bytes(dit, settings, tokens, dtype, quantization),
-                               False, f"re-cache pass of {settings.local_attn_size} frames"))
+    plan.parts.append(PlanPart("DiT activations", "generate", pass_activation_bytes(dit, settings, tokens, dtype, quantization),
+                               False, f"re-cache pass of {settings.local_attn_size} frames", transient=True))
     per_call = decoder_frames_per_call or (1 if low_vram else settings.frames_per_chunk)
-    dec_weights, dec_work = decoder_bytes(decoder, width, height, dtype, per_call)
-    plan.parts.append(PlanPart("decoder weights", "generate", dec_weights, False, decoder))
+    dec_weights, dec_state, dec_work = decoder_bytes(decoder, width, height, dtype, per_call)
+    plan.parts.append(PlanPart("decoder weights + state", "generate", dec_weights + dec_state, False, decoder))
     plan.parts.append(PlanPart("decoder working set", "generate", dec_work, False,
-                               f"{per_call} latent frame{'s' if per_call > 1 else ''} per call"))
+                               f"{per_call} latent frame{'s' if per_call > 1 else ''} per call", transient=True))
     return plan
 
 
@@ -293,7 +302,8 @@ def plan_table(plan: MemoryPlan, measured_peak: int | None = None):
     for col in ("part", "phase", "GiB", "how"):
         t.add_column(col, justify="right" if col == "GiB" else "left")
     for p in plan.parts:
-        t.add_row(p.name, p.phase, f"{'' if p.exact else '≈'}{p.bytes / GiB:.2f}", p.note)
+        t.add_row(p.name, p.phase, f"{'' if p.exact else '≈'}{p.bytes / GiB:.2f}",
+                  p.note + (" (one at a time)" if p.transient else ""))
     t.add_row("[bold]planned peak[/bold]", "", f"[bold]{plan.peak_bytes / GiB:.2f}[/bold]",
               f"encode {plan.phase_bytes('encode') / GiB:.2f}, generate {plan.phase_bytes('generate') / GiB:.2f}")
     if measured_peak is not None:

@@ -112,3 +112,43 @@ def test_finished_files_get_ordinary_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "v.mp4").stat().st_mode & 0o777 == 0o644
     assert manifest.stat().st_mode & 0o777 == 0o644
+
+
+def _raw_yuv420(path, w, h):
+    """Decode to planar YUV without any colour conversion: the values the encoder stored."""
+    import subprocess
+
+    data = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                           "-pix_fmt", "yuv420p", "-"], capture_output=True, check=True).stdout
+    frame = np.frombuffer(data, np.uint8)[: w * h * 3 // 2]
+    return frame[: w * h], frame[w * h: w * h + w * h // 4], frame[w * h + w * h // 4:]
+
+
+def test_bt709_limited_range_tags_and_matrix(tmp_path):
+    from memflow_cli.video import colour_tags
+
+    out = tmp_path / "red.mp4"
+    with VideoWriter(out, 32, 32) as w:
+        w.write(np.tile(np.array([255, 0, 0], np.uint8), (3, 32, 32, 1)))
+    assert colour_tags(out) == {"pix_fmt": "yuv420p", "color_range": "tv", "colorspace": "bt709",
+                                "color_primaries": "bt709", "color_trc": "bt709"}
+    y, u, v = _raw_yuv420(out, 32, 32)
+    # pure red in limited range: BT.709 gives Y = 16 + 219·0.2126 ≈ 63 (BT.601 would give ≈ 82), V = 240
+    assert abs(float(y.mean()) - 62.6) < 2 and abs(float(v.mean()) - 240) < 2
+    # a player that honours the tags gets red back
+    reader = imageio_ffmpeg.read_frames(str(out))
+    next(reader)
+    rgb = np.frombuffer(next(reader), np.uint8).reshape(32, 32, 3).astype(int)
+    assert rgb[..., 0].mean() > 240 and rgb[..., 1].mean() < 15 and rgb[..., 2].mean() < 15
+
+
+def test_colour_tags_of_an_untagged_file(tmp_path):
+    import subprocess
+
+    from memflow_cli.video import colour_tags
+
+    out = tmp_path / "plain.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=blue:s=32x32:d=0.2",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out)], check=True)
+    tags = colour_tags(out)
+    assert tags["pix_fmt"] == "yuv420p" and tags["color_primaries"] != "bt709"

@@ -1,7 +1,8 @@
 """Streaming mp4 writer and the manifest written next to the video.
 
 Frames go to ffmpeg (the binary that imageio-ffmpeg ships) through a pipe as they are decoded: H.264,
-yuv420p, 16 fps, `+faststart` so that players can start before the whole file is read. The video is
+yuv420p tagged BT.709 limited range, 16 fps, `+faststart` so that players can start before the whole
+file is read. The video is
 written to a hidden temporary file next to the target and renamed over it only when ffmpeg finished
 cleanly, so an existing good file is never replaced by a broken one; with a manifest, the two are published
 as one step (`outputs.publish`). On Ctrl-C the frames written so far are finalised into a playable
@@ -36,6 +37,28 @@ from memflow_cli.outputs import (
 FPS = 16
 
 
+# Colour description written into every file: BT.709 primaries, transfer and matrix, limited ("tv") range,
+# the convention for HD video. Untagged files are guessed at by players (often as BT.601), which shifts
+# colours; tagging without converting with the same matrix would be just as wrong, so the RGB→YUV
+# conversion is pinned to BT.709 too (swscale's default matrix is BT.601).
+COLOUR = {"colorspace": "bt709", "color_primaries": "bt709", "color_trc": "bt709", "color_range": "tv"}
+
+
+def encoder_args(crf: int = 18, preset: str = "medium") -> list[str]:
+    """ffmpeg output options: H.264 yuv420p, converted from full-range RGB with the BT.709 matrix and tagged so."""
+    return [
+        "-vf", "scale=in_range=pc:out_range=tv:out_color_matrix=bt709,format=yuv420p,"
+        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv",
+        "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+        *(arg for key, value in COLOUR.items() for arg in (f"-{key}", value)),
+    ]  # fmt: skip
+
+
+def encoder_settings(crf: int = 18, preset: str = "medium") -> dict:
+    """The encoder settings as recorded in the manifest."""
+    return {"codec": "h264", "encoder": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p", **COLOUR}
+
+
 class VideoError(MemflowError):
     """ffmpeg failed or the output cannot be written."""
 
@@ -64,6 +87,7 @@ class VideoWriter:
         self.manifest: Path | None = None  # set when a manifest was published with the video
         self.published: Path | None = None  # the video file that was put in place (target or partial)
         self._manifest = manifest
+        self.encoder = encoder_settings(crf, preset)  # recorded in the manifest
         self._done = False
         self._pending: KeyboardInterrupt | None = None  # an interrupt that arrived while ffmpeg was finishing
         self.tmp: Path | None = None
@@ -85,8 +109,7 @@ class VideoWriter:
         cmd = [
             ffmpeg, "-y", "-hide_banner", "-loglevel", "error",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-            "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", "-f", "mp4", str(self.tmp),
+            "-an", *encoder_args(crf, preset), "-movflags", "+faststart", "-f", "mp4", str(self.tmp),
         ]  # fmt: skip
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
                                 start_new_session=True)
@@ -215,3 +238,29 @@ def probe(path: str | Path) -> dict:
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
     return {"frames": frames, "seconds": seconds, "fps": meta.get("fps"), "size": tuple(meta.get("size", ())),
             "codec": meta.get("codec")}
+
+
+def colour_tags(path: str | Path) -> dict:
+    """The colour description of a video's first stream, read from `ffmpeg -i` (imageio-ffmpeg ships no ffprobe).
+
+    ffmpeg prints e.g. `yuv420p(tv, bt709, progressive)` when matrix, primaries and transfer agree, and
+    `yuv420p(tv, bt709/unknown/unknown)` (matrix/primaries/transfer) when they do not.
+    """
+    import re
+
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                            capture_output=True, text=True)
+    match = re.search(r"Video: .*?, (\w+)\(([^)]*)\)", result.stderr)
+    if not match:
+        return {"pix_fmt": None, "color_range": None, "colorspace": None, "color_primaries": None, "color_trc": None}
+    parts = [p.strip() for p in match.group(2).split(",")]
+    colour_range = parts[0] if parts and parts[0] in ("tv", "pc") else None
+    described = [p for p in parts if p not in ("tv", "pc", "progressive") and not p.startswith(("top ", "bottom "))]
+    matrix = primaries = trc = None
+    if described:
+        names = described[0].split("/")
+        matrix, primaries, trc = (names * 3)[:3] if len(names) == 1 else (names + [None, None])[:3]
+    return {"pix_fmt": match.group(1), "color_range": colour_range, "colorspace": matrix,
+            "color_primaries": primaries, "color_trc": trc}

@@ -248,3 +248,25 @@ def test_example_timelines_are_valid():
     for f in files:
         t = read_timeline(f)
         assert t.format == "scope-timeline 2.1" and t.warnings == ()
+
+
+def test_no_network_fails_fast_naming_every_file(tmp_path, monkeypatch):
+    import socket
+
+    import huggingface_hub
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("no request may be attempted (it would retry for ~23 s)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    for args in (["download", "--quiet"], ["render", FIXTURES / "scope_v1.json", "-o", tmp_path / "x.mp4", "-q"]):
+        code, text = cli(*args)
+        assert code == 1 and "Traceback" not in text
+        assert "cannot resolve the host name huggingface.co" in text
+        assert "base.pt" in text and "Wan2.1_VAE.pth" in text and "google/umt5-xxl/tokenizer.json" in text
+        assert ("--weights-dir" in text) == (args[0] == "render")  # download has no --weights-dir
+    assert not (tmp_path / "x.mp4").exists()

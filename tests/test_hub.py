@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,62 @@ def test_hf_errors_become_messages(tmp_path, monkeypatch, make, expected):
         raise make(errors)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
-    d = hub.HFDownloader(tmp_path, progress=False)
+    d = hub.HFDownloader(tmp_path, progress=False, resolve=lambda host, port: [])  # the host resolves
     with pytest.raises(DownloadError, match=expected):
         d.fetch(FILES[0], None)
+
+
+def _no_dns(host, port, *args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+@pytest.fixture
+def no_hub_calls(monkeypatch):
+    """Fail the test if huggingface_hub is asked for anything over the network."""
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("huggingface_hub was called although the host name does not resolve")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+
+
+def test_no_network_fails_at_once_naming_every_missing_file(env, no_hub_calls):
+    downloader = hub.HFDownloader(env / "cache", progress=False, resolve=_no_dns)
+    with pytest.raises(hub.NoNetwork) as info:
+        hub.download(downloader, cache_dir=env / "cache")
+    text = str(info.value)
+    assert "cannot resolve the host name huggingface.co" in text and "Name or service not known" in text
+    for f in FILES:
+        assert (f"{f.repo}/{f.filename}" in text) == f.required
+    assert "--weights-dir" not in text  # `memflow download` has no such option
+
+
+def test_render_without_network_explains_weights_dir(env, no_hub_calls):
+    downloader = hub.HFDownloader(env / "cache", progress=False, resolve=_no_dns)
+    with pytest.raises(hub.NoNetwork) as info:
+        hub.resolve_weights(downloader=downloader)
+    text = str(info.value)
+    assert "base.pt" in text and "models_t5_umt5-xxl-enc-bf16.pth" in text
+    assert "--weights-dir DIR" in text and "memflow download" in text
+
+
+def test_connection_error_after_resolving_names_every_file_once(env, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    downloader = hub.HFDownloader(env / "cache", progress=False, resolve=lambda host, port: [])
+    with pytest.raises(hub.NoNetwork, match=r"cannot reach huggingface.co.*base\.pt.*lora\.pt"):
+        hub.download(downloader, cache_dir=env / "cache")
+    assert len(calls) == 1  # no second file is tried
+
+
+def test_no_dns_check_behind_a_proxy(env, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.local:3128")
+    hub.HFDownloader(env / "cache", resolve=_no_dns).check_network()  # the proxy resolves names, not us

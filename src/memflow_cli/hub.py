@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -38,6 +39,11 @@ SPACE_MARGIN = 512 * 2**20  # keep this much free beyond the files themselves
 
 class DownloadError(MemflowError):
     """No network, a gated or missing repository, a full disk: something the user must fix."""
+
+
+class NoNetwork(DownloadError):
+    """The hub cannot be reached at all (host not resolvable, no connection): no other file will fare better,
+    so we stop at the first failure instead of retrying file after file."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,12 @@ def offline_from_env() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def endpoint_host() -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
 def human_size(n: int | None) -> str:
     if n is None:
         return "?"
@@ -144,15 +156,23 @@ class Downloader(Protocol):
 
 
 class HFDownloader:
-    """huggingface_hub behind the Downloader interface, with its errors turned into plain messages."""
+    """huggingface_hub behind the Downloader interface, with its errors turned into plain messages.
 
-    def __init__(self, cache_dir: Path | None = None, progress: bool = True):
+    Before the first request the hub's host name is resolved once: without a network huggingface_hub
+    retries each request with back-off for ~23 s before giving up, while a failed lookup says the same
+    at once. `resolve` defaults to `socket.getaddrinfo` (tests pass a failing one).
+    """
+
+    def __init__(self, cache_dir: Path | None = None, progress: bool = True, resolve=None):
         self.cache_dir = cache_dir or hub_cache()
         self.progress = progress
+        self._resolve = resolve
+        self._resolved = False
 
     def inspect(self, file: WeightFile, revision: str | None) -> RemoteFile:
         from huggingface_hub import hf_hub_download
 
+        self.check_network()
         info = self._call(file, revision, lambda: hf_hub_download(
             file.repo, file.filename, revision=revision, cache_dir=self.cache_dir, dry_run=True))
         return RemoteFile(file, info.commit_hash, info.file_size, info.is_cached)
@@ -162,6 +182,7 @@ class HFDownloader:
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
         (enable_progress_bars if self.progress else disable_progress_bars)()
+        self.check_network()
         return Path(self._call(file, revision, lambda: hf_hub_download(
             file.repo, file.filename, revision=revision, cache_dir=self.cache_dir)))
 
@@ -170,6 +191,20 @@ class HFDownloader:
 
         found = try_to_load_from_cache(file.repo, file.filename, cache_dir=self.cache_dir, revision=revision)
         return Path(found) if isinstance(found, str) else None
+
+    def check_network(self) -> None:
+        """Raise NoNetwork when the hub's host name does not resolve (skipped behind a proxy, which resolves it)."""
+        if self._resolved or offline_from_env():
+            return
+        if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+            self._resolved = True
+            return
+        host = endpoint_host()
+        try:
+            (self._resolve or socket.getaddrinfo)(host, 443)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise NoNetwork(f"cannot resolve the host name {host} ({getattr(exc, 'strerror', None) or exc}): no network?") from None
+        self._resolved = True
 
     def _call(self, file: WeightFile, revision: str | None, fn):
         from huggingface_hub import errors as e
@@ -190,11 +225,10 @@ class HFDownloader:
             ) from None
         except e.RemoteEntryNotFoundError:
             raise DownloadError(f"{where}: no such file in the repository at revision {revision or 'main'}") from None
-        except (e.LocalEntryNotFoundError, e.OfflineModeIsEnabled, ConnectionError):
-            raise DownloadError(
-                f"{where}: cannot reach huggingface.co (no network, or HF_HUB_OFFLINE is set) and the file is not in "
-                f"the cache {self.cache_dir}; connect to the internet, or pass --weights-dir"
-            ) from None
+        except e.OfflineModeIsEnabled:
+            raise NoNetwork("HF_HUB_OFFLINE is set") from None
+        except (e.LocalEntryNotFoundError, ConnectionError):
+            raise NoNetwork(f"cannot reach {endpoint_host()} (no network?)") from None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DownloadError(
@@ -314,7 +348,11 @@ def download(
     """
     cache_dir = cache_dir or hub_cache()
     downloader = downloader or HFDownloader(cache_dir)
-    plan = plan_download(downloader, revision, wan_revision)
+    try:
+        plan = plan_download(downloader, revision, wan_revision)
+    except NoNetwork as exc:
+        raise no_network_error(exc, downloader, cache_dir, revision, wan_revision,
+                               "connect to the internet and run the command again") from None
     if show:
         show(plan)
     check_space(plan, cache_dir)
@@ -365,14 +403,20 @@ def resolve_weights(
         else:
             found[f.role] = path
     if missing and not offline:
-        paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show)
+        try:
+            paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show)
+        except NoNetwork as exc:
+            raise NoNetwork(
+                f"{exc}; or run `memflow download` on a machine with a network and copy the Hugging Face cache "
+                "(or a folder with the same file layout, given with --weights-dir DIR) here"
+            ) from None
         return paths
     required_missing = [f for f in missing if f.required]
     if required_missing:
         names = ", ".join(f"{f.repo}/{f.filename}" for f in required_missing)
         raise CheckpointError(
             f"weights missing from the Hugging Face cache {hub_cache()}: {names}. Offline mode is on "
-            "(--offline or HF_HUB_OFFLINE); run `memflow download` with a network connection first, or pass --weights-dir"
+            "(--offline or HF_HUB_OFFLINE); run `memflow download` with a network connection first, or pass --weights-dir DIR, a folder holding these files"
         )
     if lock is None:
         lock = new_lock()
@@ -385,6 +429,16 @@ def resolve_weights(
             if f.role in found:
                 verify(f, found[f.role], lock["files"].get(f.filename), hashes=verify_hashes)
     return _paths(found, "hf-cache", lock)
+
+
+def no_network_error(reason: NoNetwork, downloader: Downloader, cache_dir: Path, revision: str | None,
+                     wan_revision: str | None, remedy: str) -> NoNetwork:
+    """One message naming every file we would have needed, instead of one file per failed attempt."""
+    missing = [f"{f.repo}/{f.filename}" for f in FILES
+               if f.required and downloader.cached(f, _revision(f, revision, wan_revision)) is None]
+    what = (f"{len(missing)} weight file(s) are not in the cache {cache_dir}: {', '.join(missing)}" if missing
+            else f"the files in the cache {cache_dir} cannot be checked against the hub")
+    return NoNetwork(f"{reason}; {what}; {remedy}")
 
 
 def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False) -> WeightPaths:

@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test render bench clean
 
+# The local CPU build of torch first, so that nothing pulls a CUDA build from the registry.
+# (Comments stay outside recipes: make would echo them.)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The local CPU build of torch first, so that nothing pulls a CUDA build from the registry.
 	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)

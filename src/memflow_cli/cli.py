@@ -9,17 +9,39 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from memflow_cli import __version__
 from memflow_cli.errors import InputError, MemflowError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _plain_flags(params):
+    """Flags take no value: show none (typer prints `<bool>` for them, --help included)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Render MemFlow long videos offline: a timeline of prompts in, an mp4 out.")
+DTYPE_HELP = "bf16, fp16 or fp32 (default: bf16 on a GPU, fp32 on the CPU)."
 err = Console(stderr=True)
 out = Console()
 
@@ -36,10 +58,13 @@ def _errors(fn):
             try:
                 return fn(*args, **kwargs)
             except MemflowError as exc:
-                err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+                if exc.exit_code >= 128:  # stopped by Ctrl-C or a signal: not an error; say what was kept
+                    err.print(f"[yellow]{exc}[/yellow]", highlight=False, soft_wrap=True)
+                else:
+                    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt as exc:
-                err.print("[yellow]interrupted[/yellow]")
+                err.print("[yellow]stopped[/yellow]")
                 raise typer.Exit(exit_code_of(exc)) from None
 
     return wrapper
@@ -86,13 +111,13 @@ def parse_quantization_option(text: str | None) -> str | None:
         raise InputError(str(exc)) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 @_errors
 def render(
     timelines: Optional[List[Path]] = typer.Argument(None, help="Scope timeline / workflow JSON or MemFlow prompt-list JSONL files, or folders of them (a batch)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Render a single prompt instead of a file."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Duration for --prompt."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 (default: the timeline's name)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Duration for --prompt (default 10)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 (default: the timeline's name, or <prompt words>-<seed>.mp4 made unique for --prompt)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Folder for the outputs of a batch (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", "-y", "--force", help="Replace existing outputs (and re-render finished batch items)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the file's, else 1)."),
@@ -101,7 +126,7 @@ def render(
     steps: Optional[str] = typer.Option(None, "--steps", help="Denoising steps, e.g. 1000,750,500,250."),
     blend: str = typer.Option("linear", "--blend", help="Blend of a block's two prompts: linear or slerp."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="A weights folder instead of the HF cache."),
     offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
     revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision to use."),
@@ -109,10 +134,10 @@ def render(
     switch_frames: Optional[str] = typer.Option(None, "--switch-frames", help="Prompt-list JSONL: switch points in latent frames, e.g. 40,80,120,160,200."),
     latent_frames: Optional[int] = typer.Option(None, "--latent-frames", help="With --switch-frames: total latent frames (default 240)."),
     line: Optional[int] = typer.Option(None, "--line", help="Prompt-list JSONL: render only this line (1-based)."),
-    lora_dir: List[Path] = typer.Option([], "--lora-dir", help="Folder to find a timeline's LoRA files by name."),
+    lora_dir: List[Path] = typer.Option([], "--lora-dir", metavar="<path>", help="Folder to find a timeline's LoRA files by name (repeat for more folders)."),
     verify: bool = typer.Option(False, "--verify", help="Check weight files against their recorded sha256."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or table."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (the manifest's key names)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted render from its NAME.resume/ checkpoint."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between resume checkpoints (0 = only when stopped by a signal)."),
     max_hours: float = typer.Option(24.0, "--max-hours", help="Refuse timelines longer than this many hours of video."),
@@ -125,7 +150,9 @@ def render(
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
-    from memflow_cli.progress import Reporter, RichReporter, batch_table, summary_table
+    from memflow_cli.manifest import command_line, read_manifest
+    from memflow_cli.option_checks import check_input_options, switch_frame_warnings
+    from memflow_cli.progress import batch_table, reporter_for, summary_table
     from memflow_cli.render import RenderOptions, Renderer, batch_exit_code
     from memflow_cli.distributed import world_from_env
     from memflow_cli.timeline import prompt_timeline
@@ -143,11 +170,21 @@ def render(
     if seed is not None:
         check_seed(seed, "--seed")
     parsed_steps = parse_steps(steps)
+    given = {"--seconds": seconds, "--segment-seconds": segment_seconds, "--switch-frames": switch_frames,
+             "--latent-frames": latent_frames, "--line": line}
     if prompt is not None:
-        items = [("--prompt", prompt_timeline(prompt, seconds))]
+        check_input_options({"prompt"}, "--prompt", given)
+        items = [("--prompt", prompt_timeline(prompt, 10.0 if seconds is None else seconds))]
     else:
+        switch_points = parse_ints(switch_frames, "--switch-frames")
         items = batch_items(paths, line=line, segment_seconds=segment_seconds, lora_dirs=lora_dir,
-                            switch_frames=parse_ints(switch_frames, "--switch-frames"), num_latent_frames=latent_frames)
+                            switch_frames=switch_points, num_latent_frames=latent_frames)
+        where = ", ".join(str(p) for p in paths) if len(paths) <= 3 else f"each of the {len(paths)} inputs"
+        check_input_options({t.format for _, t in items if not isinstance(t, MemflowError)}, where, given)
+        moved = tuple(switch_frame_warnings(switch_points))
+        items = [(name, replace(t, warnings=t.warnings + moved)
+                  if moved and not isinstance(t, MemflowError) and t.format == "memflow-jsonl" else t)
+                 for name, t in items]
     if output is not None and len(items) > 1:
         raise InputError(f"-o/--output names one file, but there are {len(items)} items to render; "
                          "use --output-dir DIR for a batch")
@@ -157,8 +194,8 @@ def render(
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
                             checkpoint_every=checkpoint_every, max_hours=max_hours,
                             control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
-                            quantization=parse_quantization_option(quantization), low_vram=low_vram)
-    reporter = Reporter() if quiet else RichReporter(err)
+                            quantization=parse_quantization_option(quantization), low_vram=low_vram, command=command_line())
+    reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
         return render_distributed(world, items, options, reporter, as_json=as_json, quiet=quiet)
@@ -167,8 +204,9 @@ def render(
         if isinstance(item, MemflowError):
             raise item
         summary = Renderer(options, reporter).render(item)
-        if as_json:
-            print(json.dumps(summary.to_dict(), indent=2))
+        if as_json:  # the manifest itself: one set of key names for files and scripts
+            data = read_manifest(summary.manifest) or summary.to_dict()
+            print(json.dumps({**data, "manifest": summary.manifest}, indent=2))
         elif not quiet:
             out.print(summary_table(summary))
         return
@@ -255,13 +293,13 @@ def batch_items(paths, *, line=None, **read_options) -> list:
     return items
 
 
-@app.command()
+@app.command(cls=_Command)
 @_errors
 def download(
     revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision (branch, tag or commit)."),
     wan_revision: Optional[str] = typer.Option(None, "--wan-revision", help="Wan-AI/Wan2.1-T2V-1.3B revision."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against the lock file."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No plan table, progress bars or closing line; errors only."),
     vace: bool = typer.Option(False, "--vace", help="Also fetch the VACE module (for --control/--mask/--reference offline)."),
 ):
     """Download exactly the weight files inference needs into the Hugging Face cache (resumable)."""
@@ -282,7 +320,7 @@ def download(
         err.print(f"[green]done[/green]: {len(lock['files'])} files in {hub.hub_cache()}; lock file {hub.lock_path()}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @_errors
 def info(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Describe this weights folder instead of the HF cache."),
@@ -364,7 +402,7 @@ def info(
         out.print(memory_table(plan))
 
 
-@app.command()
+@app.command(cls=_Command)
 @_errors
 def bench(
     preset: str = typer.Option("wan2.1-t2v-1.3b", help="DiT size: wan2.1-t2v-1.3b (full) or tiny (CPU smoke run)."),
@@ -377,7 +415,7 @@ def bench(
     no_video: bool = typer.Option(False, "--no-video", help="Skip the H.264 encode stage."),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the comparison run without the memory bank."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-    dtype: Optional[str] = typer.Option(None, help="bfloat16, float16 or float32 (default: bfloat16 on cuda)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON report into this folder (e.g. benchmarks/results)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ):
@@ -388,7 +426,7 @@ def bench(
     width, height = parse_resolution(resolution)
     defaults = BenchOptions()
     if dtype is not None and dtype not in DTYPES:
-        raise InputError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"--dtype: expected one of bf16, fp16, fp32, got {dtype!r}")
     opts = BenchOptions(preset=preset, width=width, height=height, chunks=chunks, steps=steps, switch_every=switch_every,
                         sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
                         device=device or defaults.device, dtype=dtype or defaults.dtype)

@@ -11,7 +11,10 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+import shlex
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -65,10 +68,52 @@ def identity(timeline, schedule, settings: dict, weights) -> dict:
     return data
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as typed (shell-quoted), the program called `memflow` however it was started."""
+    argv = list(sys.argv if argv is None else argv)
+    return shlex.join(["memflow", *argv[1:]])
+
+
+def settings_sources(timeline, options) -> dict:
+    """Where each setting came from ("command line", "file" or "default"), and what the file said where the
+    command line overrode it (e.g. resolution 96x64 from the command line, 832x480 in the file)."""
+    s = timeline.settings
+    rows = {
+        "seed": (options.seed, s.seed),
+        "resolution": (f"{options.width}x{options.height}" if options.width and options.height else None,
+                       f"{s.width}x{s.height}" if s.width and s.height else None),
+        "denoising_steps": (list(options.steps) if options.steps else None,
+                            list(s.denoising_steps) if s.denoising_steps else None),
+        "sma": (options.sma, None),
+        "blend": (options.blend if options.blend != "linear" else None, None),
+        "device": (options.device, None),
+        "dtype": (options.dtype, None),
+    }
+    sources = {name: "command line" if given is not None else "file" if in_file is not None else "default"
+               for name, (given, in_file) in rows.items()}
+    overridden = {name: in_file for name, (given, in_file) in rows.items()
+                  if given is not None and in_file is not None and given != in_file}
+    return {"from": sources, "file_values_overridden": overridden}
+
+
+def input_path(timeline) -> str | None:
+    """The timeline file's absolute path (None for --prompt)."""
+    return None if timeline.format == "prompt" else str(Path(timeline.source.rsplit(" line ", 1)[0]).resolve())
+
+
+def provenance(timeline, options) -> dict:
+    """How this render was asked for: the command line and each setting's source.
+
+    Kept out of the fingerprint: the same render asked for another way is still the same render.
+    """
+    return {"command": options.command, "settings_sources": settings_sources(timeline, options)}
+
+
 def figures(summary) -> dict:
     return {
         "video": {"path": summary.output, "complete": summary.complete, "frames": summary.frames, "fps": FPS,
                   "seconds": summary.seconds, "width": summary.width, "height": summary.height,
+                  "sha256": summary.sha256, "encoder": summary.encoder,
                   "codec": "h264", "pix_fmt": "yuv420p"},
         "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
         "fps": {"end_to_end": round(summary.fps_end_to_end, 3), "generation": round(summary.fps_generation, 3)},

@@ -1,11 +1,15 @@
 """Everything the user sees while a render runs: progress, stage lines, warnings and the final tables.
 
-`render.py` calls a `Reporter`; the base class is silent (library use, `--quiet`). `RichReporter` draws a
-progress bar on a terminal. Nothing here changes what is rendered.
+`render.py` calls a `Reporter`; the base class is silent (library use, `--quiet`). In a terminal
+`RichReporter` draws a live bar; anywhere else (a log file, nohup, CI, a cluster job) `PlainReporter`
+prints plain lines at a steady pace, since a live bar writes nothing useful to a file. Both take their
+ETA and FPS from `Pace`, our own clock of chunk times. Nothing here changes what is rendered.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,17 +32,178 @@ class Reporter:
     def stop(self) -> None: ...
 
 
-class RichReporter(Reporter):
-    """A progress bar per chunk (frames done / total, generation FPS, ETA) on stderr."""
+# ------------------------------------------------------------------------------------------------
+# Pace: our own clock, so that the ETA is right for chunks of a minute as well as of 50 ms
 
-    def __init__(self, console=None):
+
+class Pace:
+    """Frames and chunks done over time → end-to-end FPS and an ETA.
+
+    The ETA is the remaining chunks times a moving average of the last `window` chunk durations: rich's
+    own estimate looks at a 30-second speed window and shows `-:--:--` whenever one chunk takes longer
+    than that, which is every chunk of a full-size render on a slow GPU. The first chunk (kernel warm-up,
+    allocator growth) leaves the average as soon as later chunks are known. FPS is end to end: frames
+    over the time since streaming began, generation, decoding and encoding included.
+    """
+
+    def __init__(self, total_chunks: int, total_frames: int, *, window: int = 8, clock=time.monotonic):
+        self.total_chunks, self.total_frames = total_chunks, total_frames
+        self.clock = clock
+        self.window = window
+        self.started = clock()
+        self.last = self.started
+        self.durations: list[float] = []
+        self.chunks = 0
+        self.frames = 0
+
+    def tick(self, chunks_done: int, frames_done: int) -> None:
+        now = self.clock()
+        self.durations.append(now - self.last)
+        self.last = now
+        self.chunks, self.frames = chunks_done, frames_done
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    @property
+    def chunk_seconds(self) -> float | None:
+        """Moving average of recent chunk durations (None before the first chunk)."""
+        recent = self.durations[1:] or self.durations  # without the warm-up chunk once others exist
+        recent = recent[-self.window:]
+        return sum(recent) / len(recent) if recent else None
+
+    @property
+    def fps(self) -> float:
+        elapsed = self.last - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        """Seconds left, counted down between chunks; None until a chunk was timed."""
+        per_chunk = self.chunk_seconds
+        if per_chunk is None:
+            return None
+        left = (self.total_chunks - self.chunks) * per_chunk - (self.clock() - self.last)
+        return max(left, 0.0)
+
+    @property
+    def fraction(self) -> float:
+        return self.frames / self.total_frames if self.total_frames else 1.0
+
+
+def clock_text(seconds: float | None) -> str:
+    """`3671.2` → `1:01:11`; None → `-:--:--`."""
+    if seconds is None:
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def conditioning_text(conditioning) -> str:
+    """The prompt(s) in full: `a fox…`, `70% a fox… + 30% a hare…`, or `→ a hare… (33%)` in a transition."""
+    from memflow_cli.schedule import Transition
+
+    if isinstance(conditioning, Transition):
+        return f"→ {conditioning_text(conditioning.target)} ({conditioning.t:.0%} there)"
+    if len(conditioning.texts) == 1:
+        return conditioning.texts[0]
+    return " + ".join(f"{w:.0%} {t}" for t, w in zip(conditioning.texts, conditioning.weights))
+
+
+def block_text(schedule: Schedule, index: int) -> str:
+    """What chunk `index` renders: `block 2/5: a fox trots…` (or the transition in progress)."""
+    chunk = schedule.chunks[min(index, schedule.num_chunks - 1)]
+    blocks = max(c.block for c in schedule.chunks) + 1
+    return f"block {chunk.block + 1}/{blocks}: {conditioning_text(chunk.conditioning)}"
+
+
+def fps_text(fps: float) -> str:
+    return f"{fps:.2f}" if fps < 10 else f"{fps:.1f}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain lines: logs, nohup, CI, cluster jobs
+
+
+class PlainReporter(Reporter):
+    """One line per stage, then a progress line every `every_chunks` chunks or every `every_seconds`
+    seconds, whichever is rarer (so that neither fast chunks nor slow ones flood a log), and always for
+    the first and the last chunk. A block change gets a line of its own.
+
+        chunk 120/960  1440/11520 frames  12.5% · 18.2 fps · ETA 0:41:10
+    """
+
+    def __init__(self, stream=None, *, every_chunks: int = 10, every_seconds: float = 30.0, clock=time.monotonic):
+        self.stream = stream if stream is not None else sys.stderr
+        self.every_chunks, self.every_seconds = every_chunks, every_seconds
+        self.clock = clock
+        self.pace: Pace | None = None
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def stage(self, text: str) -> None:
+        self._print(text)
+
+    def warn(self, text: str) -> None:
+        self._print(f"warning: {text}")
+
+    def show_plan(self, plan) -> None:
+        from memflow_cli.hub import human_size
+
+        todo = [p for p in plan if not p.cached]
+        self._print(f"weights: {len(plan) - len(todo)} of {len(plan)} files cached, "
+                    f"{human_size(sum(p.size or 0 for p in todo))} to download")
+
+    def item(self, index: int, count: int, name: str) -> None:
+        if count > 1:
+            self._print(f"item {index + 1} of {count}: {name}")
+
+    def start(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock)
+        self._line_at, self._line_chunks, self._block = self.clock(), 0, None
+        self._print(f"rendering {schedule.total_frames} frames ({clock_text(schedule.seconds)} at {schedule.fps} fps) "
+                    f"in {schedule.num_chunks} chunks")
+        self._announce(0)
+
+    def _announce(self, index: int) -> None:
+        if index < self.schedule.num_chunks and self.schedule.chunks[index].block != self._block:
+            self._block = self.schedule.chunks[index].block
+            self._print(f"chunk {index + 1}: {block_text(self.schedule, index)}")
+
+    def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None:
+        self.pace.tick(chunk.index + 1, frames_done)
+        now = self.clock()
+        first, last = chunk.index == 0, chunk.index + 1 == self.schedule.num_chunks
+        due = (chunk.index + 1 - self._line_chunks >= self.every_chunks and now - self._line_at >= self.every_seconds)
+        if first or last or due:
+            self._print(self.line())
+            self._line_at, self._line_chunks = now, chunk.index + 1
+        self._announce(chunk.index + 1)
+
+    def line(self) -> str:
+        p = self.pace
+        return (f"chunk {p.chunks}/{p.total_chunks}  {p.frames}/{p.total_frames} frames  {100 * p.fraction:.1f}% · "
+                f"{fps_text(p.fps)} fps · ETA {clock_text(p.eta())}")
+
+
+# ------------------------------------------------------------------------------------------------
+# A terminal: a live bar
+
+
+class RichReporter(Reporter):
+    """A live bar on stderr: frames and chunks done, end-to-end FPS, our ETA, and which block renders."""
+
+    def __init__(self, console=None, *, clock=time.monotonic):
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
+        self.clock = clock
         self.progress = None
 
     def stage(self, text: str) -> None:
-        self.console.print(f"[dim]•[/dim] {text}")
+        self.console.print(f"[dim]•[/dim] {text}", highlight=False)
 
     def warn(self, text: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
@@ -55,28 +220,52 @@ class RichReporter(Reporter):
         if count > 1:
             self.console.print(f"[bold]{name}[/bold] ({index + 1} of {count})", highlight=False)
 
-    def start(self, schedule: "Schedule") -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def start(self, schedule: Schedule) -> None:
+        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
-        self.progress = Progress(
-            TextColumn("[bold]rendering"), BarColumn(),
+        pace = self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock)
+
+        class EtaColumn(ProgressColumn):
+            def render(self, task) -> Text:
+                return Text(f"ETA {clock_text(pace.eta())}", style="progress.remaining")
+
+        class WithBlock(Progress):
+            """The bar, and below it the block / prompt being rendered."""
+
+            def get_renderables(self):
+                yield from super().get_renderables()
+                for task in self.tasks:
+                    yield Text(f"  {task.fields['block']}", style="dim", no_wrap=True, overflow="ellipsis")
+
+        self.schedule = schedule
+        self.progress = WithBlock(
+            TextColumn("[bold]rendering"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
             TextColumn("{task.completed}/{task.total} frames"), TextColumn("chunk {task.fields[chunk]}"),
-            TextColumn("{task.fields[fps]:.2f} gen fps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )  # fmt: skip
+            TextColumn("{task.fields[fps]} fps"), TimeElapsedColumn(), EtaColumn(),
+            console=self.console, transient=False, get_time=self.clock,
+        )
         self.progress.start()
-        self.task = self.progress.add_task("render", total=schedule.total_frames, fps=0.0,
-                                           chunk=f"0/{schedule.num_chunks}")
-        self.num_chunks = schedule.num_chunks
+        self.task = self.progress.add_task("render", total=schedule.total_frames, fps=fps_text(0.0),
+                                           chunk=f"0/{schedule.num_chunks}", block=block_text(schedule, 0))
 
-    def chunk(self, chunk: "ChunkPlan", frames_done: int, generation_fps: float) -> None:
-        self.progress.update(self.task, completed=frames_done, fps=generation_fps,
-                             chunk=f"{chunk.index + 1}/{self.num_chunks}")
+    def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None:
+        self.pace.tick(chunk.index + 1, frames_done)
+        self.progress.update(self.task, completed=frames_done, fps=fps_text(self.pace.fps),
+                             chunk=f"{chunk.index + 1}/{self.schedule.num_chunks}",
+                             block=block_text(self.schedule, chunk.index + 1))
 
     def stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def reporter_for(console, *, quiet: bool = False) -> Reporter:
+    """Silent with --quiet, a live bar in a terminal, plain lines anywhere else (logs, nohup, CI)."""
+    if quiet:
+        return Reporter()
+    return RichReporter(console) if console.is_terminal else PlainReporter(console.file)
 
 
 def _mib(n):

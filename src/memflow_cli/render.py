@@ -21,7 +21,9 @@ from typing import Callable, Sequence
 import torch
 
 from memflow_cli.errors import CheckpointError, InputError, MemflowError
-from memflow_cli.manifest import figures, identity, is_complete_render, read_manifest
+from memflow_cli.hub import sha256_file
+from memflow_cli.manifest import figures, identity, input_path, is_complete_render, provenance, read_manifest
+from memflow_cli.output_names import choose_output, prompt_output, refusal
 from memflow_cli.progress import Reporter
 from memflow_cli.limits import DEFAULT_MAX_HOURS, check_seed, check_steps
 from memflow_cli.schedule import ChunkPlan, Schedule, plan
@@ -76,6 +78,7 @@ class RenderOptions:
     vace_scale: float | None = None
     quantization: str | None = None  # "fp8": fp8 weights for the DiT and the text encoder (else the file's choice)
     low_vram: bool = False  # text encoder on the CPU, fp8 DiT, the decoder's smallest working set
+    command: str | None = None  # the command line, recorded in the manifest (the CLI sets it)
 
 
 @dataclass
@@ -101,6 +104,8 @@ class RenderSummary:
     warnings: list = field(default_factory=list)
     skipped: bool = False  # an existing complete output already was this render
     planned_peak_gpu_memory_bytes: int | None = None  # memory_plan's figure, shown beside the measured peak
+    sha256: str | None = None  # of the video file written (complete or partial)
+    encoder: dict = field(default_factory=dict)  # codec, preset, crf, colour tags (video.encoder_settings)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,9 +185,10 @@ def resolve_size(timeline: Timeline, options: RenderOptions) -> tuple[int, int]:
     return width, height
 
 
-def default_output(timeline: Timeline, folder: Path | None = None) -> Path:
+def default_output(timeline: Timeline, folder: Path | None = None, seed: int = DEFAULT_SEED) -> Path:
+    """The name we pick: `<prompt words>-<seed>.mp4` for --prompt, else the timeline file's name (+ line)."""
     if timeline.format == "prompt":
-        name = "memflow"
+        return prompt_output(timeline.blocks[0].prompts[0].text, seed, folder or Path())
     else:
         name = Path(timeline.source.split(" line ")[0]).stem
         if " line " in timeline.source:
@@ -201,8 +207,10 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
     seed = check_seed(seed, "--seed")
     vace_files = [Path(p) for p in (options.control, options.mask, *options.references) if p]
-    output = check_output_path(options.output or default_output(timeline, options.output_dir),
-                               inputs=job_inputs(timeline) + vace_files)
+    default = default_output(timeline, options.output_dir, seed)
+    check_output_path(options.output or default, inputs=job_inputs(timeline) + vace_files)  # a valid target first
+    picked = choose_output(options.output, default, options.overwrite, make_unique=timeline.format == "prompt")
+    output = check_output_path(picked, inputs=job_inputs(timeline) + vace_files)
     if timeline.settings.loras:
         names = ", ".join(str(l.path) for l in timeline.settings.loras)
         raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
@@ -411,7 +419,10 @@ class Renderer:
         }
 
     def identity(self, job: RenderJob) -> dict:
-        return identity(job.timeline, job.schedule, self.settings(job), self.weights)
+        data = identity(job.timeline, job.schedule, self.settings(job), self.weights)
+        data["input"]["path"] = input_path(job.timeline)
+        data.update(provenance(job.timeline, self.options))
+        return data
 
     def already_rendered(self, job: RenderJob) -> bool:
         """The output exists with a matching manifest (same input, settings and weights), complete."""
@@ -476,6 +487,7 @@ class Renderer:
                 summary.timings["write"] += time.perf_counter() - finishing[0]  # ffmpeg finishing (+faststart)
             summary.complete, summary.output = complete, str(path)
             self._finish(summary, started)
+            summary.sha256 = sha256_file(writer.tmp)  # ffmpeg has finished the file; it is published next
             return {**ident, **figures(summary)}
 
         existed = job.output.exists()
@@ -484,6 +496,7 @@ class Renderer:
             f"{name(signum)}: stopping after this chunk (keeping what is rendered; Ctrl-C again to stop at once)"))
         try:
             writer = VideoWriter(job.output, job.width, job.height, FPS, manifest=manifest_for)
+            summary.encoder = writer.encoder
             with writer, stop:
                 start = 0
                 if checkpoint is not None:
@@ -550,7 +563,7 @@ class Renderer:
     @staticmethod
     def _interrupted(job: RenderJob, writer, recorder, summary: RenderSummary, existed: bool, code: int) -> Interrupted:
         """Say exactly what an interrupted render kept (the exit code is 128 + the signal)."""
-        what = "stopped" if code != 130 else "interrupted"
+        what = "stopped"  # by Ctrl-C or a signal: the user's choice, said plainly (not as an error)
         old = f"; the existing {job.output} was left untouched" if existed else ""
         published = getattr(writer, "published", None)
         if published == job.output:  # the signal came while the finished video was being put in place
@@ -623,7 +636,7 @@ class Renderer:
             self.reporter.stage(f"{job.output} is already this render (same input, settings and weights): skipped; "
                                 "-y/--overwrite renders it again")
             return True
-        raise InputError(f"{job.output}: the file exists; pass -y/--overwrite to replace it, or choose another -o")
+        raise InputError(refusal(job.output))
 
     def _finish(self, summary: RenderSummary, started: float) -> None:
         total = time.perf_counter() - started

@@ -26,7 +26,7 @@ def test_bench_reports_every_stage_for_both_runs(tmp_path):
     console = Console(record=True, width=120)
     console.print(report_table(report))
     text = console.export_text()
-    assert "generation FPS" in text and "with memory" in text and "memory bank costs" in text
+    assert "generation FPS" in text and "with memory" in text and "memory bank cost" in text
 
 
 def test_bench_command_prints_json(tmp_path):
@@ -43,3 +43,34 @@ def test_bench_command_prints_json(tmp_path):
     assert list(tmp_path.glob("*.json"))
     bad = CliRunner().invoke(app, ["bench", "--resolution", "30x32"])
     assert bad.exit_code == 2 and "multiples of 16" in bad.output
+
+
+def test_memory_cost_with_its_noise():
+    from memflow_cli.bench import memory_cost, memory_cost_text
+
+    steady = [100.0, 101.0, 99.0, 100.0, 100.0, 101.0, 99.0, 100.0]
+    slower = [v * 1.10 for v in steady]
+    clear = memory_cost(slower, steady)
+    assert abs(clear["memory_cost_percent"] - 10.0) < 1e-9 and clear["memory_cost_noise_percent"] < 1.5
+    assert not clear["memory_cost_within_noise"]
+    text = memory_cost_text({**clear, "options": {"sma": False}})
+    assert text.startswith("memory bank costs +10.0 % ± ")
+    # a "saving" is never a cost: reported as noise, not as a negative cost
+    noisy = memory_cost([96.5, 80.0, 112.0, 97.5], [100.0, 85.0, 118.0, 97.0])
+    assert noisy["memory_cost_percent"] < 0 and noisy["memory_cost_within_noise"]
+    text = memory_cost_text({**noisy, "options": {"sma": True}})
+    assert "within noise" in text and "memory bank + SMA" in text and "costs -" not in text
+
+
+def test_bench_shows_progress_when_not_a_terminal(tmp_path):
+    from typer.testing import CliRunner
+
+    from memflow_cli.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--resolution", "32x32", "--chunks", "3",
+                                      "--vae-dim", "8", "--no-video", "--device", "cpu", "--dtype", "fp32"])
+    assert result.exit_code == 0, result.output
+    for line in ("bench warm-up: chunk 2/2", "bench with memory: chunk 1/3", "bench with memory: chunk 3/3",
+                 "bench without memory: chunk 3/3"):
+        assert line in result.stderr
+    assert "memory bank cost" in result.stdout and "% ± " in result.stdout

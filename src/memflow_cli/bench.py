@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -43,7 +44,7 @@ class BenchOptions:
     encode_video: bool = True
     compare_without_memory: bool = True
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
+    dtype: str = "bf16" if torch.cuda.is_available() else "fp32"  # --dtype spellings (float32 etc. accepted too)
     seed: int = 0
 
 
@@ -80,7 +81,11 @@ def _random_vae(dim: int, device, dtype, seed: int) -> WanVAE:
     return vae.to(dtype).eval().requires_grad_(False)
 
 
-def _run(opts: BenchOptions, model, vae, bank: bool) -> dict:
+# progress(run, chunks_done, chunks_total): called after each chunk, outside the timed stages
+Progress = Callable[[str, int, int], None]
+
+
+def _run(opts: BenchOptions, model, vae, bank: bool, progress: Progress | None = None, label: str = "") -> dict:
     device = torch.device(opts.device)
     dtype = DTYPES[opts.dtype]
     config = model.config
@@ -129,6 +134,8 @@ def _run(opts: BenchOptions, model, vae, bank: bool) -> dict:
             frames_out += frames.shape[0]
             if first_frame_s is None:
                 first_frame_s = time.perf_counter() - t0
+            if progress is not None:
+                progress(label, chunk + 1, opts.chunks)  # before the next chunk's first lap: not in any stage
         if writer is not None:
             clock.lap()
             writer.finish()
@@ -150,6 +157,7 @@ def _run(opts: BenchOptions, model, vae, bank: bool) -> dict:
         # Flatness over length: steady-state chunks (second half) against early ones (after the first).
         "dit_ms_early": 1000 * statistics.mean(early),
         "dit_ms_late": 1000 * statistics.mean(steady),
+        "dit_ms_per_chunk": [round(1000 * v, 3) for v in stages["dit"]],
         "peak_memory_gb": _peak_memory_gb(device),
     }
 
@@ -161,8 +169,8 @@ def _peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_bench(opts: BenchOptions) -> dict:
-    """Run the benchmark and return a JSON-ready report."""
+def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
+    """Run the benchmark and return a JSON-ready report; `progress` hears about every chunk of every run."""
     if opts.width % 16 or opts.height % 16:
         raise ValueError("width and height must be multiples of 16")
     device = torch.device(opts.device)
@@ -171,7 +179,8 @@ def run_bench(opts: BenchOptions) -> dict:
     model = _random_dit(config, device, dtype, opts.seed)
     vae = _random_vae(opts.vae_dim, device, dtype, opts.seed)
     # One short untimed stream first: kernels, allocator pools and ffmpeg start-up are paid here.
-    _run(replace(opts, chunks=min(2, opts.chunks), switch_every=1), model, vae, bank=True)
+    _run(replace(opts, chunks=min(2, opts.chunks), switch_every=1), model, vae, bank=True, progress=progress,
+         label="warm-up")
     report = {
         "memflow_cli": __version__,
         "torch": torch.__version__,
@@ -179,14 +188,45 @@ def run_bench(opts: BenchOptions) -> dict:
         "attention": attention_backend(device, dtype),
         "date": time.strftime("%Y-%m-%d"),
         "options": asdict(opts),
-        "with_memory": _run(opts, model, vae, bank=True),
+        "with_memory": _run(opts, model, vae, bank=True, progress=progress, label="with memory"),
     }
     if opts.compare_without_memory:
-        report["without_memory"] = _run(opts, model, vae, bank=False)
-        with_mem = report["with_memory"]["per_chunk_ms"]["dit"]
-        without = report["without_memory"]["per_chunk_ms"]["dit"]
-        report["memory_cost_percent"] = 100.0 * (with_mem - without) / without
+        report["without_memory"] = _run(opts, model, vae, bank=False, progress=progress, label="without memory")
+        report.update(memory_cost(report["with_memory"]["dit_ms_per_chunk"],
+                                  report["without_memory"]["dit_ms_per_chunk"]))
     return report
+
+
+def memory_cost(with_memory_ms: list[float], without_memory_ms: list[float]) -> dict:
+    """What the memory bank costs in DiT time, with its noise.
+
+    The cost is the difference of the mean chunk times, in percent of the run without memory. Its noise
+    is twice the standard error of that difference (from the spread of the chunk times of each run). A
+    cost smaller than its noise is not a measured cost; neither is a negative one (the bank only adds
+    work, so a "saving" is the machine's drift): both are reported as within noise.
+    """
+    def mean_and_se(values):
+        mean = statistics.mean(values)
+        se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("inf")
+        return mean, se
+
+    a, se_a = mean_and_se(with_memory_ms)
+    b, se_b = mean_and_se(without_memory_ms)
+    cost = 100.0 * (a - b) / b
+    noise = 100.0 * 2 * (se_a**2 + se_b**2) ** 0.5 / b
+    return {"memory_cost_percent": cost, "memory_cost_noise_percent": noise,
+            "memory_cost_within_noise": bool(abs(cost) <= noise or cost < 0)}
+
+
+def memory_cost_text(report: dict) -> str:
+    """`memory bank costs +6.2 % ± 1.1 % of DiT time`, or `... within noise (-3.5 % ± 4.0 %)`."""
+    what = "memory bank" + (" + SMA" if report["options"]["sma"] else "")
+    cost, noise = report["memory_cost_percent"], report.get("memory_cost_noise_percent")
+    if noise is None:  # a report saved before the noise was measured
+        return f"{what} costs {cost:+.1f} % of DiT time"
+    if report.get("memory_cost_within_noise"):
+        return f"{what} cost is within noise ({cost:+.1f} % ± {noise:.1f} % of DiT time)"
+    return f"{what} costs {cost:+.1f} % ± {noise:.1f} % of DiT time"
 
 
 def report_table(report: dict):
@@ -212,7 +252,7 @@ def report_table(report: dict):
     row("dit ms early → late", "{}", lambda r: f"{r['dit_ms_early']:.1f} → {r['dit_ms_late']:.1f}")
     row("peak memory GB", "{:.2f}", lambda r: r["peak_memory_gb"])
     if "memory_cost_percent" in report:
-        table.caption = f"memory bank{' + SMA' if o['sma'] else ''} costs {report['memory_cost_percent']:+.1f} % of DiT time"
+        table.caption = memory_cost_text(report)
     return table
 
 

@@ -431,7 +431,8 @@ def bench(
                         sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
                         device=device or defaults.device, dtype=dtype or defaults.dtype)
     try:
-        report = run_bench(opts)
+        with BenchProgress(err, quiet=as_json and not err.is_terminal) as progress:
+            report = run_bench(opts, progress=progress)
     except (KeyError, ValueError) as exc:
         raise InputError(f"bench: {exc}") from None
     if save is not None:
@@ -440,6 +441,37 @@ def bench(
         print(json.dumps(report, indent=2))
     else:
         out.print(report_table(report))
+
+
+class BenchProgress:
+    """`memflow bench` progress: a bar per run in a terminal, a line per run and per 10 % elsewhere."""
+
+    def __init__(self, console: Console, quiet: bool = False):
+        self.console, self.quiet = console, quiet
+        self.bar, self.tasks = None, {}
+
+    def __enter__(self) -> "BenchProgress":
+        if not self.quiet and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]bench[/bold] {task.description:>14}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn(), console=self.console)
+            self.bar.start()
+        return self
+
+    def __call__(self, run: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            if run not in self.tasks:
+                self.tasks[run] = self.bar.add_task(run, total=total)
+            self.bar.update(self.tasks[run], completed=done)
+        elif done == total or done == 1 or done * 10 // total != (done - 1) * 10 // total:
+            print(f"bench {run}: chunk {done}/{total}", file=self.console.file, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.callback(invoke_without_command=True)

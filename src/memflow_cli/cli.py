@@ -342,6 +342,7 @@ def info(
     from memflow_cli import hub
     from memflow_cli.model.dit import attention_backend
     from memflow_cli.quantization import describe_fp8_path
+    from memflow_cli.prompts import default_cache_dir
 
     plan = None
     if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None:
@@ -368,6 +369,7 @@ def info(
         "attention": attention_backend(device, torch.bfloat16 if cuda else torch.float32),
         "fp8": describe_fp8_path(device),
         "weights": str(weights_dir) if weights_dir else str(hub.hub_cache()),
+        "prompt_cache": str(default_cache_dir()),
         "files": [
             {"repo": f.repo, "file": f.filename, "present": path is not None, "size": size,
              "path": str(path) if path else None, "required": f.required}
@@ -384,8 +386,8 @@ def info(
     t = Table(show_header=False, title="memflow info")
     t.add_column(style="bold")
     t.add_column()
-    for key in ("memflow_cli", "python", "torch", "cuda", "huggingface_hub", "ffmpeg", "device", "gpu", "attention", "fp8", "weights"):
-        t.add_row(key, str(data[key]))
+    for key in ("memflow_cli", "python", "torch", "cuda", "huggingface_hub", "ffmpeg", "device", "gpu", "attention", "fp8", "weights", "prompt_cache"):
+        t.add_row(key.replace("_", " "), str(data[key]))
     if data["gpu_memory_bytes"]:
         t.add_row("gpu memory", f"{data['gpu_memory_bytes'] / 2**30:.1f} GiB")
     out.print(t)

@@ -67,6 +67,8 @@ class PromptEncoder:
         self.dtype = dtype
         self.quantization = quantization  # "fp8": weights stored in fp8, computing in `dtype`
         self.encoder_loads = 0  # how many times the big model was loaded (tests, logging)
+        self.cache_hits = 0  # distinct prompts read from the disk cache / computed (for the summary)
+        self.cache_misses = 0
         self._encoder = None
         self._tokenizer = None
         self._identity = None
@@ -99,6 +101,9 @@ class PromptEncoder:
             if emb is None:
                 emb = self._compute(text)
                 self._write_cache(text, emb)
+                self.cache_misses += 1
+            else:
+                self.cache_hits += 1
             rows[text] = emb
         out = {}
         for text, clean in cleaned.items():

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -77,21 +78,65 @@ def test_render_formats(tiny, tmp_path, source, extra, frames, size):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_prompt_and_json_summary(tiny, tmp_path):
-    code, text = cli("render", "--prompt", "a cat walks in the city at night", "--seconds", "1",
-                     "--weights-dir", tiny, "--resolution", "32x32", "--json", "-q")
+def test_prompt_names_json_summary_and_manifest(tiny, tmp_path, monkeypatch):
+    argv = ["memflow", "render", "--prompt", "a cat walks in the city at night", "--seconds", "1",
+            "--weights-dir", str(tiny), "--resolution", "32x32", "--json", "-q"]
+    monkeypatch.setattr(sys, "argv", argv)
+    taken = tmp_path / "a-cat-walks-in-the-city-at-night-1.mp4"  # <prompt words>-<seed>.mp4 exists already
+    taken.write_bytes(b"an earlier try")
+    code, text = cli(*argv[1:])
     assert code == 0, text
+    out = tmp_path / "a-cat-walks-in-the-city-at-night-1-2.mp4"  # so ours is made unique
+    assert taken.read_bytes() == b"an earlier try" and probe(out)["frames"] == 16
     summary = json.loads(text[text.index("{"):])
-    assert summary["frames"] == 16 and summary["complete"] and summary["fps_generation"] > 0
-    assert set(summary["timings"]) >= {"load", "encode", "generate", "decode", "write", "total"}
-    assert probe(tmp_path / "a-cat-walks-in-the-city-at-night-1.mp4")["frames"] == 16  # <prompt>-<seed>.mp4
+    manifest = json.loads((tmp_path / "a-cat-walks-in-the-city-at-night-1-2.manifest.json").read_text())
+    assert summary == {**manifest, "manifest": summary["manifest"]}  # --json prints the manifest's keys
+    assert Path(summary["manifest"]).name == "a-cat-walks-in-the-city-at-night-1-2.manifest.json"
+    assert manifest["video"]["frames"] == 16 and manifest["video"]["complete"] and manifest["fps"]["generation"] > 0
+    assert set(manifest["timings_s"]) >= {"load", "encode", "generate", "decode", "write", "total"}
+    assert manifest["command"] == shlex.join(argv)
+    assert manifest["input"]["path"] is None and manifest["prompt_cache"]["computed"] == 1
 
 
-def test_progress_and_table_shown(tiny, tmp_path):
-    code, text = cli("render", FIXTURES / "scope_v1.json", "--weights-dir", tiny, "--resolution", "32x32")
+def test_manifest_records_how_the_render_was_asked(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "v20.mp4"
+    argv = ["memflow", "render", str(FIXTURES / "scope_v20.json"), "--resolution", "32x48", "--sma",
+            "--weights-dir", str(tiny), "-o", str(out), "-q"]
+    monkeypatch.setattr(sys, "argv", argv)
+    code, text = cli(*argv[1:])
     assert code == 0, text
-    for word in ("FPS end-to-end", "FPS generation", "time generate", "time decode", "peak RSS"):
-        assert word in text
+    m = json.loads((tmp_path / "v20.manifest.json").read_text())
+    assert m["command"] == shlex.join(argv)
+    assert m["input"]["path"] == str((FIXTURES / "scope_v20.json").resolve())
+    sources = m["settings_sources"]
+    assert sources["from"]["resolution"] == "command line" and sources["from"]["seed"] == "file"
+    assert sources["from"]["sma"] == "command line" and sources["from"]["blend"] == "default"
+    assert sources["from"]["dtype"] == "default"
+    assert sources["file_values_overridden"] == {"resolution": "96x64"}  # the file asked for 96x64
+    assert m["settings"]["resolution"] == "32x48" and m["settings"]["seed"] == 7
+    assert m["video"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert m["video"]["encoder"] == {"codec": "h264", "encoder": "libx264", "preset": "medium", "crf": 18,
+                                     "pix_fmt": "yuv420p", "colorspace": "bt709", "color_primaries": "bt709",
+                                     "color_trc": "bt709", "color_range": "tv"}
+    assert m["prompt_cache"]["path"] == str(tmp_path / "embeddings")
+
+
+def test_plain_progress_lines_and_table_when_stderr_is_not_a_terminal(tiny, tmp_path):
+    result = CliRunner().invoke(app, ["render", str(FIXTURES / "scope_v1.json"), "--weights-dir", str(tiny),
+                                      "--resolution", "32x32"])
+    assert result.exit_code == 0, result.output
+    log = result.stderr  # CliRunner's stderr is not a terminal, like `2> log` or nohup
+    assert "\x1b[" not in log and "━" not in log  # no live bar, no terminal codes
+    lines = log.splitlines()
+    assert "resolving weights" in lines and "rendering 24 frames (0:00:02 at 16 fps) in 3 chunks" in lines
+    assert any(l.startswith("chunk 1: block 1/") for l in lines)
+    assert any(l.startswith("chunk 1/3  9/24 frames  37.5% · ") and " fps · ETA " in l for l in lines)
+    assert any(l.startswith("chunk 3/3  24/24 frames  100.0% · ") and l.endswith("ETA 0:00:00") for l in lines)
+    table = result.stdout
+    for word in ("FPS end-to-end", "FPS generation", "time prompt encoding", "time generation", "time decoding",
+                 "time video encoding", "prompt cache", "peak RSS"):
+        assert word in table
+    assert "time encode" not in table and "time write" not in table
     assert (tmp_path / "scope_v1.mp4").exists()  # default name: the timeline's
 
 

@@ -44,11 +44,11 @@ def test_slug():
 def test_prompt_names_are_made_unique(tmp_path):
     first = prompt_output("A red dog runs", 7, tmp_path)
     assert first == tmp_path / "a-red-dog-runs-7.mp4"
-    assert choose_output(None, first, overwrite=False) == first
+    assert choose_output(None, first, overwrite=False, make_unique=True) == first
     first.write_bytes(b"x")
     assert unique(first) == tmp_path / "a-red-dog-runs-7-2.mp4"
     (tmp_path / "a-red-dog-runs-7-2.mp4").write_bytes(b"x")
-    assert choose_output(None, first, overwrite=False) == tmp_path / "a-red-dog-runs-7-3.mp4"
+    assert choose_output(None, first, overwrite=False, make_unique=True) == tmp_path / "a-red-dog-runs-7-3.mp4"
     # a partial file from an interrupted attempt does not count: the complete render supersedes it
     other = tmp_path / "b-1.mp4"
     (tmp_path / "b-1.partial.mp4").write_bytes(b"x")
@@ -61,7 +61,12 @@ def test_an_existing_output_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(OutputExists, match=r"mine\.mp4: the file already exists; pass -y/--overwrite .* -o"):
         choose_output(out, tmp_path / "ignored.mp4", overwrite=False)
     assert choose_output(out, tmp_path / "ignored.mp4", overwrite=True) == out
+    with pytest.raises(OutputExists):  # a name derived from the user's file is not ours to change
+        choose_output(None, out, overwrite=False)
     assert issubclass(OutputExists, InputError)  # exit code 2
+    # one of our renders (manifest next to it) may be exactly this render: the renderer decides, with weights
+    (tmp_path / "mine.manifest.json").write_text("{}")
+    assert choose_output(out, tmp_path / "ignored.mp4", overwrite=False) == out
 
 
 def test_cli_refuses_before_loading_anything(tmp_path):

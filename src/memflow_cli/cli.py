@@ -21,10 +21,13 @@ from memflow_cli import __version__
 from memflow_cli.errors import InputError, MemflowError
 
 def _plain_flags(params):
-    """Flags take no value: show none (typer prints `<bool>` for them, --help included)."""
+    """Flags take no value: show none (typer prints `<bool>` for them, --help included); a list of paths
+    reads `<path>...`, not the Python type `list[Path]`."""
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        if param.param_type_name == "argument" and param.nargs != 1:
+            param.display_type_rich = lambda ctx: "<path>..."
     return params
 
 
@@ -114,7 +117,7 @@ def parse_quantization_option(text: str | None) -> str | None:
 @app.command(cls=_Command)
 @_errors
 def render(
-    timelines: Optional[List[Path]] = typer.Argument(None, help="Scope timeline / workflow JSON or MemFlow prompt-list JSONL files, or folders of them (a batch)."),
+    timelines: Optional[List[Path]] = typer.Argument(None, metavar="TIMELINE", help="Scope timeline / workflow JSON or MemFlow prompt-list JSONL files, or folders of them (a batch)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Render a single prompt instead of a file."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Duration for --prompt (default 10)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 (default: the timeline's name, or <prompt words>-<seed>.mp4 made unique for --prompt)."),
@@ -423,6 +426,7 @@ def bench(
 ):
     """Measure speed stage by stage with random full-size weights (nothing to download)."""
     from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
+    from memflow_cli.progress import BenchProgress
     from memflow_cli.render import DTYPES
 
     width, height = parse_resolution(resolution)
@@ -443,37 +447,6 @@ def bench(
         print(json.dumps(report, indent=2))
     else:
         out.print(report_table(report))
-
-
-class BenchProgress:
-    """`memflow bench` progress: a bar per run in a terminal, a line per run and per 10 % elsewhere."""
-
-    def __init__(self, console: Console, quiet: bool = False):
-        self.console, self.quiet = console, quiet
-        self.bar, self.tasks = None, {}
-
-    def __enter__(self) -> "BenchProgress":
-        if not self.quiet and self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("[bold]bench[/bold] {task.description:>14}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn(), console=self.console)
-            self.bar.start()
-        return self
-
-    def __call__(self, run: str, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is not None:
-            if run not in self.tasks:
-                self.tasks[run] = self.bar.add_task(run, total=total)
-            self.bar.update(self.tasks[run], completed=done)
-        elif done == total or done == 1 or done * 10 // total != (done - 1) * 10 // total:
-            print(f"bench {run}: chunk {done}/{total}", file=self.console.file, flush=True)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @app.callback(invoke_without_command=True)

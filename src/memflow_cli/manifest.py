@@ -118,6 +118,7 @@ def figures(summary) -> dict:
         "timings_s": {k: round(v, 4) for k, v in summary.timings.items()},
         "fps": {"end_to_end": round(summary.fps_end_to_end, 3), "generation": round(summary.fps_generation, 3)},
         "peak_memory_bytes": {"gpu": summary.peak_gpu_memory_bytes, "rss": summary.peak_rss_bytes},
+        "prompt_cache": summary.prompt_cache,
         "warnings": summary.warnings,
     }
 

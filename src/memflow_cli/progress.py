@@ -268,8 +268,47 @@ def reporter_for(console, *, quiet: bool = False) -> Reporter:
     return RichReporter(console) if console.is_terminal else PlainReporter(console.file)
 
 
+class BenchProgress:
+    """`memflow bench` progress: a bar per run in a terminal, a line per run and per 10 % elsewhere."""
+
+    def __init__(self, console, quiet: bool = False):
+        self.console, self.quiet = console, quiet
+        self.bar, self.tasks = None, {}
+
+    def __enter__(self) -> "BenchProgress":
+        if not self.quiet and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]bench[/bold] {task.description:>14}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn(), console=self.console)
+            self.bar.start()
+        return self
+
+    def __call__(self, run: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            if run not in self.tasks:
+                self.tasks[run] = self.bar.add_task(run, total=total)
+            self.bar.update(self.tasks[run], completed=done)
+        elif done == total or done == 1 or done * 10 // total != (done - 1) * 10 // total:
+            print(f"bench {run}: chunk {done}/{total}", file=self.console.file, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def _mib(n):
     return "–" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def stage_labels(summary: "RenderSummary") -> dict:
+    """Timing keys → words: "encode" and "write" alone do not say whether prompts or video are meant."""
+    cache = summary.prompt_cache or {}
+    cached = cache.get("computed") == 0 and cache.get("cached", 0) > 0
+    return {"load": "loading models", "encode": "prompt encoding" + (" (cached)" if cached else ""),
+            "generate": "generation", "decode": "decoding", "write": "video encoding", "total": "total"}
 
 
 def summary_table(summary: "RenderSummary"):
@@ -281,14 +320,16 @@ def summary_table(summary: "RenderSummary"):
     t.add_row("frames", f"{summary.frames} ({summary.seconds:.2f} s at {FPS} fps, {summary.width}x{summary.height})")
     t.add_row("chunks", str(summary.chunks))
     t.add_row("device", f"{summary.device}, {summary.dtype}, {summary.attention}")
-    for stage in ("load", "encode", "generate", "decode", "write", "total"):
-        t.add_row(f"time {stage}", f"{summary.timings.get(stage, 0.0):.2f} s")
+    for stage, label in stage_labels(summary).items():
+        t.add_row(f"time {label}", f"{summary.timings.get(stage, 0.0):.2f} s")
     t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
     t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
     if summary.planned_peak_gpu_memory_bytes is not None:
         t.add_row("peak GPU memory planned", _mib(summary.planned_peak_gpu_memory_bytes))
     t.add_row("peak GPU memory", _mib(summary.peak_gpu_memory_bytes))
     t.add_row("peak RSS", _mib(summary.peak_rss_bytes))
+    if summary.prompt_cache.get("path"):
+        t.add_row("prompt cache", summary.prompt_cache["path"])
     t.add_row("manifest", summary.manifest)
     return t
 

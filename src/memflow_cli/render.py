@@ -106,6 +106,7 @@ class RenderSummary:
     planned_peak_gpu_memory_bytes: int | None = None  # memory_plan's figure, shown beside the measured peak
     sha256: str | None = None  # of the video file written (complete or partial)
     encoder: dict = field(default_factory=dict)  # codec, preset, crf, colour tags (video.encoder_settings)
+    prompt_cache: dict = field(default_factory=dict)  # {"path", "cached", "computed"}: distinct prompts
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -283,6 +284,7 @@ class Renderer:
         self._warned: set[str] = set()
         self._quantization: str | None = None  # of the loaded DiT (decided by the first job that loads it)
         self._checked_memory = False
+        self.prompt_cache = {"path": None, "cached": 0, "computed": 0}  # where embeddings came from
 
     # -- parts, each loaded once -----------------------------------------------------------------
 
@@ -322,6 +324,9 @@ class Renderer:
                                 device=torch.device("cpu") if self.options.low_vram else self.device)
         try:
             embeddings = encoder.encode(todo)
+            self.prompt_cache["path"] = str(encoder.cache_dir)
+            self.prompt_cache["cached"] += encoder.cache_hits
+            self.prompt_cache["computed"] += encoder.cache_misses
         finally:
             encoder.release()
             del encoder
@@ -460,6 +465,7 @@ class Renderer:
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
         if job.vace is not None:
             ident["vace"] = job.vace.manifest()
+        summary.prompt_cache = dict(self.prompt_cache)
 
         from memflow_cli.conditioning import Conditioner
         from memflow_cli.generator import StreamingGenerator

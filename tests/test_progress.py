@@ -1,0 +1,115 @@
+"""Progress while a render runs: plain lines for logs, our own ETA, end-to-end FPS; with a fake clock."""
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console, Group
+
+from memflow_cli.progress import Pace, PlainReporter, RichReporter, clock_text, reporter_for
+from memflow_cli.schedule import plan
+from memflow_cli.timeline import prompt_timeline, read_timeline
+
+REPO = Path(__file__).parent.parent
+
+
+class SlowClock:
+    """A clock that moves only when told: chunks of a minute without waiting a minute."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _stream(reporter, schedule, clock, seconds_per_chunk, first_chunk_seconds=None, upto=None):
+    frames = 0
+    for chunk in schedule.chunks[:upto]:
+        clock.now += first_chunk_seconds if chunk.index == 0 and first_chunk_seconds else seconds_per_chunk
+        frames += chunk.frames
+        reporter.chunk(chunk, frames, 123.0)
+    return frames
+
+
+def test_clock_text():
+    assert clock_text(None) == "-:--:--"
+    assert clock_text(0) == "0:00:00" and clock_text(3671.4) == "1:01:11" and clock_text(41 * 60 + 10) == "0:41:10"
+
+
+def test_eta_from_a_moving_average_of_chunk_times():
+    clock = SlowClock()
+    pace = Pace(total_chunks=10, total_frames=9 + 9 * 12, clock=clock)
+    assert pace.eta() is None
+    clock.now += 300  # the first chunk: warm-up, much slower
+    pace.tick(1, 9)
+    assert pace.eta() == pytest.approx(9 * 300)
+    for done in range(2, 5):  # then a minute per chunk, far beyond rich's 30-second speed window
+        clock.now += 60
+        pace.tick(done, 9 + 12 * (done - 1))
+    assert pace.chunk_seconds == pytest.approx(60)  # the warm-up chunk left the average
+    assert clock_text(pace.eta()) == "0:06:00"  # 6 chunks left
+    clock.now += 20  # counts down between chunks
+    assert clock_text(pace.eta()) == "0:05:40"
+    assert pace.fps == pytest.approx(45 / 480)  # end to end: frames over all the time since the start
+
+
+def test_plain_lines_every_n_chunks_or_30_s_whichever_is_rarer():
+    t = prompt_timeline("a lantern over a river", 1197 / 16)  # 9 + 99 × 12 frames: 100 chunks
+    schedule = plan(t)
+    assert schedule.num_chunks == 100
+    for seconds, expected in ((1.0, [1, 31, 61, 91, 100]), (60.0, [1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 100])):
+        clock, stream = SlowClock(), io.StringIO()
+        reporter = PlainReporter(stream, every_chunks=10, every_seconds=30, clock=clock)
+        reporter.stage("loading the generator")
+        reporter.start(schedule)
+        _stream(reporter, schedule, clock, seconds)
+        lines = stream.getvalue().splitlines()
+        assert lines[0] == "loading the generator"
+        assert lines[1] == "rendering 1197 frames (0:01:15 at 16 fps) in 100 chunks"
+        assert lines[2] == "chunk 1: block 1/1: a lantern over a river"
+        progress = [l for l in lines if l.startswith("chunk ") and "frames" in l]
+        assert [int(l.split()[1].split("/")[0]) for l in progress] == expected
+        assert "\x1b" not in stream.getvalue()  # no terminal codes in a log
+    assert progress[-1].startswith("chunk 100/100  1197/1197 frames  100.0% · ")
+    assert progress[-1].endswith(" fps · ETA 0:00:00")
+
+
+def test_plain_line_format_and_block_changes():
+    schedule = plan(read_timeline(REPO / "timelines" / "smoke.json"))
+    clock, stream = SlowClock(), io.StringIO()
+    reporter = PlainReporter(stream, every_chunks=1, every_seconds=0, clock=clock)
+    reporter.start(schedule)
+    _stream(reporter, schedule, clock, 2.0, upto=2)
+    lines = stream.getvalue().splitlines()
+    # 9 + 12 frames in 4 s; 2 of 5 chunks done at 2 s each
+    assert "chunk 2/5  21/48 frames  43.8% · 5.25 fps · ETA 0:00:06" in lines
+    _stream(reporter, schedule, clock, 2.0)
+    text = stream.getvalue()
+    assert "block 1/2: A red paper lantern floating over a quiet river at night" in text
+    assert "block 2/2: → A red paper lantern floating over a quiet river at dawn (50% there)" in text
+
+
+def test_terminal_bar_shows_our_eta_end_to_end_fps_and_the_block():
+    schedule = plan(read_timeline(REPO / "timelines" / "smoke.json"))
+    clock = SlowClock()
+    console = Console(file=io.StringIO(), force_terminal=True, width=160)
+    reporter = RichReporter(console, clock=clock)
+    reporter.start(schedule)
+    try:
+        _stream(reporter, schedule, clock, 45.0, upto=3)  # 45 s per chunk: rich's own ETA would be blank
+        shown = Console(file=io.StringIO(), width=160, record=True)
+        shown.print(Group(*reporter.progress.get_renderables()))
+    finally:
+        reporter.stop()
+    text = shown.export_text()
+    assert "33/48 frames" in text and "chunk 3/5" in text
+    assert "ETA 0:01:30" in text and "-:--:--" not in text and "0:02:15" in text  # elapsed on the same clock
+    assert f"{33 / 135:.2f} fps" in text and "gen fps" not in text
+    assert "block 2/2: → A red paper lantern" in text
+
+
+def test_reporter_for_picks_plain_lines_off_a_terminal():
+    assert isinstance(reporter_for(Console(file=io.StringIO())), PlainReporter)
+    assert isinstance(reporter_for(Console(file=io.StringIO(), force_terminal=True)), RichReporter)
+    assert type(reporter_for(Console(file=io.StringIO()), quiet=True)).__name__ == "Reporter"

@@ -215,7 +215,7 @@ def render(
         return
     results = Renderer(options, reporter).render_batch(items)
     if as_json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print(json.dumps([r.to_json() for r in results], indent=2))
     elif not quiet:
         out.print(batch_table(results))
     code = batch_exit_code(results)
@@ -255,7 +255,7 @@ def render_distributed(world, items, options, reporter, *, as_json: bool, quiet:
         everything.append(BatchResult(d["item"], d["status"], d["output"], summary, d["message"],
                                       0 if d["status"] in ("done", "skipped") else d.get("exit_code", 1)))
     if as_json:
-        print(json.dumps([r.to_dict() for r in everything], indent=2))
+        print(json.dumps([r.to_json() for r in everything], indent=2))
     elif not quiet:
         out.print(batch_table(everything))
     code = batch_exit_code(everything)

@@ -147,6 +147,13 @@ class BatchResult:
         return {"item": self.name, "status": self.status, "output": self.output, "message": self.message,
                 "exit_code": self.exit_code, "summary": self.summary.to_dict() if self.summary else None}
 
+    def to_json(self) -> dict:
+        """For --json: the item's manifest (same key names as the file next to the video) as its summary."""
+        manifest = self.summary.manifest if self.summary and self.summary.manifest else None
+        return {"item": self.name, "status": self.status, "output": self.output, "message": self.message,
+                "exit_code": self.exit_code, "manifest": manifest,
+                "summary": read_manifest(manifest) if manifest else None}
+
 
 # ------------------------------------------------------------------------------------------------
 # Settings resolution (command line > file > defaults)

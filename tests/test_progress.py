@@ -113,3 +113,16 @@ def test_reporter_for_picks_plain_lines_off_a_terminal():
     assert isinstance(reporter_for(Console(file=io.StringIO())), PlainReporter)
     assert isinstance(reporter_for(Console(file=io.StringIO(), force_terminal=True)), RichReporter)
     assert type(reporter_for(Console(file=io.StringIO()), quiet=True)).__name__ == "Reporter"
+
+
+def test_summary_names_the_stages_and_says_when_prompts_were_cached():
+    from types import SimpleNamespace
+
+    from memflow_cli.progress import stage_labels
+
+    cached = SimpleNamespace(prompt_cache={"path": "/c", "cached": 2, "computed": 0})
+    fresh = SimpleNamespace(prompt_cache={"path": "/c", "cached": 1, "computed": 1})
+    assert stage_labels(cached) == {"load": "loading models", "encode": "prompt encoding (cached)",
+                                    "generate": "generation", "decode": "decoding", "write": "video encoding",
+                                    "total": "total"}
+    assert stage_labels(fresh)["encode"] == "prompt encoding"

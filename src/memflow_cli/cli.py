@@ -151,8 +151,10 @@ def render(
     quantization: Optional[str] = typer.Option(None, "--quantization", help="fp8: DiT and text encoder weights in fp8 (about half the memory)."),
     low_vram: bool = typer.Option(False, "--low-vram", help="For 12-16 GB GPUs: text encoder on the CPU, fp8 DiT, smallest decoder working set."),
 ):
-    """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
-    make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
+    """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
+
+    Several files or folders make a batch: the weights load once, every item streams in turn, a failing
+    item does not stop the rest."""
     from memflow_cli.manifest import command_line, read_manifest
     from memflow_cli.option_checks import check_input_options, switch_frame_warnings
     from memflow_cli.progress import batch_table, reporter_for, summary_table

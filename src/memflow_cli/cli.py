@@ -146,7 +146,7 @@ def render(
     max_hours: float = typer.Option(24.0, "--max-hours", help="Refuse timelines longer than this many hours of video."),
     control: Optional[Path] = typer.Option(None, "--control", help="VACE: control video (depth, pose, edges, sketch…) guiding the structure."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="VACE: mask video; white is regenerated, black kept from --control."),
-    reference: List[Path] = typer.Option([], "--reference", help="VACE: reference image for the subject (repeatable)."),
+    reference: List[Path] = typer.Option([], "--reference", metavar="<path>", help="VACE: reference image for the subject (repeatable)."),
     vace_scale: Optional[float] = typer.Option(None, "--vace-scale", help="VACE strength, 0 to 2 (default: the file's, else 1.0)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="fp8: DiT and text encoder weights in fp8 (about half the memory)."),
     low_vram: bool = typer.Option(False, "--low-vram", help="For 12-16 GB GPUs: text encoder on the CPU, fp8 DiT, smallest decoder working set."),

@@ -41,6 +41,10 @@ def run_vae_case(case: dict, index: dict, golden_dir: Path):
     assert_close("pixels", pixels, tensors["pixels"], case["decode"]["tolerance"])
     latents = vae.encode(tensors["encode_video_in"])
     assert_close("encode_latents", latents, tensors["encode_latents"], case["encode"]["tolerance"])
+    # the streaming encoder fed in three calls (1 + 4 + 4 frames) carries its caches to the same latents
+    stream, video = vae.stream_encoder(), tensors["encode_video_in"]
+    parts = [stream.encode(video[:, :, a:b]) for a, b in ((0, 1), (1, 5), (5, 9))]
+    assert_close("stream_encode_latents", torch.cat(parts, 1), tensors["encode_latents"], case["encode"]["tolerance"])
 
 
 RUNNERS = {"text_encoder": run_text_encoder_case, "vae": run_vae_case}

@@ -74,3 +74,31 @@ def test_bench_shows_progress_when_not_a_terminal(tmp_path):
                  "bench without memory: chunk 3/3"):
         assert line in result.stderr
     assert "memory bank cost" in result.stdout and "% ± " in result.stdout
+
+
+def test_bench_video_times_reading_and_encoding_the_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from memflow_cli.cli import app
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny kernels: extra threads only spin on a loaded machine
+    try:
+        result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--resolution", "32x32", "--chunks", "2",
+                                          "--vae-dim", "4", "--no-video", "--no-baseline", "--device", "cpu",
+                                          "--dtype", "fp32", "--video", "--strength", "0.6", "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    run = report["with_memory"]
+    assert run["frames"] == 21 and report["options"]["video"] and report["options"]["strength"] == 0.6
+    assert set(run["per_chunk_ms"]) == {"read", "vae_encode", "dit", "recache", "vae", "encode"}
+    assert run["per_chunk_ms"]["vae_encode"] > 0 and run["per_chunk_ms"]["read"] > 0
+    console = Console(record=True, width=140)
+    console.print(report_table(report))
+    assert "vae_encode ms / chunk" in console.export_text()
+    bad = CliRunner().invoke(app, ["bench", "--video", "--strength", "0"])
+    assert bad.exit_code == 2 and "--strength" in bad.output

@@ -32,7 +32,9 @@ def test_scope_v20_sorted_and_other_pipeline_warns():
     assert s.denoising_steps is None  # another pipeline's steps are not MemFlow's
     assert any("streamdiffusionv2" in w and "MemFlow" in w for w in t.warnings)
     ignored = [w for w in t.warnings if w.startswith("ignored")]
-    assert len(ignored) == 1 and "settings.noiseScale" in ignored[0] and "settings.manageCache" in ignored[0]
+    assert len(ignored) == 1 and "settings.manageCache" in ignored[0]
+    assert "noiseScale" not in ignored[0]  # video-to-video settings are read, not ignored
+    assert (s.input_mode, s.noise_scale, s.noise_controller) == (None, 0.8, False)
 
 
 def test_scope_v21_blend_and_transition():
@@ -124,7 +126,9 @@ BAD = {
     "seed type": (_scope([_block()], {"seed": "x"}), "settings.seed", "seed"),
     "steps": (_scope([_block()], {"pipelineId": "memflow", "denoisingSteps": [250, 500]}), "settings.denoisingSteps", "decreasing"),
     "quantization": (_scope([_block()], {"quantization": "int4"}), "settings.quantization", "fp8_e4m3fn"),
-    "video input": (_scope([_block()], {"inputMode": "video"}), "settings.inputMode", "input video"),
+    "input mode": (_scope([_block()], {"inputMode": "camera"}), "settings.inputMode", '"text" or "video"'),
+    "noise scale": (_scope([_block()], {"noiseScale": "high"}), "settings.noiseScale", "video-to-video strength"),
+    "noise controller": (_scope([_block()], {"noiseController": 1}), "settings.noiseController", "true or false"),
     "lora missing": (_scope([_block()], {"loras": [{"id": "x", "path": "/nowhere/style.safetensors", "scale": 1}]}), "settings.loras[0].path", "LoRA file"),
     "block not object": (_scope(["a cat"]), "prompts[0]", "an object"),
     "workflow entries": ({"format": "scope-workflow", "timeline": {}}, "timeline.entries", "an array"),
@@ -178,3 +182,17 @@ def test_new_seed_location_wins(tmp_path):
     t = read_timeline(f)
     assert t.settings.seed == 99
     assert any("schemaFieldOverrides.vae_type" in w for w in t.warnings)
+
+
+def test_video_to_video_settings_are_read_from_both_scope_formats(tmp_path):
+    scope = tmp_path / "v2v.json"
+    scope.write_text(json.dumps(_scope([_block()], {"inputMode": "video", "noiseScale": 0.5, "noiseController": True})))
+    s = read_timeline(scope).settings
+    assert (s.input_mode, s.noise_scale, s.noise_controller) == ("video", 0.5, True)
+    workflow = json.loads((FIXTURES / "workflow.json").read_text())
+    workflow["pipelines"][1]["params"].update(input_mode="video", noise_scale=0.6, noise_controller=False)
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(workflow))
+    s = read_timeline(path).settings
+    assert (s.input_mode, s.noise_scale, s.noise_controller) == ("video", 0.6, False)
+    assert read_timeline(FIXTURES / "workflow.json").settings.input_mode == "text"

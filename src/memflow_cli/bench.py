@@ -5,6 +5,10 @@ switch every few chunks, decodes every chunk with the streaming VAE, encodes the
 in a temporary folder, and reports per stage the time per chunk, generation and end-to-end FPS, time to
 first frame and peak memory. The same run without the memory bank measures what the memory costs.
 
+With `video=True` (`memflow bench --video`) it streams video-to-video instead: an input clip made by
+ffmpeg's test source is read chunk by chunk (stage `read`: decode, resample, fit), encoded by the
+streaming VAE encoder (stage `vae_encode`) and denoised from the given strength.
+
 Stage times on CUDA are taken with a synchronisation at each stage boundary: that is the only place the
 project synchronises on purpose, and it costs little next to a DiT pass.
 """
@@ -46,6 +50,8 @@ class BenchOptions:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     dtype: str = "bf16" if torch.cuda.is_available() else "fp32"  # --dtype spellings (float32 etc. accepted too)
     seed: int = 0
+    video: bool = False  # video-to-video: read + VAE-encode an input clip per chunk
+    strength: float = 0.7
 
 
 class _Clock:
@@ -74,10 +80,10 @@ def _random_dit(config: DiTConfig, device, dtype, seed: int):
     return model
 
 
-def _random_vae(dim: int, device, dtype, seed: int) -> WanVAE:
+def _random_vae(dim: int, device, dtype, seed: int, encoder: bool = False) -> WanVAE:
     torch.manual_seed(seed)
     with torch.device(device):
-        vae = WanVAE(replace(VAEConfig(), dim=dim, has_encoder=False))
+        vae = WanVAE(replace(VAEConfig(), dim=dim, has_encoder=encoder))
     return vae.to(dtype).eval().requires_grad_(False)
 
 
@@ -100,10 +106,15 @@ def _run(opts: BenchOptions, model, vae, bank: bool, progress: Progress | None =
                              seed=opts.seed, device=device, dtype=dtype)
     prompts = [torch.randn(64, config.text_dim, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     decoder = vae.stream_decoder()
+    encoder = vae.stream_encoder() if opts.video else None
     stages = {"dit": [], "recache": [], "vae": [], "encode": []}
     frames_out, first_frame_s = 0, None
 
     with tempfile.TemporaryDirectory() as tmp:
+        chunk_inputs = None
+        if opts.video:
+            stages.update(read=[], vae_encode=[])
+            chunk_inputs = _input_chunks(opts, Path(tmp), vae, device, dtype)
         writer = None
         if opts.encode_video:
             from memflow_cli.video import VideoWriter
@@ -123,7 +134,14 @@ def _run(opts: BenchOptions, model, vae, bank: bool, progress: Progress | None =
                 stages["recache"].append(clock.lap())
             else:
                 clock.lap()
-            latents = gen.next_chunk()
+            if chunk_inputs is not None:
+                video = next(chunk_inputs)
+                stages["read"].append(clock.lap())
+                source = encoder.encode(video)
+                stages["vae_encode"].append(clock.lap())
+                latents = gen.next_chunk(source_latents=source, strength=opts.strength)
+            else:
+                latents = gen.next_chunk()
             stages["dit"].append(clock.lap())
             pixels = decoder.decode(latents)
             stages["vae"].append(clock.lap())
@@ -162,6 +180,22 @@ def _run(opts: BenchOptions, model, vae, bank: bool, progress: Progress | None =
     }
 
 
+def _input_chunks(opts: BenchOptions, folder: Path, vae, device, dtype):
+    """Frames of a test clip, chunk by chunk, as the encoder's input on the device."""
+    import subprocess
+
+    from memflow_cli.schedule import FIRST_CHUNK_FRAMES, CHUNK_FRAMES
+    from memflow_cli.video_source import VideoSource, ffmpeg_exe, frames_to_video_tensor
+
+    frames = FIRST_CHUNK_FRAMES + CHUNK_FRAMES * (opts.chunks - 1)
+    clip = folder / "input.mp4"
+    subprocess.run([ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"testsrc2=size={opts.width}x{opts.height}:rate=24", "-t", f"{frames / 16 + 0.1:.3f}",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    for chunk in VideoSource(clip, opts.width, opts.height, frames=frames).chunks():
+        yield frames_to_video_tensor(chunk, device=device).to(dtype)
+
+
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -177,7 +211,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     dtype = DTYPES[opts.dtype]
     config = DiTConfig.preset(opts.preset)
     model = _random_dit(config, device, dtype, opts.seed)
-    vae = _random_vae(opts.vae_dim, device, dtype, opts.seed)
+    vae = _random_vae(opts.vae_dim, device, dtype, opts.seed, encoder=opts.video)
     # One short untimed stream first: kernels, allocator pools and ffmpeg start-up are paid here.
     _run(replace(opts, chunks=min(2, opts.chunks), switch_every=1), model, vae, bank=True, progress=progress,
          label="warm-up")
@@ -235,8 +269,9 @@ def report_table(report: dict):
 
     runs = [k for k in ("with_memory", "without_memory") if k in report]
     o = report["options"]
+    mode = f", video-to-video at strength {o['strength']}" if o.get("video") else ""
     table = Table(title=f"memflow bench — {o['preset']} {o['width']}x{o['height']} {o['dtype']} on {report['device']}"
-                        f" ({report['attention']}), {o['chunks']} chunks, {o['steps']} steps")
+                        f" ({report['attention']}), {o['chunks']} chunks, {o['steps']} steps{mode}")
     table.add_column("")
     for run in runs:
         table.add_column(run.replace("_", " "), justify="right")
@@ -244,7 +279,8 @@ def report_table(report: dict):
     def row(label, fmt, get):
         table.add_row(label, *(fmt.format(get(report[r])) for r in runs))
 
-    for stage in ("dit", "recache", "vae", "encode"):
+    stages = ("read", "vae_encode", "dit", "recache", "vae", "encode") if o.get("video") else ("dit", "recache", "vae", "encode")
+    for stage in stages:
         row(f"{stage} ms / chunk" + (" (per switch)" if stage == "recache" else ""), "{:.1f}", lambda r, s=stage: r["per_chunk_ms"][s])
     row("generation FPS", "{:.2f}", lambda r: r["generation_fps"])
     row("end-to-end FPS", "{:.2f}", lambda r: r["end_to_end_fps"])

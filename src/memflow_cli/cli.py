@@ -119,7 +119,7 @@ def parse_quantization_option(text: str | None) -> str | None:
 def render(
     timelines: Optional[List[Path]] = typer.Argument(None, metavar="TIMELINE", help="Scope timeline / workflow JSON or MemFlow prompt-list JSONL files, or folders of them (a batch)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Render a single prompt instead of a file."),
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="Duration for --prompt (default 10)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Duration for --prompt (default 10; with --video the video's length)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 (default: the timeline's name, or <prompt words>-<seed>.mp4 made unique for --prompt)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Folder for the outputs of a batch (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", "-y", "--force", help="Replace existing outputs (and re-render finished batch items)."),
@@ -150,6 +150,10 @@ def render(
     vace_scale: Optional[float] = typer.Option(None, "--vace-scale", help="VACE strength, 0 to 2 (default: the file's, else 1.0)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="fp8: DiT and text encoder weights in fp8 (about half the memory)."),
     low_vram: bool = typer.Option(False, "--low-vram", help="For 12-16 GB GPUs: text encoder on the CPU, fp8 DiT, smallest decoder working set."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Video-to-video: restyle this input video (anything ffmpeg reads, or a folder of images)."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="Video-to-video: noise strength in (0, 1]; 1 = text-to-video (default: the file's, else 0.7)."),
+    fit: Optional[str] = typer.Option(None, "--fit", help="Video-to-video: crop (default), pad or stretch the input to the output size."),
+    noise_controller: Optional[bool] = typer.Option(None, "--noise-controller/--no-noise-controller", help="Video-to-video: motion-adaptive strength (default: the file's noiseController)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -179,6 +183,12 @@ def render(
              "--latent-frames": latent_frames, "--line": line}
     if prompt is not None:
         check_input_options({"prompt"}, "--prompt", given)
+        if video is not None:  # video-to-video from a prompt: the output is as long as the input
+            from memflow_cli.video_source import FPS, probe_video
+
+            if seconds is not None:
+                raise InputError("--seconds: with --video the output is as long as the input video; drop --seconds")
+            seconds = probe_video(video).frames / FPS
         items = [("--prompt", prompt_timeline(prompt, 10.0 if seconds is None else seconds))]
     else:
         switch_points = parse_ints(switch_frames, "--switch-frames")
@@ -199,7 +209,9 @@ def render(
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
                             checkpoint_every=checkpoint_every, max_hours=max_hours,
                             control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
-                            quantization=parse_quantization_option(quantization), low_vram=low_vram, command=command_line())
+                            quantization=parse_quantization_option(quantization), low_vram=low_vram,
+                            video=video, strength=strength, fit=fit, noise_controller=noise_controller,
+                            command=command_line())
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -425,6 +437,8 @@ def bench(
     dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON report into this folder (e.g. benchmarks/results)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    video: bool = typer.Option(False, "--video", help="Video-to-video: also time reading and VAE-encoding an input clip per chunk."),
+    strength: float = typer.Option(0.7, "--strength", help="With --video: the strength (fewer denoising steps below 1)."),
 ):
     """Measure speed stage by stage with random full-size weights (nothing to download)."""
     from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
@@ -437,7 +451,12 @@ def bench(
         raise InputError(f"--dtype: expected one of bf16, fp16, fp32, got {dtype!r}")
     opts = BenchOptions(preset=preset, width=width, height=height, chunks=chunks, steps=steps, switch_every=switch_every,
                         sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
-                        device=device or defaults.device, dtype=dtype or defaults.dtype)
+                        device=device or defaults.device, dtype=dtype or defaults.dtype, video=video,
+                        strength=strength)
+    if video:
+        from memflow_cli.v2v import check_strength
+
+        check_strength(strength)
     try:
         with BenchProgress(err, quiet=as_json and not err.is_terminal) as progress:
             report = run_bench(opts, progress=progress)

@@ -17,6 +17,13 @@ sizes are multiples of 16 values continue one another exactly as one big draw (e
 so the stream is the reference's bit for bit (the golden cases check it). On CUDA the Philox kernel lays a
 draw out by its total size, so per-chunk draws are a different (still seeded, reproducible on the same
 device) stream than the reference's single draw. Both can be injected instead.
+
+Video-to-video: a chunk may come with input latents z and a strength s in (0, 1]. The chunk then starts
+from x = (1 - s)·z + s·eps at sigma = s, eps being the very draw text-to-video uses as that chunk's
+initial noise; the first step runs at the timestep whose sigma is s, then the step list's steps whose
+sigma is below s. A re-noise to step k of the list always uses text-to-video's draw for step k (draws for
+skipped steps are still taken), so the random stream, the record schedule and everything else stay those
+of text-to-video; at s = 1 (and a list starting at t = 1000) the chunk is exactly the text-to-video chunk.
 """
 
 from __future__ import annotations
@@ -92,6 +99,9 @@ class ChunkRecord:
     noise: torch.Tensor | None = None  # this chunk's initial noise [1, n, C, h, w]
     key_frames: list[int] = field(default_factory=list)  # per pass, layer-independent unless SMA
     bank_frames: list[list[int]] = field(default_factory=list)
+    step_inputs: list[torch.Tensor] = field(default_factory=list)  # the noisy x fed to each step
+    step_timesteps: list[float] = field(default_factory=list)
+    strength: float | None = None  # video-to-video strength of this chunk (None: text-to-video)
 
 
 class StreamingGenerator:
@@ -144,7 +154,7 @@ class StreamingGenerator:
         )
         self.memory = StreamMemory(layout, config.text_len, self.device, self.dtype, settings.sma_top_k if settings.sma else None)
 
-        schedule = FlowMatchSchedule(shift=settings.shift)
+        schedule = self.schedule = FlowMatchSchedule(shift=settings.shift)
         self.timesteps = schedule.warped_timesteps(settings.denoising_steps, settings.warp)
         self.sigmas = [schedule.sigma(t) for t in self.timesteps]
         self.context_sigma = schedule.sigma(settings.context_noise)
@@ -190,12 +200,16 @@ class StreamingGenerator:
         self.vace_text.reset()
 
     @torch.no_grad()
-    def next_chunk(self, vace_context: torch.Tensor | None = None) -> torch.Tensor:
+    def next_chunk(self, vace_context: torch.Tensor | None = None, source_latents: torch.Tensor | None = None,
+                   strength: float | None = None) -> torch.Tensor:
         """Generate the next chunk; returns its clean latents [1, frames_per_chunk, C, h, w].
 
         `vace_context` [1, R + frames_per_chunk, 96, h, w] (R reference frames first) guides the chunk's
         denoising passes through the VACE blocks; the context pass that commits the chunk's keys runs
         without hints, so the cache holds plain keys. At scale 0 the blocks are not run at all.
+
+        Video-to-video: `source_latents` [1, frames_per_chunk, C, h, w] (normalized, like the VAE encoder
+        gives them) and `strength` in (0, 1] (how much of them is replaced by noise).
         """
         if self.chunk_index >= self.num_chunks:
             raise IndexError("all chunks of this video have been generated")
@@ -211,18 +225,33 @@ class StreamingGenerator:
         x = self._initial_noise(first)
         if record is not None:
             record.noise = x
-        steps = len(self.timesteps)
-        for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
+        # (timestep, sigma, index in the step list or None) of each step this chunk runs
+        plan = [(t, sigma, k) for k, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas))]
+        if source_latents is not None or strength is not None:
+            x, plan = self._video_start(x, source_latents, strength, plan)
+            if record is not None:
+                record.strength = plan[0][1]
+        drawn = []  # re-noise draws of this chunk, taken in text-to-video's order
+        for i, (t, sigma, _) in enumerate(plan):
+            if record is not None:
+                record.step_inputs.append(x)
+                record.step_timesteps.append(t)
             # The bank is refreshed before the first step's blocks only.
             flow = self._pass(x, t, first, commit=False, stage=False, refresh_bank=(i == 0), record=record, vace=guide)
             x0 = flow_to_x0(x, flow, sigma)
             if record is not None:
                 record.step_x0.append(x0)
-            if i + 1 < steps:
-                eps = self._next_renoise(i)
+            if i + 1 < len(plan):
+                target = plan[i + 1][2]  # re-noise to step `target` with text-to-video's draw for it
+                while len(drawn) < target:
+                    drawn.append(self._next_renoise(len(drawn)))
+                eps = drawn[target - 1]
                 if record is not None:
                     record.renoise.append(eps)
-                x = add_noise(x0, eps, self.sigmas[i + 1])
+                x = add_noise(x0, eps, plan[i + 1][1])
+        while len(drawn) < len(self.timesteps) - 1:  # keep the random stream aligned with text-to-video
+            drawn.append(self._next_renoise(len(drawn)))
+        steps = len(plan)
 
         # Context pass: commit the clean chunk's keys. With a single denoising step the reference also
         # refreshes the bank here (its flag outlives the loop); we keep that for parity.
@@ -235,6 +264,21 @@ class StreamingGenerator:
             self.records.append(record)
         self.chunk_index += 1
         return x0
+
+    def _video_start(self, eps, source_latents, strength, plan):
+        """x = (1 - s)·z + s·eps at sigma = s; the steps: t(s) first, then the list's steps below s."""
+        if source_latents is None or strength is None:
+            raise ValueError("video-to-video needs both source_latents and strength")
+        s = float(torch.tensor(float(strength), dtype=torch.float32))  # sigmas are float32 values
+        if not 0.0 < s <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        expected = tuple(eps.shape)
+        if tuple(source_latents.shape) != expected:
+            raise ValueError(f"source_latents has shape {tuple(source_latents.shape)}, expected {expected}")
+        z = source_latents.to(self.device, self.dtype)
+        x = add_noise(z, eps, s)
+        steps = [(self.schedule.timestep_for_sigma(s), s, None)] + [p for p in plan if p[1] < s]
+        return x, steps
 
     @torch.no_grad()
     def apply_conditioning(self, record: ChunkRecord | None = None) -> bool:

@@ -79,6 +79,10 @@ class RenderOptions:
     quantization: str | None = None  # "fp8": fp8 weights for the DiT and the text encoder (else the file's choice)
     low_vram: bool = False  # text encoder on the CPU, fp8 DiT, the decoder's smallest working set
     command: str | None = None  # the command line, recorded in the manifest (the CLI sets it)
+    video: Path | None = None  # video-to-video: the input video (see v2v.py)
+    strength: float | None = None  # overrides the file's noiseScale; default 0.7
+    fit: str | None = None  # crop (default), pad or stretch
+    noise_controller: bool | None = None  # None = the file's noiseController
 
 
 @dataclass
@@ -126,6 +130,7 @@ class RenderJob:
     warnings: list = field(default_factory=list)
     vace: "object | None" = None  # vace.VaceRender: the VACE inputs, checked
     quantization: str | None = None  # "fp8" from the options, --low-vram or the file
+    video: "object | None" = None  # v2v.VideoInput for video-to-video, else None
 
     @property
     def name(self) -> str:
@@ -230,7 +235,19 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     warnings = list(timeline.warnings)
     vace = _prepare_vace(timeline, options, schedule, warnings)
     quantization = "fp8" if options.low_vram else (options.quantization or timeline.settings.quantization)
-    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace, quantization=quantization)
+    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace, quantization=quantization,
+                     video=video_input(timeline, schedule, options))
+
+
+def video_input(timeline: Timeline, schedule: Schedule, options: RenderOptions):
+    """The checked video-to-video request of a job (probes the input video), or None for text-to-video."""
+    from memflow_cli.v2v import resolve_video_input
+
+    s = timeline.settings
+    return resolve_video_input(options.video, timeline_frames=schedule.total_frames, input_mode=s.input_mode,
+                               file_strength=s.noise_scale, file_controller=s.noise_controller,
+                               strength=options.strength, fit=options.fit, noise_controller=options.noise_controller,
+                               where=timeline.source)
 
 
 def _prepare_vace(timeline: Timeline, options: RenderOptions, schedule: Schedule, warnings: list):
@@ -428,11 +445,14 @@ class Renderer:
             **job.stream.to_dict(),
             **({"vace": job.vace.described} if job.vace is not None else {}),
             **extra,
+            **({"video_to_video": job.video.settings()} if job.video is not None else {}),
         }
 
     def identity(self, job: RenderJob) -> dict:
         data = identity(job.timeline, job.schedule, self.settings(job), self.weights)
         data["input"]["path"] = input_path(job.timeline)
+        if job.video is not None:
+            data["input"]["video"] = job.video.manifest()
         data.update(provenance(job.timeline, self.options))
         return data
 
@@ -491,6 +511,9 @@ class Renderer:
             contexts = owners["vace"] = job.vace.open(
                 self._vae, num_latent_frames=job.schedule.num_latent_frames, width=job.width, height=job.height,
                 frames_per_chunk=job.stream.frames_per_chunk)
+        source = self._source_latents(job, summary)
+        if source is not None:
+            owners["encoder"] = source.encoder  # video-to-video: the encoder's causal caches
         finishing = [0.0]  # when ffmpeg began finishing the file
 
         def manifest_for(path: Path, complete: bool) -> dict:
@@ -501,6 +524,8 @@ class Renderer:
             summary.complete, summary.output = complete, str(path)
             self._finish(summary, started)
             summary.sha256 = sha256_file(writer.tmp)  # ffmpeg has finished the file; it is published next
+            if source is not None:
+                ident["input"]["video"]["chunk_strengths"] = [round(v, 6) for v in source.strengths]
             return {**ident, **figures(summary)}
 
         existed = job.output.exists()
@@ -530,7 +555,7 @@ class Renderer:
                                               self.options.checkpoint_every, resumed=checkpoint)
                 self.reporter.start(job.schedule)
                 self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
-                             contexts)
+                             contexts, source)
                 if stop.requested:
                     raise KeyboardInterrupt  # stopped at a chunk boundary: the writer keeps the partial file
                 finishing[0] = time.perf_counter()
@@ -591,8 +616,27 @@ class Renderer:
             kept += f", and a checkpoint in {recorder.folder} (add --resume to the same command to continue)"
         return Interrupted(f"{what} after {summary.frames} of {summary.total_frames} frames; {kept}{old}", summary, code)
 
+    def _source_latents(self, job: RenderJob, summary: RenderSummary):
+        """Video-to-video: the input video's chunks through the streaming VAE encoder (None for text-to-video)."""
+        if job.video is None:
+            return None
+        from memflow_cli.v2v import SourceLatents
+
+        try:
+            encoder = self._vae.stream_encoder()
+        except RuntimeError:
+            raise CheckpointError(f"{self.weights.vae}: this VAE file has no encoder weights; video-to-video "
+                                  "needs the full Wan2.1_VAE.pth") from None
+        v = job.video
+        self.reporter.stage(f"video-to-video: {v.info.describe()}; using {v.frames} frames, fit {v.fit}, strength "
+                            f"{v.strength:g}" + (" with the noise controller" if v.noise_controller else ""))
+        timings = summary.timings
+        timings.update(read=0.0, vae_encode=0.0)
+        return SourceLatents(job.video, job.width, job.height, encoder, timings=timings, device=self.device,
+                             synchronize=lambda: synchronize(self.device))
+
     def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
-                contexts=None) -> None:
+                contexts=None, source=None) -> None:
         """source → generator → decoder → writer, one chunk at a time; memory stays flat.
 
         Between chunks (the only points where the streaming state is consistent) a checkpoint is saved
@@ -601,11 +645,16 @@ class Renderer:
         from memflow_cli.model.vae import pixels_to_uint8
 
         timings = summary.timings
+        # video-to-video: after a resume the input restarts at the same chunk (the encoder's caches are restored)
+        inputs = source.iterate(start) if source is not None else None
         for chunk in job.schedule.chunks[start:]:
             if chunk.changed:  # (after a resume, the current prompt and a pending re-cache are restored state)
                 generator.set_conditioning(conditioner(chunk.conditioning))
+            given = next(inputs) if inputs is not None else None  # read + VAE-encode, timed by the source
             t = time.perf_counter()
-            latents = generator.next_chunk(contexts.next_chunk() if contexts is not None else None)
+            latents = generator.next_chunk(contexts.next_chunk() if contexts is not None else None,
+                                           source_latents=given.latents if given is not None else None,
+                                           strength=given.strength if given is not None else None)
             synchronize(self.device)
             t2 = time.perf_counter()
             frames = pixels_to_uint8(decoder.decode(latents))[: chunk.frames].cpu().numpy()

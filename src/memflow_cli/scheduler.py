@@ -37,6 +37,10 @@ class FlowMatchSchedule:
                 raise ValueError(f"denoising step {s} outside 0..{n}")
         return [float(extended[n - int(s)]) for s in steps]
 
+    def timestep_for_sigma(self, sigma: float) -> float:
+        """The timestep whose sigma is `sigma`: the table's relation t = sigma * 1000, in float32."""
+        return float(torch.tensor(sigma, dtype=torch.float32) * self.num_train_timesteps)
+
     def sigma(self, timestep: float) -> float:
         """Sigma of the table entry whose timestep is nearest to `timestep` (t=0 -> the last entry)."""
         timesteps, sigmas = self.table()

@@ -79,6 +79,9 @@ class TimelineSettings:
     loras: tuple[LoraSpec, ...] = ()
     vace_scale: float | None = None  # VACE guidance strength (workflow `vace_context_scale`, Scope `vaceContextScale`)
     quantization: str | None = None  # "fp8" when the file asks for fp8_e4m3fn weights
+    input_mode: str | None = None  # "text" or "video" (video-to-video: needs --video)
+    noise_scale: float | None = None  # video-to-video strength (checked when used)
+    noise_controller: bool | None = None  # video-to-video: motion-adaptive strength
 
 
 @dataclass(frozen=True)
@@ -427,15 +430,19 @@ class _Reader:
             raise self.fail(path, 'null or "fp8_e4m3fn"', value)
         return "fp8"  # the DiT (and the text encoder) store fp8 weights; see quantization.py
 
-    def input_mode(self, value: Any, path: str) -> None:
-        if value is None or value == "text":
-            return
-        if value == "video":
-            raise InputError(
-                f"{self.where}: {path}: this timeline is video-to-video (input mode \"video\") and needs an input "
-                "video; memflow render only does text-to-video. Expected \"text\"."
-            )
+    def input_mode(self, value: Any, path: str) -> str | None:
+        # "video" needs an input video (--video); the renderer checks that before loading weights.
+        if value is None or value in ("text", "video"):
+            return value
         raise self.fail(path, '"text" or "video"', value)
+
+    def noise(self, scale: Any, controller: Any, path_scale: str, path_controller: str) -> tuple[float | None, bool | None]:
+        """Video-to-video strength and noise controller; the strength's range is checked when it is used."""
+        if scale is not None and not _is_number(scale):
+            raise self.fail(path_scale, "a number (the video-to-video strength, in (0, 1])", scale)
+        if controller is not None and not isinstance(controller, bool):
+            raise self.fail(path_controller, "true or false", controller)
+        return (None if scale is None else float(scale)), controller
 
     def pipeline(self, value: Any, path: str) -> str | None:
         if value is None:
@@ -510,7 +517,9 @@ class _Reader:
 
     def scope_settings(self, s: dict) -> TimelineSettings:
         pipeline = self.pipeline(s.get("pipelineId"), "settings.pipelineId")
-        self.input_mode(s.get("inputMode"), "settings.inputMode")
+        input_mode = self.input_mode(s.get("inputMode"), "settings.inputMode")
+        noise_scale, noise_controller = self.noise(s.get("noiseScale"), s.get("noiseController"),
+                                                   "settings.noiseScale", "settings.noiseController")
         height = width = None
         if s.get("resolution") is not None:
             res = self.obj(s["resolution"], "settings.resolution")
@@ -528,7 +537,7 @@ class _Reader:
         quantization = self.quantization(s.get("quantization"), "settings.quantization")
         if s.get("useFp8E4m3fn") is True:
             quantization = self.quantization("fp8_e4m3fn", "settings.useFp8E4m3fn")
-        for key in ("manageCache", "kvCacheAttentionBias", "noiseScale", "noiseController", "loraMergeStrategy"):
+        for key in ("manageCache", "kvCacheAttentionBias", "loraMergeStrategy"):
             if key in s:
                 self.ignored.append(f"settings.{key}")
         for key in overrides:
@@ -542,7 +551,8 @@ class _Reader:
                 loras.append(self.lora(item.get("path"), item.get("scale"), item.get("mergeMode"), p, "path"))
         vace_scale = self.vace_scale(s, "vaceContextScale", "settings")
         return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale,
-                                quantization=quantization)
+                                quantization=quantization, input_mode=input_mode,
+                                noise_scale=noise_scale, noise_controller=noise_controller)
 
     def scope_workflow(self, doc: dict) -> Timeline:
         version = doc.get("format_version")
@@ -578,14 +588,16 @@ class _Reader:
         params = main.get("params")
         params = self.obj(params, f"{path}.params") if params is not None else {}
         pp = f"{path}.params"
-        self.input_mode(params.get("input_mode"), f"{pp}.input_mode")
+        input_mode = self.input_mode(params.get("input_mode"), f"{pp}.input_mode")
+        noise_scale, noise_controller = self.noise(params.get("noise_scale"), params.get("noise_controller"),
+                                                   f"{pp}.noise_scale", f"{pp}.noise_controller")
         height, width = self.resolution(params.get("height"), params.get("width"), f"{pp}.height", f"{pp}.width")
         seed = self.seed(params.get("base_seed"), f"{pp}.base_seed")
         steps = self.steps(params.get("denoising_step_list"), f"{pp}.denoising_step_list")
         if steps is not None and pipeline not in (None, "memflow"):
             steps = None
         quantization = self.quantization(params.get("quantization"), f"{pp}.quantization")
-        for key in ("noise_scale", "noise_controller", "manage_cache", "kv_cache_attention_bias", "vae_type"):
+        for key in ("manage_cache", "kv_cache_attention_bias", "vae_type"):
             if key in params:
                 self.ignored.append(f"{pp}.{key}")
         loras = []
@@ -596,7 +608,8 @@ class _Reader:
                 loras.append(self.lora(item.get("filename"), item.get("weight"), item.get("merge_mode"), p, "filename"))
         vace_scale = self.vace_scale(params, "vace_context_scale", pp)
         return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale,
-                                quantization=quantization)
+                                quantization=quantization, input_mode=input_mode,
+                                noise_scale=noise_scale, noise_controller=noise_controller)
 
     def prompt_list(
         self,

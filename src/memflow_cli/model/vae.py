@@ -328,6 +328,9 @@ class WanVAE(nn.Module):
         """Whole sequence: normalized latents [B, T, 16, h, w] -> pixels [B, 1+4(T-1), 3, 8h, 8w]."""
         return self.stream_decoder(max_frames_per_call).decode(latents)
 
+    def stream_encoder(self) -> "StreamEncoder":
+        return StreamEncoder(self)
+
     @torch.no_grad()
     def encode(self, video: torch.Tensor, frames_per_call: int = 4) -> torch.Tensor:
         """Video [B, 3, T, H, W] in [-1, 1] -> normalized posterior mean [B, 1+(T-1)//4, 16, H/8, W/8].
@@ -354,6 +357,54 @@ class WanVAE(nn.Module):
         mean, inv_std = self._stats(mu.dtype)
         z = (mu - mean) * inv_std
         return z.float().permute(0, 2, 1, 3, 4)
+
+
+class StreamEncoder:
+    """Encodes consecutive chunks of one video, carrying the causal caches from chunk to chunk.
+
+    The first chunk holds 1 + 4k frames (frame 0 is encoded alone, as in a whole-clip encode), every
+    later chunk 4k frames; k latent frames come out per 4 input frames. Inside a chunk the encoder runs
+    on groups of 4 frames exactly like `WanVAE.encode`, so streaming and whole-clip encodes agree.
+    """
+
+    def __init__(self, vae: WanVAE):
+        if not vae.config.has_encoder:
+            raise RuntimeError("this VAE checkpoint has no encoder weights")
+        self.vae = vae
+        self.state: StreamState = {}
+        self.frames_in = 0
+        self.calls: list[int] = []  # input frames per encode() call, in order
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Video [B, 3, f, H, W] (or [3, f, H, W]) in [-1, 1] -> normalized latents [B, f', 16, H/8, W/8]."""
+        if video.ndim == 4:
+            video = video.unsqueeze(0)
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected video [B, 3, T, H, W], got {tuple(video.shape)}")
+        t = video.shape[2]
+        first = self.frames_in == 0
+        if t == 0 or (first and (t - 1) % 4) or (not first and t % 4):
+            rule = "1 + a multiple of 4 frames for the first chunk" if first else "a multiple of 4 frames"
+            raise ValueError(f"expected {rule}, got {t}")
+        vae = self.vae
+        x = video.to(vae.device, vae.dtype)
+        outs = []
+        start = 0
+        if first:
+            outs.append(vae.encoder(x[:, :, :1], self.state))
+            start = 1
+        for s in range(start, t, 4):
+            outs.append(vae.encoder(x[:, :, s:s + 4], self.state))
+        self.frames_in += t
+        self.calls.append(t)
+        moments = vae.conv1(torch.cat(outs, dim=2) if len(outs) > 1 else outs[0])
+        mu = moments[:, : vae.config.z_dim]
+        mean, inv_std = vae._stats(mu.dtype)
+        return ((mu - mean) * inv_std).float().permute(0, 2, 1, 3, 4)
+
+    def state_bytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.state.values() if isinstance(v, torch.Tensor))
 
 
 class StreamDecoder:

@@ -241,21 +241,26 @@ def batch_items(paths, *, line=None, **read_options) -> list:
 @app.command()
 @_errors
 def download(
-    revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision (branch, tag or commit)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Revision (branch, tag or commit) of the model's repository."),
     wan_revision: Optional[str] = typer.Option(None, "--wan-revision", help="Wan-AI/Wan2.1-T2V-1.3B revision."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against the lock file."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    model: str = typer.Option("memflow", "--model", "-m", help="Which model's weights: memflow or longlive."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="Fetch the model's files from this mirror repository "
+                                         "(e.g. daydreamlive/LongLive-1.3B)."),
 ):
-    """Download exactly the weight files inference needs into the Hugging Face cache (resumable)."""
+    """Download exactly the weight files a model needs into the Hugging Face cache (resumable)."""
     from memflow_cli import hub
+    from memflow_cli.models import get_model
 
+    spec = get_model(model)
     if hub.offline_from_env():
         raise hub.DownloadError("HF_HUB_OFFLINE is set: downloading is disabled; unset it to download")
     from memflow_cli.progress import plan_table
 
     show = None if quiet else (lambda plan: err.print(plan_table(plan)))
     paths, lock = hub.download(hub.HFDownloader(hub.hub_cache(), progress=not quiet), revision=revision,
-                               wan_revision=wan_revision, verify_hashes=verify, show=show)
+                               wan_revision=wan_revision, verify_hashes=verify, show=show, model=spec.name, repo=mirror)
     if not quiet:
         err.print(f"[green]done[/green]: {len(lock['files'])} files in {hub.hub_cache()}; lock file {hub.lock_path()}")
 
@@ -291,8 +296,8 @@ def info(
         "attention": attention_backend(device, torch.bfloat16 if cuda else torch.float32),
         "weights": str(weights_dir) if weights_dir else str(hub.hub_cache()),
         "files": [
-            {"repo": f.repo, "file": f.filename, "present": path is not None, "size": size,
-             "path": str(path) if path else None, "required": f.required}
+            {"model": f.model or "shared", "repo": f.repo, "file": f.filename, "present": path is not None,
+             "size": size, "path": str(path) if path else None, "required": f.required}
             for f, path, size in hub.presence(weights_dir)
         ],
     }
@@ -310,11 +315,11 @@ def info(
         t.add_row("gpu memory", f"{data['gpu_memory_bytes'] / 2**30:.1f} GiB")
     out.print(t)
     files = Table(title="weight files")
-    for col in ("file", "size", "status"):
+    for col in ("model", "file", "size", "status"):
         files.add_column(col)
     for f in data["files"]:
         status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
-        files.add_row(f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
+        files.add_row(f["model"], f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
     out.print(files)
 
 

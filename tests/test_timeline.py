@@ -178,3 +178,10 @@ def test_new_seed_location_wins(tmp_path):
     t = read_timeline(f)
     assert t.settings.seed == 99
     assert any("schemaFieldOverrides.vae_type" in w for w in t.warnings)
+
+
+def test_a_longlive_export_is_ours_no_warning_and_keeps_its_steps():
+    t = read_timeline(FIXTURES / "scope_longlive.json")
+    assert t.settings.pipeline_id == "longlive" and t.settings.denoising_steps == (1000, 750, 500, 250)
+    assert not any("pipeline" in w for w in t.warnings)
+    assert [w for w in t.warnings if not w.startswith("ignored")] == []

@@ -105,3 +105,21 @@ def check_bank_options(spec: ModelSpec, *, sma: bool | None = None, source: str 
             f"{source}: {spec.title} has no memory bank, so sparse memory activation does not apply; "
             f"drop {source} or use --model memflow"
         )
+
+
+def manifest_entry(spec: ModelSpec, weights) -> dict:
+    """The manifest's `model`: which model, from which repository and commit, and its files' identities.
+
+    `weights` is hub.WeightPaths; its identities come from the lock file (commit, size, sha256 per file).
+    """
+    files = weights.describe()
+    own = {name: files[name] for name in (spec.base_file, spec.lora_file) if name in files}
+    base = own.get(spec.base_file, {})
+    return {
+        "name": spec.name,
+        "title": spec.title,
+        "repository": base.get("repo", spec.repo),
+        "commit": base.get("commit"),
+        "memory_bank": spec.has_bank,
+        "files": {name: {k: entry.get(k) for k in ("repo", "commit", "size", "sha256")} for name, entry in own.items()},
+    }

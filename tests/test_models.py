@@ -65,3 +65,15 @@ def test_manifest_entry_names_repository_commit_and_hashes(tmp_path):
     assert entry["repository"] == "Efficient-Large-Model/LongLive-1.3B" and entry["commit"] == "d" * 40
     assert set(entry["files"]) == {"models/longlive_base.pt", "models/lora.pt"}
     assert len(entry["files"]["models/lora.pt"]["sha256"]) == 64
+
+
+def test_revision_per_model():
+    from memflow_cli.models import revision_for
+
+    assert revision_for(None, "longlive") is None and revision_for("abc", "longlive") == "abc"
+    assert revision_for("memflow=aaa, longlive=bbb", "longlive") == "bbb"
+    assert revision_for("longlive=bbb", "memflow") is None
+    with pytest.raises(InputError, match="--revision: unknown model 'wan'"):
+        revision_for("wan=1", "memflow")
+    with pytest.raises(InputError, match="MODEL=REV"):
+        revision_for("memflow=", "memflow")

@@ -95,7 +95,7 @@ def render(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="A weights folder instead of the HF cache."),
     offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision to use."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Revision of the model's repository: REV, or MODEL=REV[,MODEL=REV] for a batch of both."),
     segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help="Prompt-list JSONL: seconds per prompt (default 10)."),
     switch_frames: Optional[str] = typer.Option(None, "--switch-frames", help="Prompt-list JSONL: switch points in latent frames, e.g. 40,80,120,160,200."),
     latent_frames: Optional[int] = typer.Option(None, "--latent-frames", help="With --switch-frames: total latent frames (default 240)."),
@@ -107,6 +107,7 @@ def render(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted render from its NAME.resume/ checkpoint."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between resume checkpoints (0 = only when stopped by a signal)."),
     max_hours: float = typer.Option(24.0, "--max-hours", help="Refuse timelines longer than this many hours of video."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="memflow or longlive (default: the file's pipelineId when it is one of ours, else memflow)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
@@ -128,6 +129,10 @@ def render(
     if seed is not None:
         check_seed(seed, "--seed")
     parsed_steps = parse_steps(steps)
+    if model is not None:
+        from memflow_cli.models import get_model
+
+        model = get_model(model).name  # an unknown name fails here, before any file is read
     if prompt is not None:
         items = [("--prompt", prompt_timeline(prompt, seconds))]
     else:
@@ -140,7 +145,7 @@ def render(
                             steps=parsed_steps, blend=blend, device=device, dtype=dtype,
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
-                            checkpoint_every=checkpoint_every, max_hours=max_hours)
+                            checkpoint_every=checkpoint_every, max_hours=max_hours, model=model)
     reporter = Reporter() if quiet else RichReporter(err)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all

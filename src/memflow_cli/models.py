@@ -123,3 +123,16 @@ def manifest_entry(spec: ModelSpec, weights) -> dict:
         "memory_bank": spec.has_bank,
         "files": {name: {k: entry.get(k) for k in ("repo", "commit", "size", "sha256")} for name, entry in own.items()},
     }
+
+
+def revision_for(text: str | None, model: str) -> str | None:
+    """A model's revision from --revision: `REV` (every model's repository) or `memflow=REV,longlive=REV`."""
+    if not text or "=" not in text:
+        return text or None
+    pins = {}
+    for part in text.split(","):
+        name, sep, rev = part.partition("=")
+        if not sep or not rev.strip():
+            raise InputError(f"--revision: expected REV or MODEL=REV[,MODEL=REV], got {text!r}")
+        pins[get_model(name.strip(), "--revision").name] = rev.strip()
+    return pins.get(model)

@@ -69,6 +69,7 @@ class RenderOptions:
     resume: bool = False  # continue from NAME.resume/ when there is one
     checkpoint_every: float = 300.0  # seconds between resume checkpoints; 0 = only when stopped by a signal
     max_hours: float = DEFAULT_MAX_HOURS  # refuse longer videos before anything loads
+    model: str | None = None  # models.MODELS name; None: the file's pipelineId when it is one of ours, else memflow
 
 
 @dataclass
@@ -110,6 +111,7 @@ class RenderJob:
     seed: int
     stream: "object"  # generator.StreamSettings
     warnings: list = field(default_factory=list)
+    model: str = "memflow"  # models.MODELS name
 
     @property
     def name(self) -> str:
@@ -182,9 +184,11 @@ def default_output(timeline: Timeline, folder: Path | None = None) -> Path:
 
 def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> RenderJob:
     """Check and plan one timeline with no weights loaded; raises InputError on anything wrong."""
-    from memflow_cli.generator import StreamSettings
+    from memflow_cli.models import check_bank_options, choose_model, model_for_pipeline
 
     options = options or RenderOptions()
+    spec = choose_model(options.model, timeline.settings.pipeline_id)
+    check_bank_options(spec, sma=options.sma)
     schedule = plan(timeline, blend_method=options.blend, max_hours=options.max_hours)
     width, height = resolve_size(timeline, options)
     seed = options.seed if options.seed is not None else (
@@ -196,10 +200,14 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
     steps = check_steps(options.steps, "--steps") if options.steps is not None else timeline.settings.denoising_steps
     try:
-        stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
+        stream = spec.stream_settings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
     except ValueError as exc:
         raise InputError(f"{timeline.source}: {exc}") from None
-    return RenderJob(timeline, schedule, output, width, height, seed, stream, list(timeline.warnings))
+    warnings = list(timeline.warnings)
+    made_with = model_for_pipeline(timeline.settings.pipeline_id)
+    if made_with is not None and made_with is not spec:
+        warnings.append(f"made with Scope's {made_with.name!r} pipeline; rendering it with {spec.title} as --model asks")
+    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, spec.name)
 
 
 def job_inputs(timeline: Timeline) -> list[Path]:
@@ -233,25 +241,42 @@ class Renderer:
         self.device = resolve_device(self.options.device)
         self.dtype = resolve_dtype(self.options.dtype, self.device)
         self.timings = {"load": 0.0, "encode": 0.0}  # one-off costs, charged to the first item rendered
-        self._weights = None
+        self._weights: dict = {}  # model name → hub.WeightPaths (the Wan files are the same for every model)
+        self._active: str | None = None  # the model the shared parts (text encoder, config, VAE) are read through
         self._config = None
         self._embeddings: dict = {}
         self._model = None
+        self._model_name: str | None = None  # which model's DiT `_model` is: one resident at a time
         self._vae = None
         self._warned: set[str] = set()
 
     # -- parts, each loaded once -----------------------------------------------------------------
 
+    def weights_for(self, model: str):
+        """A model's weight files (resolved, maybe downloaded, once per model)."""
+        if model not in self._weights:
+            from memflow_cli.hub import resolve_weights
+            from memflow_cli.models import revision_for
+
+            self.reporter.stage("resolving weights" + ("" if model == "memflow" else f" ({model})"))
+            o = self.options
+            self._weights[model] = resolve_weights(o.weights_dir, offline=o.offline, revision=revision_for(o.revision, model),
+                                                   verify_hashes=o.verify_hashes, show=self.reporter.show_plan,
+                                                   model=model)
+        return self._weights[model]
+
     @property
     def weights(self):
-        if self._weights is None:
-            from memflow_cli.hub import resolve_weights
+        """The weights of the model in use; the shared Wan files (config, text encoder, VAE) are read from it."""
+        if self._active is None:
+            from memflow_cli.models import choose_model
 
-            self.reporter.stage("resolving weights")
-            o = self.options
-            self._weights = resolve_weights(o.weights_dir, offline=o.offline, revision=o.revision,
-                                            verify_hashes=o.verify_hashes, show=self.reporter.show_plan)
-        return self._weights
+            self._active = choose_model(self.options.model, None).name
+        return self.weights_for(self._active)
+
+    def use(self, model: str) -> None:
+        """Make `model` the one the next shared-part loads and renders go through (loads nothing yet)."""
+        self._active = model
 
     @property
     def config(self):
@@ -287,19 +312,32 @@ class Renderer:
         self.timings["encode"] += time.perf_counter() - t
 
     def load(self) -> None:
-        """Load the DiT (with its LoRA merged) and the decoder, once."""
-        if self._model is not None:
+        """Load the active model's DiT (with its LoRA merged) and the decoder, each once.
+
+        One DiT is resident at a time: a batch renders its items grouped by model, so each loads once.
+        """
+        weights = self.weights
+        if self._model is not None and self._model_name == self._active:
             return
         from memflow_cli.checkpoints import load_dit
         from memflow_cli.model.dit import DiTConfig
         from memflow_cli.model.vae import load_wan_vae
+        from memflow_cli.models import get_model
 
+        spec = get_model(self._active)
         t = time.perf_counter()
-        self.reporter.stage("loading the generator and the VAE")
+        self.reporter.stage(f"loading {spec.title}" + (" and the VAE" if self._vae is None else ""))
         if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
             self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        self._model = load_dit(self.config, self.weights.base, self.weights.lora, device=self.device, dtype=self.dtype)
-        self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
+        if self._model is not None:  # another model was resident: free it before loading this one
+            self._model = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self._model = load_dit(self.config, weights.base, weights.lora, device=self.device, dtype=self.dtype,
+                               lora_alpha=spec.lora_alpha)
+        self._model_name = spec.name
+        if self._vae is None:
+            self._vae = load_wan_vae(weights.vae, device=self.device, dtype=self.dtype)
         self.timings["load"] += time.perf_counter() - t
 
     def _warn_once(self, text: str) -> None:
@@ -323,11 +361,17 @@ class Renderer:
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": attention_backend(self.device, self.dtype),
             "blend": self.options.blend,
+            "model": job.model,
             **job.stream.to_dict(),
         }
 
     def identity(self, job: RenderJob) -> dict:
-        return identity(job.timeline, job.schedule, self.settings(job), self.weights)
+        from memflow_cli.models import get_model, manifest_entry
+
+        weights = self.weights_for(job.model)
+        data = identity(job.timeline, job.schedule, self.settings(job), weights)
+        data["model"] = manifest_entry(get_model(job.model), weights)  # its name is in the settings' fingerprint
+        return data
 
     def already_rendered(self, job: RenderJob) -> bool:
         """The output exists with a matching manifest (same input, settings and weights), complete."""
@@ -341,6 +385,7 @@ class Renderer:
         started = time.perf_counter()
         if isinstance(job, Timeline):
             job = self.plan(job)
+        self.use(job.model)
         for w in job.warnings:
             self.reporter.warn(w)
         if self.device.type == "cuda":
@@ -580,7 +625,11 @@ class Renderer:
                                                            exit_code=exc.exit_code)
                 return results  # type: ignore[return-value]
             todo.append((i, job))
+        # Grouped by model (in order of first appearance), so that each model's DiT loads once.
+        first_seen = {m: n for n, m in reversed(list(enumerate(job.model for _, job in todo)))}
+        todo.sort(key=lambda item: first_seen[item[1].model])
         if todo:
+            self.use(todo[0][1].model)
             try:
                 self.encode_prompts([t for _, job in todo for t in job.timeline.texts])
             except MemflowError as exc:

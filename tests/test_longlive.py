@@ -50,7 +50,7 @@ def test_a_scope_longlive_export_renders_with_longlive_and_no_warning(tiny, tmp_
     code, text = cli("render", EXPORT, "--weights-dir", tiny, "-o", tmp_path / "ll.mp4", "--json", "-q")
     assert code == 0, text
     summary = json.loads(text[text.index("{"):])
-    assert summary["complete"] and summary["frames"] == 32
+    assert summary["complete"] and summary["frames"] == 32 and summary["model"] == "longlive"
     assert not any("pipeline" in w for w in summary["warnings"]), summary["warnings"]
     manifest = json.loads((tmp_path / "ll.manifest.json").read_text())
     assert manifest["settings"]["model"] == "longlive"
@@ -111,3 +111,8 @@ def test_a_batch_mixing_models_loads_each_model_once(tiny, tmp_path, monkeypatch
     models = [json.loads(Path(r.summary.manifest).read_text())["model"]["name"] for r in results]
     assert models == ["longlive", "memflow", "longlive"]
     assert frames_digest(tmp_path / "o" / "first.mp4") == frames_digest(tmp_path / "o" / "second.mp4")
+
+
+def test_download_names_a_model_of_ours_before_any_network(tmp_path):
+    code, text = cli("download", "--model", "wan2.2", "--quiet")
+    assert code == 2 and "unknown model 'wan2.2'" in text

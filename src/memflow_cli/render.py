@@ -94,6 +94,7 @@ class RenderSummary:
     manifest: str = ""
     warnings: list = field(default_factory=list)
     skipped: bool = False  # an existing complete output already was this render
+    model: str = "memflow"  # models.MODELS name of the model that rendered it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -553,7 +554,7 @@ class Renderer:
         return RenderSummary(str(job.output), False, 0, job.schedule.total_frames, 0.0, job.schedule.num_chunks,
                              job.width, job.height, job.seed, s["device"], s["dtype"], s["attention"],
                              {"load": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0, "write": 0.0},
-                             warnings=list(job.warnings))
+                             warnings=list(job.warnings), model=job.model)
 
     def _skip(self, job: RenderJob, ident: dict, summary: RenderSummary, started: float) -> bool:
         """The overwrite rule (one rule for single renders and batches; -y/--overwrite/--force lifts it):

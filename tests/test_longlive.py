@@ -116,3 +116,38 @@ def test_a_batch_mixing_models_loads_each_model_once(tiny, tmp_path, monkeypatch
 def test_download_names_a_model_of_ours_before_any_network(tmp_path):
     code, text = cli("download", "--model", "wan2.2", "--quiet")
     assert code == 2 and "unknown model 'wan2.2'" in text
+
+
+def test_resume_state_round_trip_without_a_bank():
+    """--resume works for LongLive too: its streaming state (no bank, empty staging) survives snapshot → restore."""
+    import torch
+
+    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.model.dit import CausalDiT, DiTConfig
+    from memflow_cli.models import MODELS
+    from memflow_cli.resume import restore, snapshot
+
+    torch.manual_seed(0)
+    model = CausalDiT(DiTConfig.preset("tiny")).eval()
+    prompt_a, prompt_b = torch.randn(8, model.config.text_dim), torch.randn(8, model.config.text_dim)
+    settings = MODELS["longlive"].stream_settings()
+
+    def make():
+        return StreamingGenerator(model, settings, num_latent_frames=21, latent_height=4, latent_width=4, seed=5)
+
+    straight = make()
+    straight.set_conditioning(prompt_a)
+    expected = []
+    for i in range(7):
+        if i == 5:
+            straight.set_conditioning(prompt_b)
+        expected.append(straight.next_chunk())
+    first = make()
+    first.set_conditioning(prompt_a)
+    for _ in range(5):
+        first.next_chunk()
+    second = make()
+    restore(second, snapshot(first), "cpu")
+    second.set_conditioning(prompt_b)
+    for a in expected[5:]:
+        assert torch.equal(a, second.next_chunk())

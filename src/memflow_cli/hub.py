@@ -1,8 +1,9 @@
 """Which weight files inference needs, downloading them from Hugging Face, and the lock file.
 
 Exactly the files of the inference spec §10.1 (no 5 GB `diffusion_pytorch_model.safetensors`, no 14B
-teacher): per model (models.py) its base weights and LoRA, plus the Wan files every model shares. Downloads go into the standard Hugging Face cache (honouring `HF_HOME`, `HF_HUB_CACHE`,
-`HF_TOKEN`, `HF_HUB_OFFLINE`), so other tools share them; huggingface_hub resumes interrupted downloads.
+teacher): per model (models.py) its base weights and LoRA, plus the Wan files every model shares.
+Downloads go into the standard Hugging Face cache (honouring `HF_HOME`, `HF_HUB_CACHE`, `HF_TOKEN`,
+`HF_HUB_OFFLINE`), so other tools share them; huggingface_hub resumes interrupted downloads.
 
 After a download, a lock file records what we got: each repository's commit and each file's size and
 sha256. Loading checks every file against it (size always, sha256 on request), so a truncated or
@@ -64,7 +65,8 @@ def files_for(model: str = DEFAULT_MODEL, repo: str | None = None) -> tuple[Weig
     """A model's own files (from `repo`, default its main repository) followed by the shared Wan files."""
     spec = get_model(model)
     repo = repo or spec.repo
-    own = (WeightFile("base", repo, spec.base_file, model=spec.name), WeightFile("lora", repo, spec.lora_file, model=spec.name))
+    own = (WeightFile("base", repo, spec.base_file, model=spec.name),
+           WeightFile("lora", repo, spec.lora_file, model=spec.name))
     return own + WAN_FILES
 
 
@@ -296,8 +298,10 @@ def verify(file: WeightFile, path: Path, entry: dict | None, *, hashes: bool = F
 
 def plan_download(downloader: Downloader, revision: str | None = None, wan_revision: str | None = None,
                   files: Iterable[WeightFile] = FILES) -> list[RemoteFile]:
-    # `revision` is for the model's repository, `wan_revision` for the shared Wan files.
-    """Ask the hub for each file's size and whether it is cached (no bytes are fetched)."""
+    """Ask the hub for each file's size and whether it is cached (no bytes are fetched).
+
+    `revision` is for the model's repository, `wan_revision` for the shared Wan files.
+    """
     return [downloader.inspect(f, _revision(f, revision, wan_revision)) for f in files]
 
 
@@ -334,7 +338,8 @@ def download(
     """
     spec = get_model(model)
     if repo is not None and repo not in spec.repos:
-        raise DownloadError(f"--mirror: {repo!r} is not a repository of {spec.title}; expected one of {', '.join(spec.repos)}")
+        raise DownloadError(
+            f"--mirror: {repo!r} is not a repository of {spec.title}; expected one of {', '.join(spec.repos)}")
     cache_dir = cache_dir or hub_cache()
     downloader = downloader or HFDownloader(cache_dir)
     plan = plan_download(downloader, revision, wan_revision, files_for(spec.name, repo))

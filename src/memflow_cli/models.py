@@ -31,7 +31,6 @@ class ModelSpec:
     # StreamSettings fields that differ from the defaults (MemFlow's released configuration).
     stream: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     lora_alpha: float | None = None  # built-in adapter's alpha; None = its rank (scale 1)
-    summary: str = ""
 
     @property
     def has_bank(self) -> bool:
@@ -59,8 +58,6 @@ MODELS: dict[str, ModelSpec] = {
             base_file="base.pt",
             lora_file="lora.pt",
             mirrors=("daydreamlive/MemFlow",),
-            summary="LongLive plus a memory bank (Narrative Adaptive Memory): keeps subjects and scenes consistent "
-                    "across prompt switches",
         ),
         ModelSpec(
             name="longlive",
@@ -70,7 +67,6 @@ MODELS: dict[str, ModelSpec] = {
             lora_file="models/lora.pt",
             mirrors=("daydreamlive/LongLive-1.3B",),
             stream=MappingProxyType({"bank_size": 0, "record_interval": None}),
-            summary="no memory bank (frame sink + short local window): the fastest, smooth prompt switches via KV re-cache",
         ),
     )
 }

@@ -261,9 +261,9 @@ class Renderer:
 
             self.reporter.stage("resolving weights" + ("" if model == "memflow" else f" ({model})"))
             o = self.options
-            self._weights[model] = resolve_weights(o.weights_dir, offline=o.offline, revision=revision_for(o.revision, model),
-                                                   verify_hashes=o.verify_hashes, show=self.reporter.show_plan,
-                                                   model=model)
+            self._weights[model] = resolve_weights(
+                o.weights_dir, offline=o.offline, revision=revision_for(o.revision, model),
+                verify_hashes=o.verify_hashes, show=self.reporter.show_plan, model=model)
         return self._weights[model]
 
     @property

@@ -35,7 +35,10 @@ def _settings(config: dict) -> StreamSettings:
 
 
 def build_case_model(case: dict, index: dict, golden: Path):
-    files = index["models"]["dit"]["files"]
+    # A case may name its own checkpoint (L1: LongLive's layout); else the index's tiny DiT.
+    files = dict(index["models"]["dit"]["files"])
+    own = case.get("checkpoints", {})
+    files.update({k: own[v] for k, v in (("checkpoint", "generator_ckpt"), ("config", "dit_config")) if v in own})
     config = DiTConfig.from_file(golden / files["config"])
     lora = case["config"].get("lora")
     return load_dit(

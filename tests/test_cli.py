@@ -316,3 +316,19 @@ def test_no_network_fails_fast_naming_every_file(tmp_path, monkeypatch):
         assert "base.pt" in text and "Wan2.1_VAE.pth" in text and "google/umt5-xxl/tokenizer.json" in text
         assert ("--weights-dir" in text) == (args[0] == "render")  # download has no --weights-dir
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_tiny_weights_write_the_longlive_layout_too(tiny):
+    from memflow_cli import hub
+
+    paths = hub.weights_from_dir(tiny, verify_hashes=True, model="longlive")
+    assert paths.base == tiny / "models" / "longlive_base.pt" and paths.lora == tiny / "models" / "lora.pt"
+    memflow = torch.load(tiny / "base.pt", weights_only=True)["generator"]
+    longlive = torch.load(paths.base, weights_only=True)["generator"]
+    assert memflow.keys() == longlive.keys() and all(k.startswith("model.") for k in longlive)
+    assert not torch.equal(memflow["model.head.head.weight"], longlive["model.head.head.weight"])
+    lora = torch.load(paths.lora, weights_only=True)["generator_lora"]
+    assert all(k.startswith("base_model.model.blocks.") for k in lora)
+    code, text = cli("info", "--weights-dir", tiny, "--json")
+    rows = {(f["model"], f["file"]): f["present"] for f in json.loads(text)["files"]}
+    assert rows[("longlive", "models/longlive_base.pt")] and rows[("memflow", "base.pt")] and rows[("shared", "config.json")]

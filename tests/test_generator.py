@@ -128,3 +128,34 @@ def test_memory_does_not_grow_with_the_video_length(model):
     short_out, short_held, short_latents = first_two(6)
     assert long_held == short_held and long_latents == short_latents
     assert torch.equal(long_out, short_out)
+
+
+LONGLIVE = StreamSettings(bank_size=0, record_interval=None)
+
+
+def test_without_a_bank_keys_are_sink_plus_window_and_a_late_switch_keeps_the_sink(model):
+    plain, gen = render(model, chunks=7, settings=LONGLIVE, keep_records=True)
+    assert [r.key_frames[0] for r in gen.records] == [3, 6, 9, 12, 12, 12, 12]
+    assert all(r.bank_frames == [[], []] for r in gen.records)
+    assert gen.memory.bank.staged_k.numel() == 0  # no bank: no staging buffer either
+    sink_before = gen.memory.cache.sink_k.clone()
+    # Same run with a switch at chunk 6 (frame 18): the re-cache covers frames 6..17 and keeps the sink.
+    switched, gen2 = render(model, chunks=7, settings=LONGLIVE, switch_at=6, keep_records=True)
+    assert torch.equal(plain[:, :18], switched[:, :18])
+    assert not torch.allclose(plain[:, 18:], switched[:, 18:])
+    assert gen2.records[6].recached and gen2.records[6].key_frames[0] == 12
+    assert torch.equal(gen2.memory.cache.sink_k, sink_before)
+
+
+def test_without_a_bank_an_early_switch_rewrites_the_sink(model):
+    _, plain = render(model, chunks=3, settings=LONGLIVE)
+    _, early = render(model, chunks=3, settings=LONGLIVE, switch_at=2)  # re-cache of frames 0..5
+    assert not torch.allclose(plain.memory.cache.sink_k, early.memory.cache.sink_k)
+
+
+def test_bank_settings_must_agree():
+    assert not LONGLIVE.has_bank and StreamSettings().has_bank
+    with pytest.raises(ValueError, match="record_interval"):
+        StreamSettings(bank_size=3, record_interval=None)
+    with pytest.raises(ValueError, match="bank_size"):
+        StreamSettings(bank_size=-1)

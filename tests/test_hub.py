@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from memflow_cli import hub
-from memflow_cli.errors import CheckpointError
+from memflow_cli.errors import CheckpointError, InputError
 from memflow_cli.hub import FILES, DownloadError, RemoteFile, WeightFile
+from memflow_cli.models import MODELS
+
+LONGLIVE = MODELS["longlive"]
 
 
 class FakeHub:
@@ -17,7 +20,8 @@ class FakeHub:
 
     def __init__(self, cache: Path, commits=None, sizes=None):
         self.cache = cache
-        self.commits = commits or {hub.MEMFLOW_REPO: "a" * 40, hub.WAN_REPO: "b" * 40}
+        self.commits = commits or {hub.MEMFLOW_REPO: "a" * 40, hub.WAN_REPO: "b" * 40, LONGLIVE.repo: "d" * 40,
+                                   LONGLIVE.mirrors[0]: "e" * 40}
         self.sizes = sizes or {}
         self.fetched: list[str] = []
         self.events: list[str] = []
@@ -46,6 +50,8 @@ class FakeHub:
         return path
 
     def cached(self, f, revision):
+        if f.repo not in self.commits:
+            return None
         path = self._path(f, revision or self.commits[f.repo])
         return path if path.exists() else None
 
@@ -264,3 +270,76 @@ def test_connection_error_after_resolving_names_every_file_once(env, monkeypatch
 def test_no_dns_check_behind_a_proxy(env, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.local:3128")
     hub.HFDownloader(env / "cache", resolve=_no_dns).check_network()  # the proxy resolves names, not us
+
+
+# ------------------------------------------------------------------------------ per model (LongLive)
+
+
+def test_each_model_has_its_own_files_and_shares_wan():
+    longlive = hub.files_for("longlive")
+    assert [(f.repo, f.filename) for f in longlive[:2]] == [
+        ("Efficient-Large-Model/LongLive-1.3B", "models/longlive_base.pt"),
+        ("Efficient-Large-Model/LongLive-1.3B", "models/lora.pt"),
+    ]
+    assert longlive[2:] == FILES[2:] == hub.WAN_FILES
+    assert hub.all_files() == FILES[:2] + longlive[:2] + hub.WAN_FILES
+    with pytest.raises(InputError, match="unknown model 'krea'.*memflow, longlive"):
+        hub.files_for("krea")
+
+
+def test_download_fetches_only_the_chosen_model_and_wan_once(env):
+    fake = FakeHub(env / "cache")
+    paths, lock = hub.download(fake, model="longlive", cache_dir=env / "cache")
+    assert sorted(fake.fetched) == sorted(f.filename for f in hub.files_for("longlive"))
+    assert paths.base.name == "longlive_base.pt" and paths.model == "longlive"
+    assert lock["files"]["models/lora.pt"]["commit"] == "d" * 40
+    fake.fetched.clear()
+    _, lock = hub.download(fake, model="memflow", revision="c" * 40, cache_dir=env / "cache")
+    assert sorted(fake.fetched) == ["base.pt", "lora.pt"]  # the Wan files are cached already
+    assert lock["files"]["base.pt"]["commit"] == "c" * 40 and "models/longlive_base.pt" in lock["files"]
+    assert lock["revisions"] == {hub.MEMFLOW_REPO: "c" * 40, LONGLIVE.repo: "main", hub.WAN_REPO: "main"}
+
+
+def test_revision_goes_to_the_chosen_models_repository(env):
+    fake = FakeHub(env / "cache")
+    _, lock = hub.download(fake, model="longlive", revision="f" * 40, cache_dir=env / "cache")
+    assert lock["files"]["models/longlive_base.pt"]["commit"] == "f" * 40
+    assert lock["files"]["config.json"]["commit"] == "b" * 40
+
+
+def test_offline_longlive_names_its_own_download_command(env):
+    fake = FakeHub(env / "cache")
+    hub.download(fake, model="memflow", cache_dir=env / "cache")
+    with pytest.raises(CheckpointError, match=r"LongLive-1\.3B/models/longlive_base\.pt.*memflow download --model longlive"):
+        hub.resolve_weights(downloader=fake, offline=True, model="longlive")
+    assert hub.resolve_weights(downloader=fake, offline=True).base.name == "base.pt"
+
+
+def test_a_mirror_download_serves_offline_renders(env):
+    fake = FakeHub(env / "cache")
+    with pytest.raises(DownloadError, match="not a repository of LongLive"):
+        hub.download(fake, model="longlive", repo="someone/else", cache_dir=env / "cache")
+    hub.download(fake, model="longlive", repo=LONGLIVE.mirrors[0], cache_dir=env / "cache")
+    paths = hub.resolve_weights(downloader=fake, offline=True, model="longlive")
+    assert LONGLIVE.mirrors[0] in str(paths.base)
+    assert paths.describe()["models/longlive_base.pt"]["repo"] == LONGLIVE.mirrors[0]
+
+
+def test_one_weights_folder_serves_both_models(tmp_path):
+    root = tmp_path / "w"
+    for f in FILES:
+        if f.required:
+            (root / f.filename).parent.mkdir(parents=True, exist_ok=True)
+            (root / f.filename).write_bytes(b"x" * 10)
+    assert hub.weights_from_dir(root).base == root / "base.pt"
+    with pytest.raises(CheckpointError, match=r"missing models/longlive_base\.pt, models/lora\.pt for LongLive"):
+        hub.weights_from_dir(root, model="longlive")
+    (root / "models").mkdir()
+    (root / "models" / "longlive_base.pt").write_bytes(b"l" * 10)
+    (root / "models" / "lora.pt").write_bytes(b"r" * 10)
+    paths = hub.weights_from_dir(root, model="longlive")
+    assert paths.base == root / "models" / "longlive_base.pt" and paths.config == root / "config.json"
+    assert set(paths.describe()) == {f.filename for f in hub.files_for("longlive") if f.required}
+    rows = {f.filename: (f.model, path) for f, path, _ in hub.presence(root)}
+    assert rows["models/lora.pt"] == ("longlive", root / "models" / "lora.pt")
+    assert rows["config.json"] == (None, root / "config.json")

@@ -151,3 +151,15 @@ def test_window_always_holds_the_most_recent_frames(sink, window):
         run_chunk(mem, chunk)
     held = sorted({int(f) for f in mem.cache.window_k[0, 0, :, 0, 0].tolist()})
     assert held == list(range(27 - window, 27))
+
+
+def test_without_bank_slots_the_key_set_is_sink_and_window_and_steady_state_is_the_buffer():
+    mem = make_memory(slots=0)
+    sizes = []
+    for chunk in range(6):
+        seen = run_chunk(mem, chunk, record_interval=1)  # staging is asked for, but there is nowhere to put it
+        sizes.append({count for _, count in seen})
+    assert sizes == [{3}, {6}, {9}, {12}, {12}, {12}]
+    frames, _ = seen[0]
+    assert frames == [0, 1, 2] + list(range(9, 18))
+    assert mem.k.shape[2] == 12 * 2 and mem.bank.frame_ids == [[]]

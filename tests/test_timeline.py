@@ -196,3 +196,10 @@ def test_video_to_video_settings_are_read_from_both_scope_formats(tmp_path):
     s = read_timeline(path).settings
     assert (s.input_mode, s.noise_scale, s.noise_controller) == ("video", 0.6, False)
     assert read_timeline(FIXTURES / "workflow.json").settings.input_mode == "text"
+
+
+def test_a_longlive_export_is_ours_no_warning_and_keeps_its_steps():
+    t = read_timeline(FIXTURES / "scope_longlive.json")
+    assert t.settings.pipeline_id == "longlive" and t.settings.denoising_steps == (1000, 750, 500, 250)
+    assert not any("pipeline" in w for w in t.warnings)
+    assert [w for w in t.warnings if not w.startswith("ignored")] == []

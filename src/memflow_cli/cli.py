@@ -132,7 +132,7 @@ def render(
     dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="A weights folder instead of the HF cache."),
     offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision to use."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Revision of the model's repository: REV, or MODEL=REV[,MODEL=REV] for a batch of both."),
     segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help="Prompt-list JSONL: seconds per prompt (default 10)."),
     switch_frames: Optional[str] = typer.Option(None, "--switch-frames", help="Prompt-list JSONL: switch points in latent frames, e.g. 40,80,120,160,200."),
     latent_frames: Optional[int] = typer.Option(None, "--latent-frames", help="With --switch-frames: total latent frames (default 240)."),
@@ -154,6 +154,7 @@ def render(
     strength: Optional[float] = typer.Option(None, "--strength", help="Video-to-video: noise strength in (0, 1]; 1 = text-to-video (default: the file's, else 0.7)."),
     fit: Optional[str] = typer.Option(None, "--fit", help="Video-to-video: crop (default), pad or stretch the input to the output size."),
     noise_controller: Optional[bool] = typer.Option(None, "--noise-controller/--no-noise-controller", help="Video-to-video: motion-adaptive strength (default: the file's noiseController)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="memflow or longlive (default: the file's pipelineId when it is one of ours, else memflow)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -179,6 +180,10 @@ def render(
     if seed is not None:
         check_seed(seed, "--seed")
     parsed_steps = parse_steps(steps)
+    if model is not None:
+        from memflow_cli.models import get_model
+
+        model = get_model(model).name  # an unknown name fails here, before any file is read
     given = {"--seconds": seconds, "--segment-seconds": segment_seconds, "--switch-frames": switch_frames,
              "--latent-frames": latent_frames, "--line": line}
     if prompt is not None:
@@ -211,7 +216,7 @@ def render(
                             control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
                             quantization=parse_quantization_option(quantization), low_vram=low_vram,
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
-                            command=command_line())
+                            command=command_line(), model=model)
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -313,22 +318,27 @@ def batch_items(paths, *, line=None, **read_options) -> list:
 @app.command(cls=_Command)
 @_errors
 def download(
-    revision: Optional[str] = typer.Option(None, "--revision", help="KlingTeam/MemFlow revision (branch, tag or commit)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Revision (branch, tag or commit) of the model's repository."),
     wan_revision: Optional[str] = typer.Option(None, "--wan-revision", help="Wan-AI/Wan2.1-T2V-1.3B revision."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against the lock file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No plan table, progress bars or closing line; errors only."),
     vace: bool = typer.Option(False, "--vace", help="Also fetch the VACE module (for --control/--mask/--reference offline)."),
+    model: str = typer.Option("memflow", "--model", "-m", help="Which model's weights: memflow or longlive."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="Fetch the model's files from this mirror repository "
+                                         "(e.g. daydreamlive/LongLive-1.3B)."),
 ):
-    """Download exactly the weight files inference needs into the Hugging Face cache (resumable)."""
+    """Download exactly the weight files a model needs into the Hugging Face cache (resumable)."""
     from memflow_cli import hub
+    from memflow_cli.models import get_model
 
+    spec = get_model(model)
     if hub.offline_from_env():
         raise hub.DownloadError("HF_HUB_OFFLINE is set: downloading is disabled; unset it to download")
     from memflow_cli.progress import plan_table
 
     show = None if quiet else (lambda plan: err.print(plan_table(plan)))
     paths, lock = hub.download(hub.HFDownloader(hub.hub_cache(), progress=not quiet), revision=revision,
-                               wan_revision=wan_revision, verify_hashes=verify, show=show)
+                               wan_revision=wan_revision, verify_hashes=verify, show=show, model=spec.name, repo=mirror)
     if vace:
         hub.resolve_optional(hub.VACE_FILE, "--vace", downloader=hub.HFDownloader(hub.hub_cache(), progress=not quiet),
                              verify_hashes=verify)
@@ -388,8 +398,8 @@ def info(
         "weights": str(weights_dir) if weights_dir else str(hub.hub_cache()),
         "prompt_cache": str(default_cache_dir()),
         "files": [
-            {"repo": f.repo, "file": f.filename, "present": path is not None, "size": size,
-             "path": str(path) if path else None, "required": f.required}
+            {"model": f.model or "shared", "repo": f.repo, "file": f.filename, "present": path is not None,
+             "size": size, "path": str(path) if path else None, "required": f.required}
             for f, path, size in hub.presence(weights_dir)
         ],
     }
@@ -409,11 +419,11 @@ def info(
         t.add_row("gpu memory", f"{data['gpu_memory_bytes'] / 2**30:.1f} GiB")
     out.print(t)
     files = Table(title="weight files")
-    for col in ("file", "size", "status"):
+    for col in ("model", "file", "size", "status"):
         files.add_column(col)
     for f in data["files"]:
         status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
-        files.add_row(f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
+        files.add_row(f["model"], f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
     out.print(files)
     if plan is not None:
         from memflow_cli.memory_plan import plan_table as memory_table

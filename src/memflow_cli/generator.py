@@ -7,6 +7,8 @@ Per chunk (MemFlow's interactive pipeline):
      only the first step refreshes the memory bank;
   3. context pass: the clean x0 once more at t = context_noise, committing its keys/values to the cache
      and, on record chunks, staging its first frame for the memory bank.
+LongLive streams the same way with no memory bank (`bank_size=0`, `record_interval=None`): its keys are
+the sink frames and the local window only.
 
 Random numbers follow the reference's order: one generator seeded once draws the whole initial noise
 `[1, T, C, h, w]` first, then the re-noising draws `[3, C, h, w]` per chunk. We never hold that whole draw
@@ -48,8 +50,8 @@ class StreamSettings:
     frames_per_chunk: int = 3
     local_attn_size: int = 12  # frames of self-attention context: sink + local window
     sink_size: int = 3
-    bank_size: int = 3  # memory-bank slots, one frame each
-    record_interval: int = 3  # a record chunk (staging a bank frame) every this many chunks
+    bank_size: int = 3  # memory-bank slots, one frame each; 0: no bank (LongLive)
+    record_interval: int | None = 3  # a record chunk (staging a bank frame) every this many chunks; None: never
     sma: bool = False  # sparse memory activation
     sma_top_k: int = 3
     # "interactive": only record chunks stage a bank frame (the multi-prompt pipeline, default);
@@ -69,6 +71,15 @@ class StreamSettings:
             raise ValueError("the local window (local_attn_size - sink_size) must hold at least one chunk")
         if not self.denoising_steps:
             raise ValueError("denoising_steps must not be empty")
+        if self.bank_size < 0:
+            raise ValueError(f"bank_size must be at least 0, got {self.bank_size}")
+        if self.bank_size > 0 and (self.record_interval is None or self.record_interval < 1):
+            raise ValueError(f"a memory bank (bank_size {self.bank_size}) needs a record_interval of at least 1")
+
+    @property
+    def has_bank(self) -> bool:
+        """Whether past frames are kept beyond sink and window (MemFlow) or not (LongLive)."""
+        return self.bank_size > 0 and self.record_interval is not None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -300,11 +311,15 @@ class StreamingGenerator:
     # -- internals ----------------------------------------------------------------------------------------
 
     def _stages(self, first: int) -> bool:
+        if not self.settings.has_bank:
+            return False  # nothing to stage into: without a bank, keys are sink + local window only
         if self.settings.bank_staging == "every_chunk":
             return True
         return self._is_record_chunk(first)
 
     def _is_record_chunk(self, first: int) -> bool:
+        if not self.settings.has_bank:
+            return False
         return first % (self.settings.frames_per_chunk * self.settings.record_interval) == 0
 
     def _vace_guide(self, context: torch.Tensor | None) -> VaceGuide | None:
@@ -323,7 +338,7 @@ class StreamingGenerator:
 
     def _pass(self, x, t, first, *, commit, stage, refresh_bank, record, vace=None):
         memory = self.memory
-        if refresh_bank:
+        if refresh_bank and self.settings.has_bank:
             memory.refresh_bank()
         memory.begin_pass(first, x.shape[1], commit=commit, stage=stage)
         timesteps = torch.full(x.shape[:2], float(t), device=self.device, dtype=torch.float32)

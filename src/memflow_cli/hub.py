@@ -1,16 +1,17 @@
 """Which weight files inference needs, downloading them from Hugging Face, and the lock file.
 
 Exactly the files of the inference spec §10.1 (no 5 GB `diffusion_pytorch_model.safetensors`, no 14B
-teacher). Downloads go into the standard Hugging Face cache (honouring `HF_HOME`, `HF_HUB_CACHE`,
-`HF_TOKEN`, `HF_HUB_OFFLINE`), so other tools share them; huggingface_hub resumes interrupted downloads.
+teacher): per model (models.py) its base weights and LoRA, plus the Wan files every model shares.
+Downloads go into the standard Hugging Face cache (honouring `HF_HOME`, `HF_HUB_CACHE`, `HF_TOKEN`,
+`HF_HUB_OFFLINE`), so other tools share them; huggingface_hub resumes interrupted downloads.
 
 After a download, a lock file records what we got: each repository's commit and each file's size and
 sha256. Loading checks every file against it (size always, sha256 on request), so a truncated or
 swapped file is caught before a 30-minute render, with a message that says what to do.
 
 A weights folder given with `--weights-dir` holds the same files under the same relative paths
-(`base.pt`, `Wan2.1_VAE.pth`, `google/umt5-xxl/tokenizer.json`, ...); a `memflow.lock.json` inside it
-is verified the same way when present.
+(`base.pt`, `Wan2.1_VAE.pth`, `google/umt5-xxl/tokenizer.json`, ...; LongLive's `models/longlive_base.pt`), so
+one folder can serve every model; a `memflow.lock.json` inside it is verified the same way when present.
 
 The network side is behind a small `Downloader` interface so that tests can use a fake one.
 """
@@ -29,9 +30,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from memflow_cli.errors import CheckpointError, MemflowError
+from memflow_cli.models import DEFAULT_MODEL, MODELS, WAN_REPO, get_model
 
-MEMFLOW_REPO = "KlingTeam/MemFlow"
-WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
+MEMFLOW_REPO = MODELS["memflow"].repo
 LOCK_NAME = "memflow.lock.json"
 LOCK_FORMAT = 1
 SPACE_MARGIN = 512 * 2**20  # keep this much free beyond the files themselves
@@ -52,11 +53,10 @@ class WeightFile:
     repo: str
     filename: str  # path inside the repository == path inside a weights folder
     required: bool = True  # required in a --weights-dir (extra tokenizer files are not)
+    model: str | None = None  # the model these weights belong to; None: shared by every model
 
 
-FILES: tuple[WeightFile, ...] = (
-    WeightFile("base", MEMFLOW_REPO, "base.pt"),
-    WeightFile("lora", MEMFLOW_REPO, "lora.pt"),
+WAN_FILES: tuple[WeightFile, ...] = (
     WeightFile("config", WAN_REPO, "config.json"),
     WeightFile("vae", WAN_REPO, "Wan2.1_VAE.pth"),
     WeightFile("t5", WAN_REPO, "models_t5_umt5-xxl-enc-bf16.pth"),
@@ -65,6 +65,23 @@ FILES: tuple[WeightFile, ...] = (
     WeightFile("special_tokens_map", WAN_REPO, "google/umt5-xxl/special_tokens_map.json", required=False),
     WeightFile("spiece", WAN_REPO, "google/umt5-xxl/spiece.model", required=False),
 )
+
+
+def files_for(model: str = DEFAULT_MODEL, repo: str | None = None) -> tuple[WeightFile, ...]:
+    """A model's own files (from `repo`, default its main repository) followed by the shared Wan files."""
+    spec = get_model(model)
+    repo = repo or spec.repo
+    own = (WeightFile("base", repo, spec.base_file, model=spec.name),
+           WeightFile("lora", repo, spec.lora_file, model=spec.name))
+    return own + WAN_FILES
+
+
+def all_files() -> tuple[WeightFile, ...]:
+    """Every model's files, then the shared ones once (for `memflow info`)."""
+    return tuple(f for name in MODELS for f in files_for(name)[:2]) + WAN_FILES
+
+
+FILES: tuple[WeightFile, ...] = files_for(DEFAULT_MODEL)
 
 
 @dataclass(frozen=True)
@@ -79,10 +96,11 @@ class WeightPaths:
     tokenizer: Path  # tokenizer.json
     source: str  # "hf-cache" or the weights folder
     identities: dict  # filename → {repo, commit, size, sha256}
+    model: str = DEFAULT_MODEL
 
     def describe(self) -> dict:
         out = {}
-        for f in FILES:
+        for f in files_for(self.model):
             if not f.required:
                 continue
             path = getattr(self, f.role)
@@ -314,7 +332,10 @@ def verify(file: WeightFile, path: Path, entry: dict | None, *, hashes: bool = F
 
 def plan_download(downloader: Downloader, revision: str | None = None, wan_revision: str | None = None,
                   files: Iterable[WeightFile] = FILES) -> list[RemoteFile]:
-    """Ask the hub for each file's size and whether it is cached (no bytes are fetched)."""
+    """Ask the hub for each file's size and whether it is cached (no bytes are fetched).
+
+    `revision` is for the model's repository, `wan_revision` for the shared Wan files.
+    """
     return [downloader.inspect(f, _revision(f, revision, wan_revision)) for f in files]
 
 
@@ -341,18 +362,25 @@ def download(
     verify_hashes: bool = False,
     show: Callable[[list[RemoteFile]], None] | None = None,
     cache_dir: Path | None = None,
+    model: str = DEFAULT_MODEL,
+    repo: str | None = None,
 ) -> tuple[WeightPaths, dict]:
-    """Fetch whatever is missing, record the lock, return the paths and the lock.
+    """Fetch whatever of `model`'s files is missing, record the lock, return the paths and the lock.
 
-    `show` is called with the plan (sizes, cached or not) before any byte is fetched.
+    `show` is called with the plan (sizes, cached or not) before any byte is fetched. `repo` picks one of
+    the model's mirrors instead of its main repository.
     """
+    spec = get_model(model)
+    if repo is not None and repo not in spec.repos:
+        raise DownloadError(
+            f"--mirror: {repo!r} is not a repository of {spec.title}; expected one of {', '.join(spec.repos)}")
     cache_dir = cache_dir or hub_cache()
     downloader = downloader or HFDownloader(cache_dir)
     try:
-        plan = plan_download(downloader, revision, wan_revision)
+        plan = plan_download(downloader, revision, wan_revision, files_for(spec.name, repo))
     except NoNetwork as exc:
         raise no_network_error(exc, downloader, cache_dir, revision, wan_revision,
-                               "connect to the internet and run the command again") from None
+                               "connect to the internet and run the command again", files_for(spec.name, repo)) from None
     if show:
         show(plan)
     check_space(plan, cache_dir)
@@ -370,9 +398,10 @@ def download(
             verify(f, path, entry, hashes=True)
         paths[f.role] = path
     lock["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    lock["revisions"] = {MEMFLOW_REPO: revision or "main", WAN_REPO: wan_revision or "main"}
+    # One lock for every model: each download updates its own repositories' entries only.
+    lock.setdefault("revisions", {}).update({plan[0].file.repo: revision or "main", WAN_REPO: wan_revision or "main"})
     write_lock(lock_file, lock)
-    return _paths(paths, "hf-cache", lock), lock
+    return _paths(paths, "hf-cache", lock, spec.name), lock
 
 
 def resolve_weights(
@@ -384,27 +413,37 @@ def resolve_weights(
     downloader: Downloader | None = None,
     show: Callable[[list[RemoteFile]], None] | None = None,
     verify_hashes: bool = False,
+    model: str = DEFAULT_MODEL,
 ) -> WeightPaths:
-    """The weight files to load: from a folder, from the cache, or downloaded now (unless offline)."""
+    """`model`'s weight files: from a folder, from the cache, or downloaded now (unless offline).
+
+    In the cache, a model's files count as present when they came from its main repository or a mirror.
+    """
+    spec = get_model(model)
     if weights_dir is not None:
-        return weights_from_dir(weights_dir, verify_hashes=verify_hashes)
+        return weights_from_dir(weights_dir, verify_hashes=verify_hashes, model=spec.name)
     offline = offline or offline_from_env()
     downloader = downloader or HFDownloader(hub_cache())
     lock_file = lock_path()
     lock = read_lock(lock_file)
-    found, missing = {}, []
-    for f in FILES:
-        rev = _revision(f, revision, wan_revision)
-        if rev is None and lock and f.filename in lock["files"]:
-            rev = lock["files"][f.filename].get("commit")  # the exact commit we verified
-        path = downloader.cached(f, rev) or (downloader.cached(f, None) if rev and not _pinned(f, revision, wan_revision) else None)
-        if path is None:
-            missing.append(f)
+    found, missing, files = {}, [], []
+    for f in files_for(spec.name):
+        for candidate in _sources(f, spec):
+            rev = _revision(candidate, revision, wan_revision)
+            entry = lock["files"].get(candidate.filename) if lock else None
+            if rev is None and entry and entry.get("repo", candidate.repo) == candidate.repo:
+                rev = entry.get("commit")  # the exact commit we verified
+            path = downloader.cached(candidate, rev) or (
+                downloader.cached(candidate, None) if rev and not _pinned(candidate, revision, wan_revision) else None)
+            if path is not None:
+                found[f.role] = path
+                files.append(candidate)
+                break
         else:
-            found[f.role] = path
+            missing.append(f)
     if missing and not offline:
         try:
-            paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show)
+            paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show, model=spec.name)
         except NoNetwork as exc:
             raise NoNetwork(
                 f"{exc}; or run `memflow download` on a machine with a network and copy the Hugging Face cache "
@@ -414,81 +453,98 @@ def resolve_weights(
     required_missing = [f for f in missing if f.required]
     if required_missing:
         names = ", ".join(f"{f.repo}/{f.filename}" for f in required_missing)
+        download_hint = "memflow download" + ("" if spec.name == DEFAULT_MODEL else f" --model {spec.name}")
         raise CheckpointError(
             f"weights missing from the Hugging Face cache {hub_cache()}: {names}. Offline mode is on "
-            "(--offline or HF_HUB_OFFLINE); run `memflow download` with a network connection first, or pass --weights-dir DIR, a folder holding these files"
+            f"(--offline or HF_HUB_OFFLINE); run `{download_hint}` with a network connection first, or pass --weights-dir DIR, a folder holding these files"
         )
-    if lock is None:
-        lock = new_lock()
-        for f in FILES:
-            if f.role in found:
-                record(lock, f, found[f.role], None)
+    lock = lock or new_lock()
+    unrecorded = [f for f in files if f.filename not in lock["files"]]
+    for f in files:
+        if f.filename in lock["files"]:
+            verify(f, found[f.role], lock["files"][f.filename], hashes=verify_hashes)
+        else:
+            record(lock, f, found[f.role], None)  # found in the cache but never recorded: record it now
+    if unrecorded:
         write_lock(lock_file, lock)
-    else:
-        for f in FILES:
-            if f.role in found:
-                verify(f, found[f.role], lock["files"].get(f.filename), hashes=verify_hashes)
-    return _paths(found, "hf-cache", lock)
+    return _paths(found, "hf-cache", lock, spec.name)
 
 
 def no_network_error(reason: NoNetwork, downloader: Downloader, cache_dir: Path, revision: str | None,
-                     wan_revision: str | None, remedy: str) -> NoNetwork:
+                     wan_revision: str | None, remedy: str, files=None) -> NoNetwork:
     """One message naming every file we would have needed, instead of one file per failed attempt."""
-    missing = [f"{f.repo}/{f.filename}" for f in FILES
+    missing = [f"{f.repo}/{f.filename}" for f in (files if files is not None else FILES)
                if f.required and downloader.cached(f, _revision(f, revision, wan_revision)) is None]
     what = (f"{len(missing)} weight file(s) are not in the cache {cache_dir}: {', '.join(missing)}" if missing
             else f"the files in the cache {cache_dir} cannot be checked against the hub")
     return NoNetwork(f"{reason}; {what}; {remedy}")
 
 
-def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False) -> WeightPaths:
+def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False, model: str = DEFAULT_MODEL) -> WeightPaths:
+    spec = get_model(model)
     root = Path(weights_dir).expanduser()
     if not root.is_dir():
         raise CheckpointError(f"{root}: weights folder not found")
-    missing = [f.filename for f in FILES if f.required and not (root / f.filename).is_file()]
+    files = files_for(spec.name)
+    missing = [f.filename for f in files if f.required and not (root / f.filename).is_file()]
     if missing:
+        layout = ", ".join(f.filename for f in files if f.required)
         raise CheckpointError(
-            f"{root}: weights folder is missing {', '.join(missing)}; expected the layout of `memflow download` "
-            "(base.pt, lora.pt, config.json, Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/tokenizer.json)"
+            f"{root}: weights folder is missing {', '.join(missing)} for {spec.title}; expected the layout of "
+            f"`memflow download` ({layout})"
         )
     lock_file = root / LOCK_NAME
     lock = read_lock(lock_file) or new_lock()
     paths = {}
-    for f in FILES:
+    for f in files:
         path = root / f.filename
         if path.is_file():
             verify(f, path, lock["files"].get(f.filename), hashes=verify_hashes,
                    remedy=f"replace it, or remove it from {lock_file}")
             paths[f.role] = path
-    return _paths(paths, str(root), lock)
+    return _paths(paths, str(root), lock, spec.name)
 
 
 def presence(weights_dir: str | Path | None = None, revision: str | None = None) -> list[tuple[WeightFile, Path | None, int | None]]:
-    """For `memflow info`: each file, where it is (or None) and its size. Never touches the network."""
+    """For `memflow info`: every model's files and the shared ones, where each is (or None) and its size.
+
+    `revision` applies to the models' repositories. In the cache, a mirror's copy counts. Never touches the network.
+    """
     rows = []
     downloader = None if weights_dir else HFDownloader(hub_cache())
-    for f in FILES:
+    for f in all_files():
+        path = None
         if weights_dir:
             p = Path(weights_dir).expanduser() / f.filename
             path = p if p.is_file() else None
         else:
-            path = downloader.cached(f, revision if f.repo == MEMFLOW_REPO else None)
+            for candidate in _sources(f, get_model(f.model) if f.model else None):
+                path = downloader.cached(candidate, _revision(candidate, revision, None))
+                if path is not None:
+                    break
         rows.append((f, path, path.stat().st_size if path else None))
     return rows
 
 
+def _sources(f: WeightFile, spec) -> list[WeightFile]:
+    """Where a file may come from: its repository, then (for a model's own files) the model's mirrors."""
+    if f.model is None or spec is None:
+        return [f]
+    return [f] + [WeightFile(f.role, repo, f.filename, f.required, f.model) for repo in spec.mirrors]
+
+
 def _revision(f: WeightFile, revision: str | None, wan_revision: str | None) -> str | None:
-    return revision if f.repo == MEMFLOW_REPO else wan_revision
+    return wan_revision if f.repo == WAN_REPO else revision
 
 
 def _pinned(f: WeightFile, revision: str | None, wan_revision: str | None) -> bool:
     return _revision(f, revision, wan_revision) is not None
 
 
-def _paths(found: dict, source: str, lock: dict) -> WeightPaths:
+def _paths(found: dict, source: str, lock: dict, model: str = DEFAULT_MODEL) -> WeightPaths:
     identities = {k: {kk: vv for kk, vv in v.items() if kk != "recorded"} for k, v in lock["files"].items()}
     return WeightPaths(found["base"], found["lora"], found["config"], found["vae"], found["t5"], found["tokenizer"],
-                       source, identities)
+                       source, identities, model)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -147,7 +147,9 @@ class MemoryBank:
 
     def __init__(self, slots_k, slots_v, layout: MemoryLayout):
         self.slots_k, self.slots_v = slots_k, slots_v  # [L, B, slots*T, H, D] views
-        shape = (layout.layers, layout.batch, layout.frame_tokens, layout.heads, layout.head_dim)
+        # Without slots (LongLive) nothing is ever staged: the staging buffer is empty too.
+        staged_tokens = layout.frame_tokens if layout.bank_slots else 0
+        shape = (layout.layers, layout.batch, staged_tokens, layout.heads, layout.head_dim)
         self.staged_k = torch.zeros(shape, device=slots_k.device, dtype=slots_k.dtype)
         self.staged_v = torch.zeros_like(self.staged_k)
         self.layout = layout
@@ -291,7 +293,7 @@ class StreamMemory:
         # Writing also in passes that do not commit is safe: a denoising pass only overwrites window
         # slots of frames that are outside its own window and that its context pass will overwrite.
         self.cache.write(layer, first, k, v)
-        if stage:
+        if stage and lay.bank_slots:  # without slots (LongLive) there is nothing to stage into
             self.bank.stage(layer, k, v)
         sink, window = self.cache.visible_frames(first + count)
         # With no sink the reference attends to the local window alone and ignores the bank.

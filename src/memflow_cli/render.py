@@ -83,6 +83,7 @@ class RenderOptions:
     strength: float | None = None  # overrides the file's noiseScale; default 0.7
     fit: str | None = None  # crop (default), pad or stretch
     noise_controller: bool | None = None  # None = the file's noiseController
+    model: str | None = None  # models.MODELS name; None: the file's pipelineId when it is one of ours, else memflow
 
 
 @dataclass
@@ -111,6 +112,7 @@ class RenderSummary:
     sha256: str | None = None  # of the video file written (complete or partial)
     encoder: dict = field(default_factory=dict)  # codec, preset, crf, colour tags (video.encoder_settings)
     prompt_cache: dict = field(default_factory=dict)  # {"path", "cached", "computed"}: distinct prompts
+    model: str = "memflow"  # models.MODELS name of the model that rendered it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,6 +133,7 @@ class RenderJob:
     vace: "object | None" = None  # vace.VaceRender: the VACE inputs, checked
     quantization: str | None = None  # "fp8" from the options, --low-vram or the file
     video: "object | None" = None  # v2v.VideoInput for video-to-video, else None
+    model: str = "memflow"  # models.MODELS name
 
     @property
     def name(self) -> str:
@@ -211,9 +214,11 @@ def default_output(timeline: Timeline, folder: Path | None = None, seed: int = D
 
 def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> RenderJob:
     """Check and plan one timeline with no weights loaded; raises InputError on anything wrong."""
-    from memflow_cli.generator import StreamSettings
+    from memflow_cli.models import check_bank_options, choose_model, model_for_pipeline
 
     options = options or RenderOptions()
+    spec = choose_model(options.model, timeline.settings.pipeline_id)
+    check_bank_options(spec, sma=options.sma)
     schedule = plan(timeline, blend_method=options.blend, max_hours=options.max_hours)
     width, height = resolve_size(timeline, options)
     seed = options.seed if options.seed is not None else (
@@ -229,14 +234,17 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
     steps = check_steps(options.steps, "--steps") if options.steps is not None else timeline.settings.denoising_steps
     try:
-        stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
+        stream = spec.stream_settings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
     except ValueError as exc:
         raise InputError(f"{timeline.source}: {exc}") from None
     warnings = list(timeline.warnings)
     vace = _prepare_vace(timeline, options, schedule, warnings)
     quantization = "fp8" if options.low_vram else (options.quantization or timeline.settings.quantization)
+    made_with = model_for_pipeline(timeline.settings.pipeline_id)
+    if made_with is not None and made_with is not spec:
+        warnings.append(f"made with Scope's {made_with.name!r} pipeline; rendering it with {spec.title} as --model asks")
     return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace, quantization=quantization,
-                     video=video_input(timeline, schedule, options))
+                     video=video_input(timeline, schedule, options), model=spec.name)
 
 
 def video_input(timeline: Timeline, schedule: Schedule, options: RenderOptions):
@@ -298,10 +306,12 @@ class Renderer:
         self.device = resolve_device(self.options.device)
         self.dtype = resolve_dtype(self.options.dtype, self.device)
         self.timings = {"load": 0.0, "encode": 0.0}  # one-off costs, charged to the first item rendered
-        self._weights = None
+        self._weights: dict = {}  # model name → hub.WeightPaths (the Wan files are the same for every model)
+        self._active: str | None = None  # the model the shared parts (text encoder, config, VAE) are read through
         self._config = None
         self._embeddings: dict = {}
         self._model = None
+        self._model_name: str | None = None  # which model's DiT `_model` is: one resident at a time
         self._vae = None
         self._vace = None  # the VACE blocks, loaded by the first render that uses them
         self._vace_sha256: str | None = None
@@ -312,16 +322,31 @@ class Renderer:
 
     # -- parts, each loaded once -----------------------------------------------------------------
 
+    def weights_for(self, model: str):
+        """A model's weight files (resolved, maybe downloaded, once per model)."""
+        if model not in self._weights:
+            from memflow_cli.hub import resolve_weights
+            from memflow_cli.models import revision_for
+
+            self.reporter.stage("resolving weights" + ("" if model == "memflow" else f" ({model})"))
+            o = self.options
+            self._weights[model] = resolve_weights(
+                o.weights_dir, offline=o.offline, revision=revision_for(o.revision, model),
+                verify_hashes=o.verify_hashes, show=self.reporter.show_plan, model=model)
+        return self._weights[model]
+
     @property
     def weights(self):
-        if self._weights is None:
-            from memflow_cli.hub import resolve_weights
+        """The weights of the model in use; the shared Wan files (config, text encoder, VAE) are read from it."""
+        if self._active is None:
+            from memflow_cli.models import choose_model
 
-            self.reporter.stage("resolving weights")
-            o = self.options
-            self._weights = resolve_weights(o.weights_dir, offline=o.offline, revision=o.revision,
-                                            verify_hashes=o.verify_hashes, show=self.reporter.show_plan)
-        return self._weights
+            self._active = choose_model(self.options.model, None).name
+        return self.weights_for(self._active)
+
+    def use(self, model: str) -> None:
+        """Make `model` the one the next shared-part loads and renders go through (loads nothing yet)."""
+        self._active = model
 
     @property
     def config(self):
@@ -364,8 +389,12 @@ class Renderer:
         self.timings["encode"] += time.perf_counter() - t
 
     def load(self, quantization: str | None = None) -> None:
-        """Load the DiT (with its LoRA merged, then quantized if asked) and the decoder, once."""
-        if self._model is not None:
+        """Load the active model's DiT (with its LoRA merged, then quantized if asked) and the decoder, each once.
+
+        One DiT is resident at a time: a batch renders its items grouped by model, so each loads once.
+        """
+        weights = self.weights
+        if self._model is not None and self._model_name == self._active:
             if quantization != self._quantization:
                 self._warn_once(f"the DiT is already loaded with quantization {self._quantization or 'none'}; "
                                 f"items asking for {quantization or 'none'} use it as loaded")
@@ -373,14 +402,24 @@ class Renderer:
         from memflow_cli.model.dit import DiTConfig
         from memflow_cli.low_vram import load_generator
         from memflow_cli.model.vae import load_wan_vae
+        from memflow_cli.models import get_model
 
+        spec = get_model(self._active)
         t = time.perf_counter()
-        self.reporter.stage("loading the generator and the VAE" + (" (fp8 weights)" if quantization else ""))
+        self.reporter.stage(f"loading {spec.title}" + (" (fp8 weights)" if quantization else "")
+                            + (" and the VAE" if self._vae is None else ""))
         if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
             self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        self._model = load_generator(self.config, self.weights, self.device, self.dtype, quantization)
+        if self._model is not None:  # another model was resident: free it before loading this one
+            self._model = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self._model = load_generator(self.config, weights, self.device, self.dtype, quantization,
+                                     lora_alpha=spec.lora_alpha)
         self._quantization = quantization
-        self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
+        self._model_name = spec.name
+        if self._vae is None:
+            self._vae = load_wan_vae(weights.vae, device=self.device, dtype=self.dtype)
         self.timings["load"] += time.perf_counter() - t
 
     def load_vace(self, job: RenderJob):
@@ -442,6 +481,7 @@ class Renderer:
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": attention_backend(self.device, self.dtype),
             "blend": self.options.blend,
+            "model": job.model,
             **job.stream.to_dict(),
             **({"vace": job.vace.described} if job.vace is not None else {}),
             **extra,
@@ -449,7 +489,11 @@ class Renderer:
         }
 
     def identity(self, job: RenderJob) -> dict:
-        data = identity(job.timeline, job.schedule, self.settings(job), self.weights)
+        from memflow_cli.models import get_model, manifest_entry
+
+        weights = self.weights_for(job.model)
+        data = identity(job.timeline, job.schedule, self.settings(job), weights)
+        data["model"] = manifest_entry(get_model(job.model), weights)  # its name is in the settings' fingerprint
         data["input"]["path"] = input_path(job.timeline)
         if job.video is not None:
             data["input"]["video"] = job.video.manifest()
@@ -468,6 +512,7 @@ class Renderer:
         started = time.perf_counter()
         if isinstance(job, Timeline):
             job = self.plan(job)
+        self.use(job.model)
         for w in job.warnings:
             self.reporter.warn(w)
         if self.device.type == "cuda":
@@ -485,7 +530,8 @@ class Renderer:
         # one-off costs (encoder, loading) are charged to the item that pays them
         before = dict(self.timings)
         self.load_vace(job)  # finds the VACE module first: a missing one fails before any weight loads
-        self._quantization = self._quantization if self._model is not None else job.quantization
+        if self._model is None or self._model_name != job.model:
+            self._quantization = job.quantization  # the first job that loads a DiT decides its quantization
         self.encode_prompts(job.timeline.texts)
         self.load(job.quantization)
         vace_module = self.load_vace(job)
@@ -682,7 +728,7 @@ class Renderer:
         return RenderSummary(str(job.output), False, 0, job.schedule.total_frames, 0.0, job.schedule.num_chunks,
                              job.width, job.height, job.seed, s["device"], s["dtype"], s["attention"],
                              {"load": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0, "write": 0.0},
-                             warnings=list(job.warnings))
+                             warnings=list(job.warnings), model=job.model)
 
     def _skip(self, job: RenderJob, ident: dict, summary: RenderSummary, started: float) -> bool:
         """The overwrite rule (one rule for single renders and batches; -y/--overwrite/--force lifts it):
@@ -754,7 +800,11 @@ class Renderer:
                                                            exit_code=exc.exit_code)
                 return results  # type: ignore[return-value]
             todo.append((i, job))
+        # Grouped by model (in order of first appearance), so that each model's DiT loads once.
+        first_seen = {m: n for n, m in reversed(list(enumerate(job.model for _, job in todo)))}
+        todo.sort(key=lambda item: first_seen[item[1].model])
         if todo:
+            self.use(todo[0][1].model)
             try:
                 self.check_memory(todo[0][1])
                 self._quantization = todo[0][1].quantization

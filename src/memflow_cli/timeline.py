@@ -22,13 +22,15 @@ from typing import Any, Iterable, Sequence
 
 from memflow_cli.errors import InputError
 from memflow_cli.limits import MAX_TIMELINE_BYTES, as_finite, check_seed, check_steps, describe_number, is_blank_prompt
+from memflow_cli.models import MODELS
 
 FPS = 16  # MemFlow's native frame rate; video files are written at this rate.
 DEFAULT_SEGMENT_SECONDS = 10.0  # the published benchmark: 10 s per prompt
 DEFAULT_LATENT_FRAMES = 240  # MemFlow's interactive default when switch points are given in latent frames
 INTERPOLATIONS = ("linear", "slerp")
 SCOPE_VERSIONS = ("1.0", "2.0", "2.1")
-OTHER_SCOPE_PIPELINES = ("longlive", "krea-realtime-video", "reward-forcing", "streamdiffusionv2")
+# Scope pipelines we have no model for (ours are models.MODELS: their pipelineId is their --model name).
+OTHER_SCOPE_PIPELINES = ("krea-realtime-video", "reward-forcing", "streamdiffusionv2")
 MAX_SIDE = 8192  # pixels; far beyond what the model was trained for, and still a sane allocation per frame
 MAX_LATENT_FRAMES = 10**9  # --latent-frames; the length limit (--max-hours) applies on top
 OVERLAP_TOLERANCE = 1e-6  # seconds; exported boundaries are copied floats and match exactly, allow rounding noise
@@ -449,7 +451,7 @@ class _Reader:
             return None
         if not isinstance(value, str):
             raise self.fail(path, "a pipeline id (string)", value)
-        if value != "memflow":
+        if value not in MODELS:
             known = "" if value in OTHER_SCOPE_PIPELINES else " (unknown to us)"
             self.notes.append(
                 f"made for Scope's {value!r} pipeline{known}: rendering it with MemFlow, keeping its prompts, timing, "
@@ -532,7 +534,7 @@ class _Reader:
         if overrides.get("base_seed") is not None:
             seed = self.seed(overrides["base_seed"], "settings.schemaFieldOverrides.base_seed")
         steps = self.steps(s.get("denoisingSteps"), "settings.denoisingSteps")
-        if steps is not None and pipeline not in (None, "memflow"):
+        if steps is not None and pipeline is not None and pipeline not in MODELS:
             steps = None  # another pipeline's step count (often 2) is not MemFlow's distilled 4-step list
         quantization = self.quantization(s.get("quantization"), "settings.quantization")
         if s.get("useFp8E4m3fn") is True:
@@ -594,7 +596,7 @@ class _Reader:
         height, width = self.resolution(params.get("height"), params.get("width"), f"{pp}.height", f"{pp}.width")
         seed = self.seed(params.get("base_seed"), f"{pp}.base_seed")
         steps = self.steps(params.get("denoising_step_list"), f"{pp}.denoising_step_list")
-        if steps is not None and pipeline not in (None, "memflow"):
+        if steps is not None and pipeline is not None and pipeline not in MODELS:
             steps = None
         quantization = self.quantization(params.get("quantization"), f"{pp}.quantization")
         for key in ("manage_cache", "kv_cache_attention_bias", "vae_type"):

@@ -8,6 +8,9 @@ Every file has the real name, container and key names (`base.pt` with `{"generat
 the bf16 umT5 encoder, a `tokenizer.json`), so a smoke render goes through exactly the loading code the
 real 10 GB of weights go through, only in seconds on a CPU. The output is a deterministic function of
 `seed`. A `memflow.lock.json` records sizes and sha256 like a download does.
+
+The folder serves every model of models.py: MemFlow's `base.pt`/`lora.pt` and LongLive's
+`models/longlive_base.pt`/`models/lora.pt` (other random values, same layout), with the Wan files once.
 """
 
 from __future__ import annotations
@@ -55,8 +58,30 @@ def _fill(state: dict[str, torch.Tensor], gen: torch.Generator, dtype: torch.dty
     return out
 
 
+def _write_dit_weights(root: Path, spec, dit: torch.nn.Module, gen: torch.Generator) -> None:
+    """A model's base weights (training-checkpoint layout) and built-in LoRA at its repository paths."""
+    shapes = {k: torch.empty(v.shape) for k, v in dit.state_dict().items()}
+    weights = _fill(shapes, gen, torch.bfloat16)
+    (root / spec.base_file).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"generator": {f"model.{k}": v for k, v in weights.items()}}, root / spec.base_file)
+
+    # LoRA on every attention projection and FFN linear, peft naming, like the released adapters.
+    lora = {}
+    for name, module in dit.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("blocks.") and (
+            ".self_attn." in name or ".cross_attn." in name or ".ffn." in name
+        ):
+            a = torch.randn(LORA_RANK, module.in_features, generator=gen) * 0.01
+            b = torch.randn(module.out_features, LORA_RANK, generator=gen) * 0.01
+            lora[f"base_model.model.{name}.lora_A.weight"] = a
+            lora[f"base_model.model.{name}.lora_B.weight"] = b
+    (root / spec.lora_file).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"generator_lora": lora, "step": 0}, root / spec.lora_file)
+
+
 def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
     from memflow_cli import hub
+    from memflow_cli.models import DEFAULT_MODEL, MODELS
     from memflow_cli.model.dit import CausalDiT, DiTConfig
     from memflow_cli.model.t5 import UMT5Config, UMT5Encoder
     from memflow_cli.model.vae import VAEConfig, WanVAE
@@ -71,21 +96,7 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
     config = DiTConfig.from_dict(TINY_DIT)
     with torch.device("meta"):
         dit = CausalDiT(config)
-    shapes = {k: torch.empty(v.shape) for k, v in dit.state_dict().items()}
-    weights = _fill(shapes, gen, torch.bfloat16)
-    torch.save({"generator": {f"model.{k}": v for k, v in weights.items()}}, root / "base.pt")
-
-    # LoRA on every attention projection and FFN linear, peft naming, like the released adapter.
-    lora = {}
-    for name, module in dit.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.startswith("blocks.") and (
-            ".self_attn." in name or ".cross_attn." in name or ".ffn." in name
-        ):
-            a = torch.randn(LORA_RANK, module.in_features, generator=gen) * 0.01
-            b = torch.randn(module.out_features, LORA_RANK, generator=gen) * 0.01
-            lora[f"base_model.model.{name}.lora_A.weight"] = a
-            lora[f"base_model.model.{name}.lora_B.weight"] = b
-    torch.save({"generator_lora": lora, "step": 0}, root / "lora.pt")
+    _write_dit_weights(root, MODELS[DEFAULT_MODEL], dit, gen)
 
     # VAE: plain state dict with Wan's key names (decoder and encoder), float32.
     with torch.device("meta"):
@@ -103,9 +114,14 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
 
     write_tiny_vace_module(root / hub.VACE_FILE.filename, config, seed)
 
+    # The other models: same network, their own values (one generator each, so adding a model never
+    # changes the files written before it).
+    for i, spec in enumerate(s for name, s in MODELS.items() if name != DEFAULT_MODEL):
+        _write_dit_weights(root, spec, dit, torch.Generator().manual_seed(seed * 1000 + i + 1))
+
     lock = hub.new_lock()
     lock["note"] = f"tiny random weights for smoke tests (seed {seed}); not a real model"
-    for f in (*hub.FILES, hub.VACE_FILE):
+    for f in (*hub.all_files(), hub.VACE_FILE):
         if (root / f.filename).is_file():
             hub.record(lock, f, root / f.filename, None)
     hub.write_lock(root / hub.LOCK_NAME, lock)

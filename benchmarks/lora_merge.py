@@ -7,6 +7,7 @@ Writes N rank-R LoRAs (bf16 safetensors, one per common layout, on every attenti
   - inspect: reading headers/shapes and checking every key (what render does before loading),
   - merge:   memflow_cli.loras.merge_loras (one read-modify-write per weight, all LoRAs in one matmul),
   - naive:   the usual loop, one LoRA after another, one layer at a time, W = (W.float() + s·B@A).to(dtype),
+             side by side on the first few blocks (two copies of the full model would not fit a small box),
 and checks that both give the same weights.
 """
 
@@ -65,50 +66,71 @@ def naive_merge(model, loras) -> None:
                 layer.weight.copy_((layer.weight.float() + strength * t.scale * (b @ a)).to(layer.weight.dtype))
 
 
+def random_model(config, device, dtype):
+    model = build_dit(config, device=device, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return model
+
+
+def write_loras(folder: Path, model, count: int, rank: int) -> list[Path]:
+    paths = []
+    for i in range(count):
+        path = folder / f"lora{i}.safetensors"
+        write_lora(path, model, LAYOUTS[i % len(LAYOUTS)], rank, seed=i)
+        paths.append(path)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loras", type=int, default=4)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-naive", action="store_true", help="skip the one-by-one comparison")
+    parser.add_argument("--compare-blocks", type=int, default=3,
+                        help="blocks of the side-by-side comparison with the one-by-one merge (0: skip it)")
     args = parser.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     config = DiTConfig()
-    model = build_dit(config, device=device, dtype=dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    original = None if args.no_naive else {k: v.clone() for k, v in model.state_dict().items()}
-    print(f"model: Wan2.1-1.3B shapes, {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, {args.dtype} on {device}; "
-          f"torch threads {torch.get_num_threads()}")
-
+    model = random_model(config, device, dtype)
+    print(f"model: Wan2.1-1.3B shapes, {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, "
+          f"{args.dtype} on {device}; torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i in range(args.loras):
-            path = Path(tmp) / f"lora{i}.safetensors"
-            write_lora(path, model, LAYOUTS[i % len(LAYOUTS)], args.rank, seed=i)
-            paths.append(path)
+        paths = write_loras(Path(tmp), model, args.loras, args.rank)
         size = sum(p.stat().st_size for p in paths)
-        print(f"{args.loras} LoRAs of rank {args.rank}: {size / 2**20:.0f} MiB in all ({', '.join(LAYOUTS[i % 4] for i in range(args.loras))})")
+        print(f"{args.loras} LoRAs of rank {args.rank}: {size / 2**20:.0f} MiB in all "
+              f"({', '.join(LAYOUTS[i % 4] for i in range(args.loras))})")
 
         t = time.perf_counter()
         loras = [(inspect_lora(p, config).check(), 0.8) for p in paths]
-        t_inspect = time.perf_counter() - t
-        print(f"inspect (headers, checks, sha256): {t_inspect:.2f} s; {loras[0][0].modules} layers per LoRA")
+        print(f"inspect (headers, checks, sha256): {time.perf_counter() - t:.2f} s; {loras[0][0].modules} layers per LoRA")
 
         sync()
         t, cpu = time.perf_counter(), time.process_time()
         changed = merge_loras(model, loras)
         sync()
         t_merge, cpu = time.perf_counter() - t, time.process_time() - cpu
-        print(f"merge_loras: {t_merge:.2f} s wall ({cpu:.2f} s CPU time over {torch.get_num_threads()} threads) for {changed} weights; "
-              f"load average {os.getloadavg()[0]:.1f}")
+        print(f"merge_loras, full model: {t_merge:.2f} s wall, {cpu:.2f} s CPU time ({torch.get_num_threads()} threads) "
+              f"for {changed} weights; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    del model
 
-        if not args.no_naive:
+    if args.compare_blocks:
+        # Side by side on the first blocks only (same layer shapes), so that two copies fit in memory.
+        small = DiTConfig(num_layers=args.compare_blocks)
+        model = random_model(small, device, dtype)
+        original = {k: v.clone() for k, v in model.state_dict().items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            loras = [(inspect_lora(p, small).check(), 0.8) for p in write_loras(Path(tmp), model, args.loras, args.rank)]
+            sync()
+            t = time.perf_counter()
+            merge_loras(model, loras)
+            sync()
+            t_merge = time.perf_counter() - t
             merged = {k: v.clone() for k, v in model.state_dict().items()}
             model.load_state_dict(original)
             sync()
@@ -116,10 +138,9 @@ def main() -> None:
             naive_merge(model, loras)
             sync()
             t_naive = time.perf_counter() - t
-            diff = max((model.state_dict()[k].float() - merged[k].float()).abs().max().item() for k in merged)
-            scale = max(v.float().abs().max().item() for v in merged.values())
-            print(f"naive one-by-one merge: {t_naive:.2f} s; merge_loras is {t_naive / t_merge:.2f}x faster; "
-                  f"max |difference| {diff:.3g} (weights up to {scale:.3g})")
+        diff = max((model.state_dict()[k].float() - merged[k].float()).abs().max().item() for k in merged)
+        print(f"side by side, {args.compare_blocks} blocks: merge_loras {t_merge:.2f} s, one-by-one {t_naive:.2f} s "
+              f"({t_naive / t_merge:.2f}x); max |difference| {diff:.3g}")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,9 @@ def tiny_model(dtype=torch.float32, seed: int = 0):
     return model
 
 
-def low_rank_delta(seed: int = 1, rank: int = RANK) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def low_rank_delta(seed: int = 1, rank: int = RANK, config: DiTConfig = CONFIG) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{module: (down [r, in], up [out, r])}; the delta meant is up @ down."""
-    model = build_dit(CONFIG, device="meta")
+    model = build_dit(config, device="meta")
     modules = dict(model.named_modules())
     gen = torch.Generator().manual_seed(seed)
     out = {}

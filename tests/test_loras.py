@@ -88,7 +88,7 @@ def test_bf16_model_is_merged_in_float32_and_rounded_once(tmp_path):
     merge_loras(model, [(lora, 1.0)])
     for key, value in model.state_dict().items():
         # one rounding to bf16 (8 significant bits) of the exact sum, not one per LoRA or per step
-        assert ((value.double() - want[key]).abs() <= want[key].abs() * 2**-8).all(), key
+        assert ((value.double() - want[key]).abs() <= want[key].abs() * 2**-8 + 1e-7).all(), key
 
 
 # ---------------------------------------------------------------------------------------- alpha / rank
@@ -276,7 +276,7 @@ class _Evil:
 def test_pickles_never_run_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"x": _Evil()}, f)
+        pickle.dump({"x": _Evil()}, f, protocol=2)
     _error(path)
     assert "must never run" not in capsys.readouterr().out
 

@@ -100,13 +100,14 @@ def render(
     switch_frames: Optional[str] = typer.Option(None, "--switch-frames", help="Prompt-list JSONL: switch points in latent frames, e.g. 40,80,120,160,200."),
     latent_frames: Optional[int] = typer.Option(None, "--latent-frames", help="With --switch-frames: total latent frames (default 240)."),
     line: Optional[int] = typer.Option(None, "--line", help="Prompt-list JSONL: render only this line (1-based)."),
-    lora_dir: List[Path] = typer.Option([], "--lora-dir", help="Folder to find a timeline's LoRA files by name."),
+    lora_dir: List[Path] = typer.Option([], "--lora-dir", help="Folder to find a timeline's LoRA files by name (repeatable; then $MEMFLOW_LORA_DIR)."),
     verify: bool = typer.Option(False, "--verify", help="Check weight files against their recorded sha256."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or table."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted render from its NAME.resume/ checkpoint."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between resume checkpoints (0 = only when stopped by a signal)."),
     max_hours: float = typer.Option(24.0, "--max-hours", help="Refuse timelines longer than this many hours of video."),
+    lora: List[str] = typer.Option([], "--lora", help="FILE[:SCALE]: merge this LoRA too, after the timeline's (repeatable; scale 1 if omitted)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
@@ -128,10 +129,14 @@ def render(
     if seed is not None:
         check_seed(seed, "--seed")
     parsed_steps = parse_steps(steps)
+    from memflow_cli.loras import lora_search_dirs, parse_lora_option
+    from memflow_cli.timeline import LoraSpec
+
+    extra_loras = tuple(LoraSpec(*parse_lora_option(text), where=f"--lora {text}") for text in lora)
     if prompt is not None:
         items = [("--prompt", prompt_timeline(prompt, seconds))]
     else:
-        items = batch_items(paths, line=line, segment_seconds=segment_seconds, lora_dirs=lora_dir,
+        items = batch_items(paths, line=line, segment_seconds=segment_seconds, lora_dirs=lora_search_dirs(lora_dir),
                             switch_frames=parse_ints(switch_frames, "--switch-frames"), num_latent_frames=latent_frames)
     if output is not None and len(items) > 1:
         raise InputError(f"-o/--output names one file, but there are {len(items)} items to render; "
@@ -140,7 +145,7 @@ def render(
                             steps=parsed_steps, blend=blend, device=device, dtype=dtype,
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
-                            checkpoint_every=checkpoint_every, max_hours=max_hours)
+                            checkpoint_every=checkpoint_every, max_hours=max_hours, loras=extra_loras)
     reporter = Reporter() if quiet else RichReporter(err)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -356,6 +361,59 @@ def bench(
         print(json.dumps(report, indent=2))
     else:
         out.print(report_table(report))
+
+
+lora_app = typer.Typer(no_args_is_help=True, help="User LoRAs: see what a file holds and whether it fits.")
+app.add_typer(lora_app, name="lora")
+
+
+@lora_app.command("inspect")
+@_errors
+def lora_inspect(
+    file: Path = typer.Argument(..., help="A LoRA file (.safetensors; .pt/.pth/.ckpt/.bin are read weights-only)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="The DiT's config.json (default: Wan2.1-T2V-1.3B)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+):
+    """Format, rank(s), alpha, targets and what would not match. Exit code 2 when render would refuse it."""
+    from rich.table import Table
+
+    from memflow_cli.loras import FORMAT_NAMES, LoraError, inspect_lora
+    from memflow_cli.model.dit import DiTConfig
+
+    lora = inspect_lora(file, DiTConfig.from_file(config) if config else DiTConfig())
+    data = lora.describe()
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        t = Table(show_header=False, title=f"LoRA {file}")
+        t.add_column(style="bold")
+        t.add_column(overflow="fold")
+        t.add_row("format", FORMAT_NAMES.get(lora.format, lora.format or "not recognised"))
+        t.add_row("tensors", str(lora.tensor_count))
+        t.add_row("rank", ", ".join(map(str, lora.ranks)) or "–")
+        t.add_row("alpha", ", ".join(f"{a:g}" for a in lora.alphas) or "none (scale 1)")
+        t.add_row("scale (alpha/rank)", ", ".join(f"{v:g}" for v in lora.scales) or "–")
+        t.add_row("layers changed", str(lora.modules))
+        t.add_row("sha256", lora.sha256 or "")
+        out.print(t)
+        if lora.targets:
+            targets = Table(title="targets")
+            targets.add_column("parameter")
+            targets.add_column("count", justify="right")
+            for name, count in lora.target_groups().items():
+                targets.add_row(name, str(count))
+            out.print(targets)
+        for w in lora.warnings:
+            err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        if lora.unmatched:
+            out.print(f"[bold]would not match[/bold] ({len(lora.unmatched)}):", highlight=False)
+            for line in lora.unmatched[:20]:
+                out.print(f"  {line}", highlight=False, soft_wrap=True)
+            if len(lora.unmatched) > 20:
+                out.print(f"  … and {len(lora.unmatched) - 20} more", highlight=False)
+    message = lora.error()
+    if message:
+        raise LoraError(f"render would refuse this file: {message}")
 
 
 @app.callback(invoke_without_command=True)

@@ -553,8 +553,8 @@ def _other_size(parsed: list[_Parsed], shapes, model: ModelTargets) -> str | Non
     width = widths.most_common(1)[0][0] if widths else None
     if width is not None and width != model.dim:
         seems = WAN_WIDTHS.get(width, "another model")
-        return (f"is a LoRA for a model of width {width} (looks like {seems}); this model is the Wan2.1 1.3B DiT "
-                f"(width {model.dim}). Use a LoRA trained for Wan2.1-T2V-1.3B")
+        return (f"is a LoRA for a model of width {width} (looks like {seems}); this model has width {model.dim} "
+                f"({WAN_WIDTHS.get(model.dim, 'a test-size DiT')}). Use a LoRA trained for Wan2.1-T2V-1.3B")
     if deepest >= model.num_layers:
         return (f"has weights for block {deepest}, but this model has {model.num_layers} blocks (a 14B LoRA has 40); "
                 "use a LoRA trained for Wan2.1-T2V-1.3B")
@@ -687,3 +687,49 @@ def check_sha256(lora: LoraFile, expected: str | None, where: str) -> None:
     if actual.lower() != expected.strip().lower():
         raise LoraError(f"{where}: {lora.path} has sha256 {actual}, the timeline expects {expected.strip().lower()}; "
                         "it is another file (or another version) of that name")
+
+
+# ------------------------------------------------------------------------------------------------
+# A render's LoRAs: checked before any weights load, listed in the manifest
+
+
+@dataclass(frozen=True)
+class UserLora:
+    """A LoRA file a render will merge, with its strength and where it was asked for."""
+
+    file: LoraFile
+    scale: float
+    merge_mode: str | None = None
+    where: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return (str(self.file.path), self.file.sha256, self.scale)
+
+    def manifest(self) -> dict:
+        f = self.file
+        return {"path": str(f.path), "sha256": f.sha256, "scale": self.scale, "format": f.format,
+                "ranks": f.ranks, "alphas": f.alphas, "modules": f.modules, "merge_mode": self.merge_mode,
+                "from": self.where}
+
+
+def prepare_loras(specs: Sequence, config) -> tuple[list[UserLora], list[str]]:
+    """Inspect and check every requested LoRA (timeline.LoraSpec-like: path, scale, merge_mode, sha256, where)
+    against the DiT `config`; returns the LoRAs in merge order and the warnings to show."""
+    loras, warnings = [], []
+    for spec in specs:
+        where = getattr(spec, "where", "") or "--lora"
+        lora = inspect_lora(spec.path, config)
+        message = lora.error()
+        if message:
+            raise LoraError(f"{where}: {message}")
+        check_sha256(lora, getattr(spec, "sha256", None), where)
+        mode = getattr(spec, "merge_mode", None)
+        if mode == "runtime_peft":
+            warnings.append(f"{where}: merge mode runtime_peft is merged into the weights at load "
+                            "(offline there is no live strength change)")
+        elif mode not in (None, "permanent_merge"):
+            warnings.append(f"{where}: unknown merge mode {mode!r}; merged into the weights at load")
+        warnings.extend(lora.warnings)
+        loras.append(UserLora(lora, float(spec.scale), mode, where))
+    return loras, warnings

@@ -69,6 +69,7 @@ class RenderOptions:
     resume: bool = False  # continue from NAME.resume/ when there is one
     checkpoint_every: float = 300.0  # seconds between resume checkpoints; 0 = only when stopped by a signal
     max_hours: float = DEFAULT_MAX_HOURS  # refuse longer videos before anything loads
+    loras: tuple = ()  # --lora FILE[:SCALE]: timeline.LoraSpec, merged after the timeline's own LoRAs
 
 
 @dataclass
@@ -110,6 +111,7 @@ class RenderJob:
     seed: int
     stream: "object"  # generator.StreamSettings
     warnings: list = field(default_factory=list)
+    loras: list | None = None  # loras.UserLora in merge order; None until checked against the model config
 
     @property
     def name(self) -> str:
@@ -190,10 +192,8 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     seed = options.seed if options.seed is not None else (
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
     seed = check_seed(seed, "--seed")
-    output = check_output_path(options.output or default_output(timeline, options.output_dir), inputs=job_inputs(timeline))
-    if timeline.settings.loras:
-        names = ", ".join(str(l.path) for l in timeline.settings.loras)
-        raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
+    output = check_output_path(options.output or default_output(timeline, options.output_dir),
+                               inputs=[*job_inputs(timeline), *(lora.path for lora in options.loras)])
     steps = check_steps(options.steps, "--steps") if options.steps is not None else timeline.settings.denoising_steps
     try:
         stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
@@ -237,6 +237,7 @@ class Renderer:
         self._config = None
         self._embeddings: dict = {}
         self._model = None
+        self._model_loras: tuple = ()  # keys of the user LoRAs merged into _model
         self._vae = None
         self._warned: set[str] = set()
 
@@ -286,20 +287,35 @@ class Renderer:
         self._embeddings.update(embeddings)
         self.timings["encode"] += time.perf_counter() - t
 
-    def load(self) -> None:
-        """Load the DiT (with its LoRA merged) and the decoder, once."""
-        if self._model is not None:
+    def load(self, loras: Sequence = ()) -> None:
+        """Load the DiT (MemFlow's LoRA merged, then the user's `loras` in order) and the decoder, once.
+
+        Another set of user LoRAs than the one merged reloads the DiT from the released weights."""
+        key = tuple(lora.key for lora in loras)
+        if self._model is not None and self._model_loras == key:
             return
         from memflow_cli.checkpoints import load_dit
+        from memflow_cli.loras import merge_loras
         from memflow_cli.model.dit import DiTConfig
         from memflow_cli.model.vae import load_wan_vae
 
         t = time.perf_counter()
-        self.reporter.stage("loading the generator and the VAE")
+        if self._model is not None:
+            self.reporter.stage("reloading the generator for another set of LoRAs")
+            self._model = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        else:
+            self.reporter.stage("loading the generator and the VAE")
         if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
             self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        self._model = load_dit(self.config, self.weights.base, self.weights.lora, device=self.device, dtype=self.dtype)
-        self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
+        model = load_dit(self.config, self.weights.base, self.weights.lora, device=self.device, dtype=self.dtype)
+        if loras:
+            self.reporter.stage(f"merging {len(loras)} LoRA(s)")
+            merge_loras(model, [(lora.file, lora.scale) for lora in loras])
+        self._model, self._model_loras = model, key
+        if self._vae is None:
+            self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
         self.timings["load"] += time.perf_counter() - t
 
     def _warn_once(self, text: str) -> None:
@@ -310,7 +326,19 @@ class Renderer:
     # -- planning ----------------------------------------------------------------------------------
 
     def plan(self, timeline: Timeline) -> RenderJob:
-        return plan_job(timeline, self.options)
+        job = plan_job(timeline, self.options)
+        self.check_loras(job)
+        return job
+
+    def check_loras(self, job: RenderJob) -> None:
+        """Find, read and check the job's LoRAs (names and shapes against the DiT config; no weights load)."""
+        specs = (*job.timeline.settings.loras, *self.options.loras)
+        job.loras = []
+        if specs:
+            from memflow_cli.loras import prepare_loras
+
+            job.loras, notes = prepare_loras(specs, self.config)
+            job.warnings.extend(notes)
 
     def settings(self, job: RenderJob) -> dict:
         """What determines the frames besides the input and the weights (recorded in the manifest)."""
@@ -324,10 +352,13 @@ class Renderer:
             "attention": attention_backend(self.device, self.dtype),
             "blend": self.options.blend,
             **job.stream.to_dict(),
+            # the user's LoRAs change the frames: their content and strength are part of the fingerprint
+            **({"loras": [[lora.file.sha256, lora.scale] for lora in job.loras]} if job.loras else {}),
         }
 
     def identity(self, job: RenderJob) -> dict:
-        return identity(job.timeline, job.schedule, self.settings(job), self.weights)
+        return identity(job.timeline, job.schedule, self.settings(job), self.weights,
+                        [lora.manifest() for lora in job.loras or ()])
 
     def already_rendered(self, job: RenderJob) -> bool:
         """The output exists with a matching manifest (same input, settings and weights), complete."""
@@ -341,6 +372,8 @@ class Renderer:
         started = time.perf_counter()
         if isinstance(job, Timeline):
             job = self.plan(job)
+        elif job.loras is None:
+            self.check_loras(job)
         for w in job.warnings:
             self.reporter.warn(w)
         if self.device.type == "cuda":
@@ -356,7 +389,7 @@ class Renderer:
         # one-off costs (encoder, loading) are charged to the item that pays them
         before = dict(self.timings)
         self.encode_prompts(job.timeline.texts)
-        self.load()
+        self.load(job.loras)
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
 
         from memflow_cli.conditioning import Conditioner

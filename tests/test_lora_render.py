@@ -152,3 +152,12 @@ def test_workflow_lora_sha256_field_is_validated(tmp_path):
     (tmp_path / "w.json").write_text(json.dumps(doc))
     spec = read_timeline(tmp_path / "w.json").settings.loras[0]
     assert spec.sha256 == "ab" * 32 and spec.scale == 0.7 and spec.where.endswith("pipelines[0].loras[0]")
+
+
+def test_a_broken_lora_is_refused_before_the_weights_are_looked_up(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"garbage" * 20)
+    timeline = scope_timeline(tmp_path / "t.json", [])
+    # --weights-dir does not exist: had the weights been looked up first, that would be the error
+    code, text = cli("render", timeline, "--weights-dir", tmp_path / "no-weights", "--lora", f"{junk}:0.5", "--offline")
+    assert code == 2 and "not a readable safetensors file" in text, text

@@ -204,7 +204,7 @@ def test_unmatched_keys_are_an_error_listing_them(tmp_path):
     for i in range(6):
         t[f"diffusion_model.blocks.0.self_attn.zz{i}.lora_A.weight"] = torch.zeros(RANK, CONFIG.dim)
     message = _error(write(tmp_path / "x.safetensors", t))
-    assert "6 LoRA keys match nothing" in message and "ComfyUI" in message
+    assert "6 keys fit nothing" in message and "ComfyUI" in message
     assert "diffusion_model.blocks.0.self_attn.zz0.lora_A.weight" in message and "(6 in all)" in message
 
 

@@ -163,6 +163,7 @@ class LoraFile:
     unmatched: list[str] = field(default_factory=list)  # "key (why)"
     problem: str | None = None  # a reason the whole file is unusable (garbage, other model or network)
     sha256: str | None = None
+    for_other_size: bool = False  # the problem is the model size (depends on the config, not on the file alone)
 
     # -- summaries ---------------------------------------------------------------------------------
 
@@ -201,8 +202,8 @@ class LoraFile:
             return f"{self.path}: {self.problem}"
         if self.unmatched:
             looks = FORMAT_NAMES.get(self.format, "an unrecognised layout")
-            return (f"{self.path}: {len(self.unmatched)} LoRA keys match nothing in the Wan2.1 DiT (the file looks like "
-                    f"{looks}): {_few(self.unmatched, 4)}")
+            return (f"{self.path}: {len(self.unmatched)} keys fit nothing in the Wan2.1 DiT and would be lost (the file "
+                    f"looks like {looks}): {_few(self.unmatched, 4)}")
         if not self.targets:
             return f"{self.path}: contains no LoRA weights for the video transformer"
         return None
@@ -410,7 +411,7 @@ def _format_of(parsed: list[_Parsed]) -> str:
     return family
 
 
-def inspect_lora(path: str | os.PathLike, config=None, *, hash_file: bool = True) -> LoraFile:
+def inspect_lora(path: str | os.PathLike, config=None, *, hash_file: bool = True, sha256: str | None = None) -> LoraFile:
     """Read a LoRA file's names and shapes and work out what it would change in a DiT of `config`.
 
     Raises LoraError only when the file cannot be read at all; every other problem is recorded in the
@@ -423,7 +424,9 @@ def inspect_lora(path: str | os.PathLike, config=None, *, hash_file: bool = True
         result = _inspect(path, source, model)
     finally:
         source.close()
-    if hash_file:
+    if sha256 is not None:
+        result.sha256 = sha256
+    elif hash_file:
         result.sha256 = file_sha256(path)
     return result
 
@@ -465,7 +468,7 @@ def _inspect(path: Path, source: TensorFile, model: ModelTargets) -> LoraFile:
         return result
     size = _other_size(parsed, shapes, model)
     if size:
-        result.problem = size
+        result.problem, result.for_other_size = size, True
         return result
 
     result.unmatched.extend(f"{k} (not a LoRA tensor)" for k in plain)
@@ -714,16 +717,28 @@ class UserLora:
 
 
 def prepare_loras(specs: Sequence, config) -> tuple[list[UserLora], list[str]]:
-    """Inspect and check every requested LoRA (timeline.LoraSpec-like: path, scale, merge_mode, sha256, where)
-    against the DiT `config`; returns the LoRAs in merge order and the warnings to show."""
-    loras, warnings = [], []
+    """Inspect and check every requested LoRA (timeline.LoraSpec-like: path, scale, merge_mode, sha256, where);
+    returns the LoRAs in merge order and the warnings to show.
+
+    `config` is the DiT config or a function returning it: what needs no model (a readable file with LoRA
+    names, not for another network, the right sha256) is checked for every file before it is called, so a
+    bad file is refused before the weights are even looked up (or downloaded).
+    """
+    first = []
     for spec in specs:
         where = getattr(spec, "where", "") or "--lora"
-        lora = inspect_lora(spec.path, config)
+        lora = inspect_lora(spec.path, None)
+        if lora.problem and not lora.for_other_size:
+            raise LoraError(f"{where}: {lora.error()}")
+        check_sha256(lora, getattr(spec, "sha256", None), where)
+        first.append((spec, where, lora.sha256))
+    config = config() if callable(config) else config
+    loras, warnings = [], []
+    for spec, where, sha256 in first:
+        lora = inspect_lora(spec.path, config, sha256=sha256)
         message = lora.error()
         if message:
             raise LoraError(f"{where}: {message}")
-        check_sha256(lora, getattr(spec, "sha256", None), where)
         mode = getattr(spec, "merge_mode", None)
         if mode == "runtime_peft":
             warnings.append(f"{where}: merge mode runtime_peft is merged into the weights at load "

@@ -337,7 +337,7 @@ class Renderer:
         if specs:
             from memflow_cli.loras import prepare_loras
 
-            job.loras, notes = prepare_loras(specs, self.config)
+            job.loras, notes = prepare_loras(specs, lambda: self.config)  # the config only after the file checks
             job.warnings.extend(notes)
 
     def settings(self, job: RenderJob) -> dict:

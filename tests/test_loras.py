@@ -310,3 +310,16 @@ def test_sha256_is_checked(tmp_path):
         check_sha256(lora, "0" * 64, "loras[0]")
     with pytest.raises(LoraError, match="64 hex digits"):
         check_sha256(lora, "abc", "loras[0]")
+
+
+def test_peft_adapter_config_alpha_is_used(tmp_path):
+    name = "blocks.0.ffn.0"
+    down, up = DELTA[name]
+    t = {f"base_model.model.{name}.lora_A.weight": down, f"base_model.model.{name}.lora_B.weight": up}
+    path = write(tmp_path / "adapter_model.safetensors", t)
+    assert inspect_lora(path, CONFIG).scales == [1.0]  # no config: scale 1
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": 2}')
+    lora = inspect_lora(path, CONFIG).check()
+    assert lora.scales == [0.5] and lora.alpha_source.endswith("adapter_config.json")
+    (tmp_path / "adapter_config.json").write_text('{"r": 4, "lora_alpha": 2, "use_rslora": true}')
+    assert "rsLoRA" in _error(path)

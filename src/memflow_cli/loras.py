@@ -23,11 +23,12 @@ missing or zero alpha means alpha = rank). Rank is `down.shape[0]`.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -164,6 +165,7 @@ class LoraFile:
     problem: str | None = None  # a reason the whole file is unusable (garbage, other model or network)
     sha256: str | None = None
     for_other_size: bool = False  # the problem is the model size (depends on the config, not on the file alone)
+    alpha_source: str | None = None  # PEFT's adapter_config.json when the alpha came from there
 
     # -- summaries ---------------------------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class LoraFile:
             "tensors": self.tensor_count,
             "ranks": self.ranks,
             "alphas": self.alphas,
+            "alpha_source": self.alpha_source,
             "scales": self.scales,
             "modules": self.modules,
             "targets": self.target_groups(),
@@ -484,7 +487,32 @@ def _inspect(path: Path, source: TensorFile, model: ModelTargets) -> LoraFile:
         slot[p.role] = p.key
     for module, slot in groups.items():
         result.targets.extend(_targets(module, slot, shapes, source, model, result.unmatched))
+    peft_alpha = _peft_config_alpha(path, result)
+    if peft_alpha is not None:
+        result.targets = [t if t.kind != "lora" or t.alpha is not None else replace(t, alpha=peft_alpha)
+                          for t in result.targets]
     return result
+
+
+def _peft_config_alpha(path: Path, result: LoraFile) -> float | None:
+    """`lora_alpha` of PEFT's `adapter_config.json` saved next to `adapter_model.*` (the weights then carry no
+    alpha; without it the scale alpha / r would be lost)."""
+    config = path.with_name("adapter_config.json")
+    if not path.stem == "adapter_model" or not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        result.problem = f"has a PEFT adapter_config.json next to it that cannot be read ({exc})"
+        return None
+    if not isinstance(values, dict) or not isinstance(values.get("lora_alpha"), (int, float)):
+        return None
+    if values.get("use_rslora") or values.get("alpha_pattern") or values.get("rank_pattern"):
+        result.problem = (f"{config.name} asks for rsLoRA scaling or per-layer alpha/rank patterns, which memflow does "
+                          "not apply; expected a plain lora_alpha")
+        return None
+    result.alpha_source = str(config)
+    return float(values["lora_alpha"])
 
 
 def _targets(module: str, slot: dict[str, str], shapes, source: TensorFile, model: ModelTargets, unmatched: list[str]) -> list[Target]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -299,7 +300,7 @@ def test_lora_option_parsing(tmp_path):
 
 
 def test_search_dirs_are_cli_then_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEMFLOW_LORA_DIR", f"{tmp_path / 'e1'}:{tmp_path / 'e2'}")
+    monkeypatch.setenv("MEMFLOW_LORA_DIR", f"{tmp_path / 'e1'}{os.pathsep}{tmp_path / 'e2'}")
     assert lora_search_dirs([tmp_path / "c"]) == [tmp_path / "c", tmp_path / "e1", tmp_path / "e2"]
 
 

@@ -183,7 +183,7 @@ def test_diffusers_norm2_is_our_norm3(tmp_path):
     model = tiny_model()
     delta = torch.full((CONFIG.dim,), 0.25)
     lora = inspect_lora(write(tmp_path / "d.safetensors", {"transformer.blocks.1.norm2.diff": delta,
-                                                           "transformer.blocks.1.norm2.diff_b": delta}), CONFIG).check()
+                                                           "transformer.blocks.1.norm2.diff_b": delta.clone()}), CONFIG).check()
     assert {t.param for t in lora.targets} == {"blocks.1.norm3.weight", "blocks.1.norm3.bias"}
     before = model.blocks[1].norm3.weight.clone()
     merge_loras(model, [(lora, 1.0)])

@@ -137,7 +137,7 @@ def render(
     switch_frames: Optional[str] = typer.Option(None, "--switch-frames", help="Prompt-list JSONL: switch points in latent frames, e.g. 40,80,120,160,200."),
     latent_frames: Optional[int] = typer.Option(None, "--latent-frames", help="With --switch-frames: total latent frames (default 240)."),
     line: Optional[int] = typer.Option(None, "--line", help="Prompt-list JSONL: render only this line (1-based)."),
-    lora_dir: List[Path] = typer.Option([], "--lora-dir", metavar="<path>", help="Folder to find a timeline's LoRA files by name (repeat for more folders)."),
+    lora_dir: List[Path] = typer.Option([], "--lora-dir", metavar="<path>", help="Folder to find a timeline's LoRA files by name (repeatable; then $MEMFLOW_LORA_DIR)."),
     verify: bool = typer.Option(False, "--verify", help="Check weight files against their recorded sha256."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or table."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (the manifest's key names)."),
@@ -155,6 +155,7 @@ def render(
     fit: Optional[str] = typer.Option(None, "--fit", help="Video-to-video: crop (default), pad or stretch the input to the output size."),
     noise_controller: Optional[bool] = typer.Option(None, "--noise-controller/--no-noise-controller", help="Video-to-video: motion-adaptive strength (default: the file's noiseController)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="memflow or longlive (default: the file's pipelineId when it is one of ours, else memflow)."),
+    lora: List[str] = typer.Option([], "--lora", metavar="<file[:scale]>", help="FILE[:SCALE]: merge this LoRA too, after the timeline's (repeatable; scale 1 if omitted)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -186,6 +187,11 @@ def render(
         model = get_model(model).name  # an unknown name fails here, before any file is read
     given = {"--seconds": seconds, "--segment-seconds": segment_seconds, "--switch-frames": switch_frames,
              "--latent-frames": latent_frames, "--line": line}
+
+    from memflow_cli.loras import lora_search_dirs, parse_lora_option
+    from memflow_cli.timeline import LoraSpec
+
+    extra_loras = tuple(LoraSpec(*parse_lora_option(text), where=f"--lora {text}") for text in lora)
     if prompt is not None:
         check_input_options({"prompt"}, "--prompt", given)
         if video is not None:  # video-to-video from a prompt: the output is as long as the input
@@ -197,7 +203,7 @@ def render(
         items = [("--prompt", prompt_timeline(prompt, 10.0 if seconds is None else seconds))]
     else:
         switch_points = parse_ints(switch_frames, "--switch-frames")
-        items = batch_items(paths, line=line, segment_seconds=segment_seconds, lora_dirs=lora_dir,
+        items = batch_items(paths, line=line, segment_seconds=segment_seconds, lora_dirs=lora_search_dirs(lora_dir),
                             switch_frames=switch_points, num_latent_frames=latent_frames)
         where = ", ".join(str(p) for p in paths) if len(paths) <= 3 else f"each of the {len(paths)} inputs"
         check_input_options({t.format for _, t in items if not isinstance(t, MemflowError)}, where, given)
@@ -216,7 +222,7 @@ def render(
                             control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
                             quantization=parse_quantization_option(quantization), low_vram=low_vram,
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
-                            command=command_line(), model=model)
+                            command=command_line(), model=model, loras=extra_loras)
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -478,6 +484,59 @@ def bench(
         print(json.dumps(report, indent=2))
     else:
         out.print(report_table(report))
+
+
+lora_app = typer.Typer(no_args_is_help=True, help="User LoRAs: see what a file holds and whether it fits.")
+app.add_typer(lora_app, name="lora")
+
+
+@lora_app.command("inspect")
+@_errors
+def lora_inspect(
+    file: Path = typer.Argument(..., help="A LoRA file (.safetensors; .pt/.pth/.ckpt/.bin are read weights-only)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="The DiT's config.json (default: Wan2.1-T2V-1.3B)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+):
+    """Format, rank(s), alpha, targets and what would not match. Exit code 2 when render would refuse it."""
+    from rich.table import Table
+
+    from memflow_cli.loras import FORMAT_NAMES, LoraError, inspect_lora
+    from memflow_cli.model.dit import DiTConfig
+
+    lora = inspect_lora(file, DiTConfig.from_file(config) if config else DiTConfig())
+    data = lora.describe()
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        t = Table(show_header=False, title=f"LoRA {file}")
+        t.add_column(style="bold")
+        t.add_column(overflow="fold")
+        t.add_row("format", FORMAT_NAMES.get(lora.format, lora.format or "not recognised"))
+        t.add_row("tensors", str(lora.tensor_count))
+        t.add_row("rank", ", ".join(map(str, lora.ranks)) or "–")
+        t.add_row("alpha", ", ".join(f"{a:g}" for a in lora.alphas) or "none (scale 1)")
+        t.add_row("scale (alpha/rank)", ", ".join(f"{v:g}" for v in lora.scales) or "–")
+        t.add_row("layers changed", str(lora.modules))
+        t.add_row("sha256", lora.sha256 or "")
+        out.print(t)
+        if lora.targets:
+            targets = Table(title="targets")
+            targets.add_column("parameter")
+            targets.add_column("count", justify="right")
+            for name, count in lora.target_groups().items():
+                targets.add_row(name, str(count))
+            out.print(targets)
+        for w in lora.warnings:
+            err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        if lora.unmatched:
+            out.print(f"[bold]would not match[/bold] ({len(lora.unmatched)}):", highlight=False)
+            for line in lora.unmatched[:20]:
+                out.print(f"  {line}", highlight=False, soft_wrap=True)
+            if len(lora.unmatched) > 20:
+                out.print(f"  … and {len(lora.unmatched) - 20} more", highlight=False)
+    message = lora.error()
+    if message:
+        raise LoraError(f"render would refuse this file: {message}")
 
 
 @app.callback(invoke_without_command=True)

@@ -23,16 +23,23 @@ def text_encoder_file(default: Path, weights_dir: Path | None, quantization: str
 
 
 def load_generator(config, weights, device: torch.device, dtype: torch.dtype, quantization: str | None,
-                   lora_alpha: float | None = None):
-    """The DiT with its LoRA merged; with fp8, merged and quantized on the CPU first, so the device only ever
-    holds the fp8 copy (the compute path is the device's: fp8 matmuls or per-layer de-quantization)."""
+                   lora_alpha: float | None = None, user_loras=()):
+    """The DiT with its own LoRA merged, then the user's (`user_loras`: (loras.LoraFile, scale) in order); with
+    fp8, merged and quantized on the CPU first, so the device only ever holds the fp8 copy (the compute path
+    is the device's: fp8 matmuls or per-layer de-quantization)."""
     from memflow_cli.checkpoints import load_dit
+    from memflow_cli.loras import merge_loras
 
     if quantization is None:
-        return load_dit(config, weights.base, weights.lora, device=device, dtype=dtype, lora_alpha=lora_alpha)
+        model = load_dit(config, weights.base, weights.lora, device=device, dtype=dtype, lora_alpha=lora_alpha)
+        if user_loras:
+            merge_loras(model, list(user_loras))
+        return model
     from memflow_cli.quantization import fp8_compute_path, quantize_dit
 
-    model = load_dit(config, weights.base, weights.lora, device="cpu", dtype=dtype, lora_alpha=lora_alpha)  # LoRA merged here
+    model = load_dit(config, weights.base, weights.lora, device="cpu", dtype=dtype, lora_alpha=lora_alpha)
+    if user_loras:
+        merge_loras(model, list(user_loras))  # every LoRA is merged before quantizing
     quantize_dit(model, compute=fp8_compute_path(device))
     return model.to(device)
 

@@ -34,7 +34,7 @@ def fingerprint(identity: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def identity(timeline, schedule, settings: dict, weights) -> dict:
+def identity(timeline, schedule, settings: dict, weights, loras: list | None = None) -> dict:
     import huggingface_hub
     import imageio_ffmpeg
 
@@ -55,6 +55,8 @@ def identity(timeline, schedule, settings: dict, weights) -> dict:
         "schedule": {"chunks": schedule.num_chunks, "latent_frames": schedule.num_latent_frames,
                      "video_frames": schedule.total_frames, "fps": FPS, "conditioning_changes": schedule.switches},
         "weights": {"source": weights.source, "files": weights.describe()},
+        # user LoRAs in merge order: path, sha256, scale, detected format, ranks, matched module count
+        "loras": list(loras or []),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

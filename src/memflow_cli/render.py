@@ -84,6 +84,7 @@ class RenderOptions:
     fit: str | None = None  # crop (default), pad or stretch
     noise_controller: bool | None = None  # None = the file's noiseController
     model: str | None = None  # models.MODELS name; None: the file's pipelineId when it is one of ours, else memflow
+    loras: tuple = ()  # --lora FILE[:SCALE]: timeline.LoraSpec, merged after the timeline's own LoRAs
 
 
 @dataclass
@@ -134,6 +135,7 @@ class RenderJob:
     quantization: str | None = None  # "fp8" from the options, --low-vram or the file
     video: "object | None" = None  # v2v.VideoInput for video-to-video, else None
     model: str = "memflow"  # models.MODELS name
+    loras: list | None = None  # loras.UserLora in merge order; None until checked against the model config
 
     @property
     def name(self) -> str:
@@ -225,13 +227,11 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
     seed = check_seed(seed, "--seed")
     vace_files = [Path(p) for p in (options.control, options.mask, *options.references) if p]
+    protected = [*job_inputs(timeline), *vace_files, *(lora.path for lora in options.loras)]
     default = default_output(timeline, options.output_dir, seed)
-    check_output_path(options.output or default, inputs=job_inputs(timeline) + vace_files)  # a valid target first
+    check_output_path(options.output or default, inputs=protected)  # a valid target first
     picked = choose_output(options.output, default, options.overwrite, make_unique=timeline.format == "prompt")
-    output = check_output_path(picked, inputs=job_inputs(timeline) + vace_files)
-    if timeline.settings.loras:
-        names = ", ".join(str(l.path) for l in timeline.settings.loras)
-        raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
+    output = check_output_path(picked, inputs=protected)
     steps = check_steps(options.steps, "--steps") if options.steps is not None else timeline.settings.denoising_steps
     try:
         stream = spec.stream_settings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
@@ -312,6 +312,7 @@ class Renderer:
         self._embeddings: dict = {}
         self._model = None
         self._model_name: str | None = None  # which model's DiT `_model` is: one resident at a time
+        self._model_loras: tuple = ()  # keys of the user LoRAs merged into _model
         self._vae = None
         self._vace = None  # the VACE blocks, loaded by the first render that uses them
         self._vace_sha256: str | None = None
@@ -388,13 +389,16 @@ class Renderer:
         self._embeddings.update(embeddings)
         self.timings["encode"] += time.perf_counter() - t
 
-    def load(self, quantization: str | None = None) -> None:
-        """Load the active model's DiT (with its LoRA merged, then quantized if asked) and the decoder, each once.
+    def load(self, quantization: str | None = None, loras: Sequence = ()) -> None:
+        """Load the active model's DiT (its own LoRA merged, then the user's `loras` in order, then quantized
+        if asked) and the decoder, each once.
 
-        One DiT is resident at a time: a batch renders its items grouped by model, so each loads once.
+        One DiT is resident at a time: a batch renders its items grouped by model, so each loads once; another
+        set of user LoRAs reloads the DiT from the released weights.
         """
         weights = self.weights
-        if self._model is not None and self._model_name == self._active:
+        key = tuple(lora.key for lora in loras)
+        if self._model is not None and self._model_name == self._active and self._model_loras == key:
             if quantization != self._quantization:
                 self._warn_once(f"the DiT is already loaded with quantization {self._quantization or 'none'}; "
                                 f"items asking for {quantization or 'none'} use it as loaded")
@@ -406,18 +410,20 @@ class Renderer:
 
         spec = get_model(self._active)
         t = time.perf_counter()
-        self.reporter.stage(f"loading {spec.title}" + (" (fp8 weights)" if quantization else "")
-                            + (" and the VAE" if self._vae is None else ""))
+        self.reporter.stage(("reloading " if self._model is not None else "loading ") + spec.title
+                            + (" (fp8 weights)" if quantization else "") + (" and the VAE" if self._vae is None else ""))
         if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
             self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        if self._model is not None:  # another model was resident: free it before loading this one
+        if self._model is not None:  # another model or LoRA set was resident: free it before loading this one
             self._model = None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+        if loras:
+            self.reporter.stage(f"merging {len(loras)} LoRA(s)")
         self._model = load_generator(self.config, weights, self.device, self.dtype, quantization,
-                                     lora_alpha=spec.lora_alpha)
+                                     lora_alpha=spec.lora_alpha, user_loras=[(lora.file, lora.scale) for lora in loras])
         self._quantization = quantization
-        self._model_name = spec.name
+        self._model_name, self._model_loras = spec.name, key
         if self._vae is None:
             self._vae = load_wan_vae(weights.vae, device=self.device, dtype=self.dtype)
         self.timings["load"] += time.perf_counter() - t
@@ -467,7 +473,20 @@ class Renderer:
     # -- planning ----------------------------------------------------------------------------------
 
     def plan(self, timeline: Timeline) -> RenderJob:
-        return plan_job(timeline, self.options)
+        job = plan_job(timeline, self.options)
+        self.use(job.model)  # the LoRAs are checked against this model's config
+        self.check_loras(job)
+        return job
+
+    def check_loras(self, job: RenderJob) -> None:
+        """Find, read and check the job's LoRAs (names and shapes against the DiT config; no weights load)."""
+        specs = (*job.timeline.settings.loras, *self.options.loras)
+        job.loras = []
+        if specs:
+            from memflow_cli.loras import prepare_loras
+
+            job.loras, notes = prepare_loras(specs, lambda: self.config)  # the config only after the file checks
+            job.warnings.extend(notes)
 
     def settings(self, job: RenderJob) -> dict:
         """What determines the frames besides the input and the weights (recorded in the manifest)."""
@@ -486,13 +505,15 @@ class Renderer:
             **({"vace": job.vace.described} if job.vace is not None else {}),
             **extra,
             **({"video_to_video": job.video.settings()} if job.video is not None else {}),
+            # the user's LoRAs change the frames: their content and strength are part of the fingerprint
+            **({"loras": [[lora.file.sha256, lora.scale] for lora in job.loras]} if job.loras else {}),
         }
 
     def identity(self, job: RenderJob) -> dict:
         from memflow_cli.models import get_model, manifest_entry
 
         weights = self.weights_for(job.model)
-        data = identity(job.timeline, job.schedule, self.settings(job), weights)
+        data = identity(job.timeline, job.schedule, self.settings(job), weights, [lora.manifest() for lora in job.loras or ()])
         data["model"] = manifest_entry(get_model(job.model), weights)  # its name is in the settings' fingerprint
         data["input"]["path"] = input_path(job.timeline)
         if job.video is not None:
@@ -513,6 +534,8 @@ class Renderer:
         if isinstance(job, Timeline):
             job = self.plan(job)
         self.use(job.model)
+        if job.loras is None:
+            self.check_loras(job)
         for w in job.warnings:
             self.reporter.warn(w)
         if self.device.type == "cuda":
@@ -533,7 +556,7 @@ class Renderer:
         if self._model is None or self._model_name != job.model:
             self._quantization = job.quantization  # the first job that loads a DiT decides its quantization
         self.encode_prompts(job.timeline.texts)
-        self.load(job.quantization)
+        self.load(job.quantization, job.loras or ())
         vace_module = self.load_vace(job)
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
         if job.vace is not None:

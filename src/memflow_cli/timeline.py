@@ -67,6 +67,8 @@ class LoraSpec:
     path: Path  # resolved, existing file
     scale: float
     merge_mode: str | None = None
+    sha256: str | None = None  # expected content hash, when the file gives one (workflow `loras[].sha256`)
+    where: str = ""  # JSON path (or --lora) for messages
 
 
 @dataclass(frozen=True)
@@ -459,17 +461,21 @@ class _Reader:
             )
         return value
 
-    def lora(self, name: Any, scale: Any, merge: Any, path: str, name_key: str) -> LoraSpec:
+    def lora(self, name: Any, scale: Any, merge: Any, path: str, name_key: str, sha256: Any = None) -> LoraSpec:
         if not isinstance(name, str) or not name.strip():
             raise self.fail(f"{path}.{name_key}", "the path or file name of a LoRA file", name)
         if scale is None:
             scale = 1.0
         if not _is_number(scale):
             raise self.fail(f"{path}.scale" if name_key == "path" else f"{path}.weight", "a finite number", scale)
+        if sha256 is not None and not (isinstance(sha256, str) and len(sha256.strip()) == 64
+                                       and all(c in "0123456789abcdefABCDEF" for c in sha256.strip())):
+            raise self.fail(f"{path}.sha256", "a sha256 of 64 hex digits", sha256)
         for candidate in self.lora_candidates(name):
             try:
                 if candidate.is_file():
-                    return LoraSpec(candidate, float(scale), merge if isinstance(merge, str) else None)
+                    return LoraSpec(candidate, float(scale), merge if isinstance(merge, str) else None,
+                                    sha256.strip().lower() if sha256 else None, f"{self.where}: {path}")
             except (OSError, ValueError):  # a name too long for the filesystem, an embedded NUL byte
                 continue
         searched = ", ".join(str(d) for d in self.lora_dirs) or "(no LoRA folder given)"
@@ -607,7 +613,8 @@ class _Reader:
             for i, item in enumerate(self.array(main["loras"], f"{path}.loras", nonempty=False)):
                 p = f"{path}.loras[{i}]"
                 item = self.obj(item, p)
-                loras.append(self.lora(item.get("filename"), item.get("weight"), item.get("merge_mode"), p, "filename"))
+                loras.append(self.lora(item.get("filename"), item.get("weight"), item.get("merge_mode"), p, "filename",
+                                       item.get("sha256")))
         vace_scale = self.vace_scale(params, "vace_context_scale", pp)
         return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale,
                                 quantization=quantization, input_mode=input_mode,

@@ -36,6 +36,11 @@ TINY_DIT = {
 }
 TINY_T5 = dict(vocab=512, dim=32, dim_attn=32, dim_ffn=64, num_heads=2, num_layers=2)
 TINY_VAE_DIM = 4  # the VAE dominates CPU time at this size; 4 keeps a chunk well under a second
+# The other `--vae` choices, tiny: a pruned Wan VAE with widths unlike `dim * dim_mult` (so loading must read
+# them from the file), and the tiny autoencoder (real one: encoder 64, decoder 256/128/64/64, ~45 MB).
+TINY_LIGHTVAE_DECODER_DIMS = (8, 8, 8, 4, 2)
+TINY_LIGHTVAE_ENCODER_DIMS = (2, 2, 4, 8, 8)
+TINY_TAE = dict(encoder_width=4, decoder_widths=(8, 8, 4, 4))
 LORA_RANK = 4
 
 
@@ -53,6 +58,28 @@ def _fill(state: dict[str, torch.Tensor], gen: torch.Generator, dtype: torch.dty
             v = torch.randn(t.shape, generator=gen) * 0.02
         out[name] = v.to(dtype or t.dtype).contiguous()
     return out
+
+
+def tiny_decoder_state(kind: str, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random float32 weights for a `--vae` choice other than `wan`, with the real file's key names."""
+    from memflow_cli.model.tae import TAEConfig, TinyAutoencoder
+    from memflow_cli.model.vae import VAEConfig, WanVAE
+
+    with torch.device("meta"):
+        if kind == "lightvae":
+            model = WanVAE(VAEConfig(decoder_dims=TINY_LIGHTVAE_DECODER_DIMS, encoder_dims=TINY_LIGHTVAE_ENCODER_DIMS))
+        elif kind in ("tae", "lighttae"):
+            model = TinyAutoencoder(TAEConfig(**TINY_TAE))
+        else:
+            raise ValueError(f"no tiny writer for decoder {kind!r}")
+    return _fill({k: torch.empty(v.shape) for k, v in model.state_dict().items()}, gen, torch.float32)
+
+
+def write_tiny_decoders(root: Path, gen: torch.Generator) -> None:
+    from memflow_cli.decoders import DECODERS
+
+    for kind in ("lightvae", "tae", "lighttae"):
+        torch.save(tiny_decoder_state(kind, gen), root / DECODERS[kind].filename)
 
 
 def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
@@ -92,6 +119,9 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
         vae = WanVAE(VAEConfig(dim=TINY_VAE_DIM))
     torch.save(_fill({k: torch.empty(v.shape) for k, v in vae.state_dict().items()}, gen, torch.float32),
                root / "Wan2.1_VAE.pth")
+
+    # The other decoders draw from their own generator, so the files above stay as they were.
+    write_tiny_decoders(root, torch.Generator().manual_seed(seed + 1))
 
     # umT5 encoder, bf16 like models_t5_umt5-xxl-enc-bf16.pth; output width = the DiT's text_dim.
     with torch.device("meta"):

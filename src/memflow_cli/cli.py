@@ -251,17 +251,20 @@ def download(
     verify: bool = typer.Option(False, "--verify", help="Re-hash cached files against the lock file."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     vace: bool = typer.Option(False, "--vace", help="Also fetch the VACE module (for --control/--mask/--reference offline)."),
+    vae: str = typer.Option("wan", "--vae", help="Also fetch this decoder's file: wan (always), lightvae, tae or lighttae."),
 ):
     """Download exactly the weight files inference needs into the Hugging Face cache (resumable)."""
     from memflow_cli import hub
+    from memflow_cli.decoders import decoder_spec
 
+    vae = decoder_spec(vae).kind
     if hub.offline_from_env():
         raise hub.DownloadError("HF_HUB_OFFLINE is set: downloading is disabled; unset it to download")
     from memflow_cli.progress import plan_table
 
     show = None if quiet else (lambda plan: err.print(plan_table(plan)))
     paths, lock = hub.download(hub.HFDownloader(hub.hub_cache(), progress=not quiet), revision=revision,
-                               wan_revision=wan_revision, verify_hashes=verify, show=show)
+                               wan_revision=wan_revision, verify_hashes=verify, show=show, vae=vae)
     if vace:
         hub.resolve_optional(hub.VACE_FILE, "--vace", downloader=hub.HFDownloader(hub.hub_cache(), progress=not quiet),
                              verify_hashes=verify)
@@ -305,6 +308,11 @@ def info(
              "path": str(path) if path else None, "required": f.required}
             for f, path, size in hub.presence(weights_dir)
         ],
+        "decoders": [
+            {"vae": kind, "repo": f.repo, "file": f.filename, "present": path is not None,
+             "path": str(path) if path else None}
+            for kind, f, path in hub.decoder_presence(weights_dir)
+        ],
     }
     if as_json:
         print(json.dumps(data, indent=2))
@@ -326,6 +334,13 @@ def info(
         status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
         files.add_row(f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
     out.print(files)
+    decoders = Table(title="decoders (--vae)")
+    for col in ("--vae", "file", "status"):
+        decoders.add_column(col)
+    for d in data["decoders"]:
+        status = "[green]present[/green]" if d["present"] else f"[dim]missing: memflow download --vae {d['vae']}[/dim]"
+        decoders.add_row(d["vae"], f"{d['repo']}/{d['file']}", status)
+    out.print(decoders)
 
 
 @app.command()

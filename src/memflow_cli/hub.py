@@ -23,11 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from memflow_cli.errors import CheckpointError, MemflowError
+from memflow_cli.errors import CheckpointError, InputError, MemflowError
 
 MEMFLOW_REPO = "KlingTeam/MemFlow"
 WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
@@ -61,6 +61,27 @@ FILES: tuple[WeightFile, ...] = (
 )
 
 
+# The other `--vae` choices (decoders.py): one file each, fetched only when chosen, never by default.
+DECODER_REPO = "daydreamlive/Autoencoders"
+DECODER_FILES: dict[str, WeightFile] = {
+    "lightvae": WeightFile("decoder_lightvae", DECODER_REPO, "lightvaew2_1.pth", required=False),
+    "tae": WeightFile("decoder_tae", DECODER_REPO, "taew2_1.pth", required=False),
+    "lighttae": WeightFile("decoder_lighttae", DECODER_REPO, "lighttaew2_1.pth", required=False),
+}
+
+
+def decoder_file(vae: str) -> WeightFile | None:
+    """The extra file a `--vae` choice needs (None for `wan`: its file is always part of the set)."""
+    from memflow_cli.decoders import decoder_spec
+
+    return DECODER_FILES.get(decoder_spec(vae).kind)
+
+
+def files_for(vae: str = "wan") -> tuple[WeightFile, ...]:
+    extra = decoder_file(vae)
+    return FILES + ((extra,) if extra else ())
+
+
 @dataclass(frozen=True)
 class WeightPaths:
     """Where each file the renderer loads lives on disk, plus their recorded identities (from the lock)."""
@@ -73,13 +94,26 @@ class WeightPaths:
     tokenizer: Path  # tokenizer.json
     source: str  # "hf-cache" or the weights folder
     identities: dict  # filename → {repo, commit, size, sha256}
+    decoders: dict = field(default_factory=dict)  # `--vae` kind → path, for the choices other than wan
+
+    def decoder(self, vae: str) -> Path:
+        """The weight file of a `--vae` choice."""
+        from memflow_cli.decoders import decoder_spec
+
+        kind = decoder_spec(vae).kind
+        if kind == "wan":
+            return self.vae
+        if kind not in self.decoders:
+            raise InputError(f"--vae {kind}: {DECODER_FILES[kind].filename} was not resolved with these weights")
+        return self.decoders[kind]
 
     def describe(self) -> dict:
         out = {}
-        for f in FILES:
-            if not f.required:
+        extra = [DECODER_FILES[k] for k in self.decoders]
+        for f in list(FILES) + extra:
+            if not f.required and f not in extra:
                 continue
-            path = getattr(self, f.role)
+            path = self.decoders[f.role[len("decoder_"):]] if f in extra else getattr(self, f.role)
             ident = dict(self.identities.get(f.filename, {}))
             ident.setdefault("size", path.stat().st_size if path.exists() else None)
             out[f.filename] = {"path": str(path), **ident}
@@ -307,14 +341,16 @@ def download(
     verify_hashes: bool = False,
     show: Callable[[list[RemoteFile]], None] | None = None,
     cache_dir: Path | None = None,
+    vae: str = "wan",
 ) -> tuple[WeightPaths, dict]:
     """Fetch whatever is missing, record the lock, return the paths and the lock.
 
-    `show` is called with the plan (sizes, cached or not) before any byte is fetched.
+    `show` is called with the plan (sizes, cached or not) before any byte is fetched. `vae` adds the
+    file of that decoder choice (and only that one) to the set.
     """
     cache_dir = cache_dir or hub_cache()
     downloader = downloader or HFDownloader(cache_dir)
-    plan = plan_download(downloader, revision, wan_revision)
+    plan = plan_download(downloader, revision, wan_revision, files_for(vae))
     if show:
         show(plan)
     check_space(plan, cache_dir)
@@ -332,7 +368,9 @@ def download(
             verify(f, path, entry, hashes=True)
         paths[f.role] = path
     lock["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    lock["revisions"] = {MEMFLOW_REPO: revision or "main", WAN_REPO: wan_revision or "main"}
+    lock["revisions"] = {**lock.get("revisions", {}), MEMFLOW_REPO: revision or "main", WAN_REPO: wan_revision or "main"}
+    if decoder_file(vae):
+        lock["revisions"][DECODER_REPO] = "main"
     write_lock(lock_file, lock)
     return _paths(paths, "hf-cache", lock), lock
 
@@ -346,16 +384,21 @@ def resolve_weights(
     downloader: Downloader | None = None,
     show: Callable[[list[RemoteFile]], None] | None = None,
     verify_hashes: bool = False,
+    vae: str = "wan",
 ) -> WeightPaths:
-    """The weight files to load: from a folder, from the cache, or downloaded now (unless offline)."""
+    """The weight files to load: from a folder, from the cache, or downloaded now (unless offline).
+
+    `vae` is the decoder choice: its file joins the set (found, downloaded and verified like the others).
+    """
     if weights_dir is not None:
-        return weights_from_dir(weights_dir, verify_hashes=verify_hashes)
+        return weights_from_dir(weights_dir, verify_hashes=verify_hashes, vae=vae)
+    wanted = files_for(vae)
     offline = offline or offline_from_env()
     downloader = downloader or HFDownloader(hub_cache())
     lock_file = lock_path()
     lock = read_lock(lock_file)
     found, missing = {}, []
-    for f in FILES:
+    for f in wanted:
         rev = _revision(f, revision, wan_revision)
         if rev is None and lock and f.filename in lock["files"]:
             rev = lock["files"][f.filename].get("commit")  # the exact commit we verified
@@ -365,8 +408,15 @@ def resolve_weights(
         else:
             found[f.role] = path
     if missing and not offline:
-        paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show)
+        paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show, vae=vae)
         return paths
+    extra = decoder_file(vae)
+    if extra in missing:
+        raise InputError(
+            f"--vae {vae}: {extra.repo}/{extra.filename} is not in the Hugging Face cache {hub_cache()} and offline "
+            f"mode is on (--offline or HF_HUB_OFFLINE); run `memflow download --vae {vae}` with a network connection "
+            "first, or pass --weights-dir"
+        )
     required_missing = [f for f in missing if f.required]
     if required_missing:
         names = ", ".join(f"{f.repo}/{f.filename}" for f in required_missing)
@@ -376,18 +426,23 @@ def resolve_weights(
         )
     if lock is None:
         lock = new_lock()
-        for f in FILES:
+        for f in wanted:
             if f.role in found:
                 record(lock, f, found[f.role], None)
         write_lock(lock_file, lock)
     else:
-        for f in FILES:
+        for f in wanted:
             if f.role in found:
+                entry = lock["files"].get(f.filename)
+                if entry is None and f is extra:
+                    # a decoder fetched by another tool: adopt it, as the first offline run does for the set
+                    record(lock, f, found[f.role], None)
+                    write_lock(lock_file, lock)
                 verify(f, found[f.role], lock["files"].get(f.filename), hashes=verify_hashes)
     return _paths(found, "hf-cache", lock)
 
 
-def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False) -> WeightPaths:
+def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False, vae: str = "wan") -> WeightPaths:
     root = Path(weights_dir).expanduser()
     if not root.is_dir():
         raise CheckpointError(f"{root}: weights folder not found")
@@ -397,10 +452,16 @@ def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False) ->
             f"{root}: weights folder is missing {', '.join(missing)}; expected the layout of `memflow download` "
             "(base.pt, lora.pt, config.json, Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/tokenizer.json)"
         )
+    extra = decoder_file(vae)
+    if extra and not (root / extra.filename).is_file():
+        raise InputError(
+            f"--vae {vae}: {root / extra.filename} not found; put {extra.filename} (from {extra.repo}) in the weights "
+            f"folder, or run `memflow download --vae {vae}` and render without --weights-dir"
+        )
     lock_file = root / LOCK_NAME
     lock = read_lock(lock_file) or new_lock()
     paths = {}
-    for f in FILES:
+    for f in files_for(vae):
         path = root / f.filename
         if path.is_file():
             verify(f, path, lock["files"].get(f.filename), hashes=verify_hashes,
@@ -423,8 +484,27 @@ def presence(weights_dir: str | Path | None = None, revision: str | None = None)
     return rows
 
 
+def decoder_presence(weights_dir: str | Path | None = None) -> list[tuple[str, WeightFile, Path | None]]:
+    """For `memflow info`: each `--vae` choice, its file and where it is (or None). No network."""
+    from memflow_cli.decoders import DECODER_KINDS
+
+    downloader = None if weights_dir else HFDownloader(hub_cache())
+    rows = []
+    for kind in DECODER_KINDS:
+        f = DECODER_FILES.get(kind) or next(x for x in FILES if x.role == "vae")
+        if weights_dir:
+            p = Path(weights_dir).expanduser() / f.filename
+            path = p if p.is_file() else None
+        else:
+            path = downloader.cached(f, None)
+        rows.append((kind, f, path))
+    return rows
+
+
 def _revision(f: WeightFile, revision: str | None, wan_revision: str | None) -> str | None:
-    return revision if f.repo == MEMFLOW_REPO else wan_revision
+    if f.repo == MEMFLOW_REPO:
+        return revision
+    return wan_revision if f.repo == WAN_REPO else None
 
 
 def _pinned(f: WeightFile, revision: str | None, wan_revision: str | None) -> bool:
@@ -433,8 +513,9 @@ def _pinned(f: WeightFile, revision: str | None, wan_revision: str | None) -> bo
 
 def _paths(found: dict, source: str, lock: dict) -> WeightPaths:
     identities = {k: {kk: vv for kk, vv in v.items() if kk != "recorded"} for k, v in lock["files"].items()}
+    decoders = {kind: found[f.role] for kind, f in DECODER_FILES.items() if f.role in found}
     return WeightPaths(found["base"], found["lora"], found["config"], found["vae"], found["t5"], found["tokenizer"],
-                       source, identities)
+                       source, identities, decoders)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 
 Every file has the real name, container and key names (`base.pt` with `{"generator": {"model.…"}}`,
 `lora.pt` with peft names under `generator_lora`, Wan's `config.json`, plain state dicts for the VAE and
-the bf16 umT5 encoder, a `tokenizer.json`), so a smoke render goes through exactly the loading code the
+the bf16 umT5 encoder, a `tokenizer.json`, and the three other `--vae` decoders), so a smoke render goes through exactly the loading code the
 real 10 GB of weights go through, only in seconds on a CPU. The output is a deterministic function of
 `seed`. A `memflow.lock.json` records sizes and sha256 like a download does.
 """
@@ -135,7 +135,7 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
 
     lock = hub.new_lock()
     lock["note"] = f"tiny random weights for smoke tests (seed {seed}); not a real model"
-    for f in (*hub.FILES, hub.VACE_FILE):
+    for f in (*hub.FILES, hub.VACE_FILE, *hub.DECODER_FILES.values()):
         if (root / f.filename).is_file():
             hub.record(lock, f, root / f.filename, None)
     hub.write_lock(root / hub.LOCK_NAME, lock)

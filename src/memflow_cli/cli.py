@@ -359,8 +359,11 @@ def bench(
     dtype: Optional[str] = typer.Option(None, help="bfloat16, float16 or float32 (default: bfloat16 on cuda)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON report into this folder (e.g. benchmarks/results)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    vae: str = typer.Option("wan", "--vae", help="Decoder to time: wan, lightvae, tae or lighttae."),
 ):
     """Measure speed stage by stage with random full-size weights (nothing to download)."""
+    from memflow_cli.decoders import decoder_spec
+
     from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
     from memflow_cli.render import DTYPES
 
@@ -370,7 +373,7 @@ def bench(
         raise InputError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     opts = BenchOptions(preset=preset, width=width, height=height, chunks=chunks, steps=steps, switch_every=switch_every,
                         sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
-                        device=device or defaults.device, dtype=dtype or defaults.dtype)
+                        device=device or defaults.device, dtype=dtype or defaults.dtype, vae=decoder_spec(vae).kind)
     try:
         report = run_bench(opts)
     except (KeyError, ValueError) as exc:

@@ -78,6 +78,7 @@ class TimelineSettings:
     denoising_steps: tuple[int, ...] | None = None  # only kept for MemFlow files
     loras: tuple[LoraSpec, ...] = ()
     vace_scale: float | None = None  # VACE guidance strength (workflow `vace_context_scale`, Scope `vaceContextScale`)
+    vae: str | None = None  # decoder choice (decoders.DECODER_KINDS) from Scope's `vae_type`
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,15 @@ class _Reader:
             out.append(value)
         return out[0], out[1]
 
+    def vae_type(self, value: Any, path: str) -> str | None:
+        from memflow_cli.decoders import DECODER_KINDS
+
+        if value is None:
+            return None
+        if not isinstance(value, str) or value.strip().lower() not in DECODER_KINDS:
+            raise self.fail(path, f"a decoder: one of {', '.join(DECODER_KINDS)}", value)
+        return value.strip().lower()
+
     def seed(self, value: Any, path: str) -> int | None:
         if value is None:
             return None
@@ -530,8 +540,9 @@ class _Reader:
         for key in ("manageCache", "kvCacheAttentionBias", "noiseScale", "noiseController", "loraMergeStrategy"):
             if key in s:
                 self.ignored.append(f"settings.{key}")
+        vae = self.vae_type(overrides.get("vae_type"), "settings.schemaFieldOverrides.vae_type")
         for key in overrides:
-            if key != "base_seed":
+            if key not in ("base_seed", "vae_type"):
                 self.ignored.append(f"settings.schemaFieldOverrides.{key}")
         loras = []
         if s.get("loras") is not None:
@@ -540,7 +551,7 @@ class _Reader:
                 item = self.obj(item, p)
                 loras.append(self.lora(item.get("path"), item.get("scale"), item.get("mergeMode"), p, "path"))
         vace_scale = self.vace_scale(s, "vaceContextScale", "settings")
-        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale)
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale, vae=vae)
 
     def scope_workflow(self, doc: dict) -> Timeline:
         version = doc.get("format_version")
@@ -583,7 +594,8 @@ class _Reader:
         if steps is not None and pipeline not in (None, "memflow"):
             steps = None
         self.quantization(params.get("quantization"), f"{pp}.quantization")
-        for key in ("noise_scale", "noise_controller", "manage_cache", "kv_cache_attention_bias", "vae_type"):
+        vae = self.vae_type(params.get("vae_type"), f"{pp}.vae_type")
+        for key in ("noise_scale", "noise_controller", "manage_cache", "kv_cache_attention_bias"):
             if key in params:
                 self.ignored.append(f"{pp}.{key}")
         loras = []
@@ -593,7 +605,7 @@ class _Reader:
                 item = self.obj(item, p)
                 loras.append(self.lora(item.get("filename"), item.get("weight"), item.get("merge_mode"), p, "filename"))
         vace_scale = self.vace_scale(params, "vace_context_scale", pp)
-        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale)
+        return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale, vae=vae)
 
     def prompt_list(
         self,

@@ -111,6 +111,7 @@ def render(
     mask: Optional[Path] = typer.Option(None, "--mask", help="VACE: mask video; white is regenerated, black kept from --control."),
     reference: List[Path] = typer.Option([], "--reference", help="VACE: reference image for the subject (repeatable)."),
     vace_scale: Optional[float] = typer.Option(None, "--vace-scale", help="VACE strength, 0 to 2 (default: the file's, else 1.0)."),
+    vae: Optional[str] = typer.Option(None, "--vae", help="Decoder: wan (default), lightvae, tae or lighttae (default: the timeline's vae_type, else wan)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it. Several files or folders
     make a batch: the weights load once, every item streams in turn, a failing item does not stop the rest."""
@@ -145,7 +146,8 @@ def render(
                             weights_dir=weights_dir, offline=offline, revision=revision, verify_hashes=verify,
                             output_dir=output_dir, overwrite=overwrite, resume=resume,
                             checkpoint_every=checkpoint_every, max_hours=max_hours,
-                            control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale)
+                            control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
+                            vae=vae)
     reporter = Reporter() if quiet else RichReporter(err)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all

@@ -86,6 +86,7 @@ def summary_table(summary: "RenderSummary"):
     t.add_row("frames", f"{summary.frames} ({summary.seconds:.2f} s at {FPS} fps, {summary.width}x{summary.height})")
     t.add_row("chunks", str(summary.chunks))
     t.add_row("device", f"{summary.device}, {summary.dtype}, {summary.attention}")
+    t.add_row("decoder", getattr(summary, "vae", "wan"))
     for stage in ("load", "encode", "generate", "decode", "write", "total"):
         t.add_row(f"time {stage}", f"{summary.timings.get(stage, 0.0):.2f} s")
     t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")

@@ -74,6 +74,7 @@ class RenderOptions:
     mask: Path | None = None
     references: tuple[Path, ...] = ()
     vace_scale: float | None = None
+    vae: str | None = None  # decoder (decoders.DECODER_KINDS); None = the timeline's `vae_type`, else "wan"
 
 
 @dataclass
@@ -98,6 +99,7 @@ class RenderSummary:
     manifest: str = ""
     warnings: list = field(default_factory=list)
     skipped: bool = False  # an existing complete output already was this render
+    vae: str = "wan"  # the decoder that made the frames
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +118,7 @@ class RenderJob:
     stream: "object"  # generator.StreamSettings
     warnings: list = field(default_factory=list)
     vace: "object | None" = None  # vace.VaceRender: the VACE inputs, checked
+    vae: str = "wan"  # decoder choice: --vae, else the timeline's vae_type, else wan
 
     @property
     def name(self) -> str:
@@ -202,6 +205,7 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     if timeline.settings.loras:
         names = ", ".join(str(l.path) for l in timeline.settings.loras)
         raise InputError(f"{timeline.source}: settings.loras: extra LoRAs ({names}) are not supported yet; expected an empty list")
+    vae = _decoder_choice(timeline, options)
     steps = check_steps(options.steps, "--steps") if options.steps is not None else timeline.settings.denoising_steps
     try:
         stream = StreamSettings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
@@ -209,7 +213,7 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         raise InputError(f"{timeline.source}: {exc}") from None
     warnings = list(timeline.warnings)
     vace = _prepare_vace(timeline, options, schedule, warnings)
-    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace)
+    return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace, vae=vae)
 
 
 def _prepare_vace(timeline: Timeline, options: RenderOptions, schedule: Schedule, warnings: list):
@@ -236,6 +240,14 @@ def job_inputs(timeline: Timeline) -> list[Path]:
         jsonl = timeline.format == "memflow-jsonl"  # its source is "FILE line N"
         found.append(Path(timeline.source.rsplit(" line ", 1)[0] if jsonl else timeline.source))
     return found
+
+
+def _decoder_choice(timeline: Timeline, options: RenderOptions) -> str:
+    from memflow_cli.decoders import DEFAULT_DECODER, decoder_spec
+
+    if options.vae is not None:
+        return decoder_spec(options.vae, "--vae").kind
+    return timeline.settings.vae or DEFAULT_DECODER  # validated when the file was read
 
 
 def synchronize(device: torch.device) -> None:
@@ -267,6 +279,8 @@ class Renderer:
         self._vae = None
         self._vace = None  # the VACE blocks, loaded by the first render that uses them
         self._vace_sha256: str | None = None
+        self._vae_kind: str | None = None
+        self._decoder_files: dict[str, dict] = {}  # kind → {"path", "sha256", ...}
         self._warned: set[str] = set()
 
     # -- parts, each loaded once -----------------------------------------------------------------
@@ -315,20 +329,46 @@ class Renderer:
         self._embeddings.update(embeddings)
         self.timings["encode"] += time.perf_counter() - t
 
-    def load(self) -> None:
-        """Load the DiT (with its LoRA merged) and the decoder, once."""
-        if self._model is not None:
-            return
-        from memflow_cli.checkpoints import load_dit
-        from memflow_cli.model.dit import DiTConfig
-        from memflow_cli.model.vae import load_wan_vae
+    def decoder_file(self, vae: str) -> dict:
+        """Where the `vae` decoder's weights are and their identity (sha256), resolved once per kind.
+
+        A choice other than wan is found, downloaded (unless offline) and verified like the other files.
+        """
+        if vae not in self._decoder_files:
+            from memflow_cli.decoders import decoder_spec
+            from memflow_cli.hub import resolve_weights, sha256_file
+
+            weights, o = self.weights, self.options
+            if vae != "wan":
+                weights = resolve_weights(o.weights_dir, offline=o.offline, revision=o.revision,
+                                          verify_hashes=o.verify_hashes, show=self.reporter.show_plan, vae=vae)
+            path = weights.decoder(vae)
+            name = decoder_spec(vae).filename
+            ident = dict(weights.identities.get(name, {}))
+            if not ident.get("sha256"):
+                ident["sha256"] = sha256_file(path)  # the manifest names the exact decoder file
+            ident["size"] = path.stat().st_size
+            self._decoder_files[vae] = {"vae": vae, "file": name, "path": str(path), **ident}
+        return self._decoder_files[vae]
+
+    def load(self, vae: str = "wan") -> None:
+        """Load the DiT (with its LoRA merged) once, and the `vae` decoder (replacing another kind)."""
+        from memflow_cli.decoders import load_decoder
 
         t = time.perf_counter()
-        self.reporter.stage("loading the generator and the VAE")
-        if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
-            self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        self._model = load_dit(self.config, self.weights.base, self.weights.lora, device=self.device, dtype=self.dtype)
-        self._vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
+        if self._model is None:
+            from memflow_cli.checkpoints import load_dit
+            from memflow_cli.model.dit import DiTConfig
+
+            self.reporter.stage("loading the generator")
+            if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
+                self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
+            self._model = load_dit(self.config, self.weights.base, self.weights.lora, device=self.device, dtype=self.dtype)
+        if self._vae_kind != vae:
+            self.reporter.stage(f"loading the {vae} decoder")
+            self._vae = None  # free the previous decoder first
+            self._vae = load_decoder(vae, self.decoder_file(vae)["path"], device=self.device, dtype=self.dtype)
+            self._vae_kind = vae
         self.timings["load"] += time.perf_counter() - t
 
     def load_vace(self, job: RenderJob):
@@ -377,10 +417,19 @@ class Renderer:
             "blend": self.options.blend,
             **job.stream.to_dict(),
             **({"vace": job.vace.described} if job.vace is not None else {}),
+            "vae": job.vae,
         }
 
     def identity(self, job: RenderJob) -> dict:
-        return identity(job.timeline, job.schedule, self.settings(job), self.weights)
+        from memflow_cli.manifest import fingerprint
+
+        ident = identity(job.timeline, job.schedule, self.settings(job), self.weights)
+        # the decoder that makes the frames, with its file's hash; part of the fingerprint
+        decoder = self.decoder_file(job.vae)
+        ident["decoder"] = decoder
+        ident["weights"]["files"][decoder["file"]] = {k: v for k, v in decoder.items() if k not in ("vae", "file")}
+        ident["fingerprint"] = fingerprint(ident)
+        return ident
 
     def already_rendered(self, job: RenderJob) -> bool:
         """The output exists with a matching manifest (same input, settings and weights), complete."""
@@ -410,7 +459,7 @@ class Renderer:
         before = dict(self.timings)
         self.load_vace(job)  # finds the VACE module first: a missing one fails before any weight loads
         self.encode_prompts(job.timeline.texts)
-        self.load()
+        self.load(job.vae)
         vace_module = self.load_vace(job)
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
         if job.vace is not None:
@@ -573,7 +622,7 @@ class Renderer:
         return RenderSummary(str(job.output), False, 0, job.schedule.total_frames, 0.0, job.schedule.num_chunks,
                              job.width, job.height, job.seed, s["device"], s["dtype"], s["attention"],
                              {"load": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0, "write": 0.0},
-                             warnings=list(job.warnings))
+                             warnings=list(job.warnings), vae=job.vae)
 
     def _skip(self, job: RenderJob, ident: dict, summary: RenderSummary, started: float) -> bool:
         """The overwrite rule (one rule for single renders and batches; -y/--overwrite/--force lifts it):

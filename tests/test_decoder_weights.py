@@ -108,3 +108,11 @@ def test_cli_info_lists_decoders_and_download_refuses_unknown_vae(tmp_path, monk
     assert "decoders" in result.stdout and "lighttae" in result.stdout
     result = CliRunner().invoke(app, ["download", "--vae", "big", "--quiet"])
     assert result.exit_code == 2 and "unknown decoder 'big'" in result.output
+
+
+def test_hub_and_decoders_agree_on_file_names():
+    from memflow_cli.decoders import DECODERS
+
+    assert {k: f.filename for k, f in hub.DECODER_FILES.items()} == {
+        k: s.filename for k, s in DECODERS.items() if k != "wan"}
+    assert DECODERS["wan"].filename == next(f.filename for f in FILES if f.role == "vae")

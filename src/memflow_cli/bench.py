@@ -79,7 +79,7 @@ def random_decoder(kind: str, device, dtype, seed: int = 0, vae_dim: int = 96):
 
     lightvae keeps a quarter of every Wan width (the released file prunes 75 % of the channels).
     """
-    from memflow_cli.decoders import DECODERS, TinyAutoencoder, WanAutoencoder, decoder_spec
+    from memflow_cli.decoders import DECODERS, TinyVideoAutoencoder, WanVideoAutoencoder, decoder_spec
     from memflow_cli.model.tae import TAEConfig
     from memflow_cli.model.tae import TinyAutoencoder as TAEModule
 
@@ -88,13 +88,13 @@ def random_decoder(kind: str, device, dtype, seed: int = 0, vae_dim: int = 96):
     if spec.family == "tae":
         with torch.device(device):
             module = TAEModule(TAEConfig(has_encoder=False))
-        return TinyAutoencoder(DECODERS[spec.kind], module.to(dtype).eval().requires_grad_(False))
+        return TinyVideoAutoencoder(DECODERS[spec.kind], module.to(dtype).eval().requires_grad_(False))
     cfg = replace(VAEConfig(), dim=vae_dim, has_encoder=False)
     if spec.kind == "lightvae":
         cfg = replace(cfg, decoder_dims=tuple(max(1, w // 4) for w in cfg.decoder_widths()))
     with torch.device(device):
         module = WanVAE(cfg)
-    return WanAutoencoder(DECODERS[spec.kind], module.to(dtype).eval().requires_grad_(False))
+    return WanVideoAutoencoder(DECODERS[spec.kind], module.to(dtype).eval().requires_grad_(False))
 
 
 def _run(opts: BenchOptions, model, vae, bank: bool) -> dict:

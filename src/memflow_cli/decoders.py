@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -35,7 +36,6 @@ from memflow_cli.model.vae import LATENT_MEAN, LATENT_STD
 
 DECODER_KINDS = ("wan", "lightvae", "tae", "lighttae")
 DEFAULT_DECODER = "wan"
-DECODER_REPO = "daydreamlive/Autoencoders"  # mirror of lightx2v/Autoencoders
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,32 @@ def decoder_spec(kind: str, source: str = "--vae") -> DecoderSpec:
     return spec
 
 
+class StreamDecoder(Protocol):
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class StreamEncoder(Protocol):
+    def encode(self, video: torch.Tensor) -> torch.Tensor: ...
+
+
+class VideoAutoencoder(Protocol):
+    """What `load_decoder` returns, whatever the kind (one stream object per video)."""
+
+    kind: str
+    spec: DecoderSpec
+    module: torch.nn.Module  # the network itself
+
+    @property
+    def can_encode(self) -> bool: ...
+    def stream_decoder(self) -> StreamDecoder: ...
+    def stream_encoder(self) -> StreamEncoder: ...
+
+
 # --------------------------------------------------------------------------------------------------
 # Wan family: the VAE already has the contract
 
 
-class WanAutoencoder:
+class WanVideoAutoencoder:
     def __init__(self, spec: DecoderSpec, vae):
         self.spec = spec
         self.kind = spec.kind
@@ -90,7 +111,7 @@ class WanAutoencoder:
 # Tiny family: latent convention and pixel range adapted here
 
 
-class TinyAutoencoder:
+class TinyVideoAutoencoder:
     def __init__(self, spec: DecoderSpec, tae):
         self.spec = spec
         self.kind = spec.kind
@@ -119,7 +140,7 @@ class TinyAutoencoder:
 
 
 class TinyStreamDecoder:
-    def __init__(self, ae: TinyAutoencoder):
+    def __init__(self, ae: TinyVideoAutoencoder):
         self.ae = ae
         self.inner = ae.module.stream_decoder()
 
@@ -141,7 +162,7 @@ class TinyStreamDecoder:
 
 
 class TinyStreamEncoder:
-    def __init__(self, ae: TinyAutoencoder):
+    def __init__(self, ae: TinyVideoAutoencoder):
         self.ae = ae
         self.inner = ae.module.stream_encoder()
         self.frames_in = 0
@@ -171,7 +192,7 @@ class TinyStreamEncoder:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_decoder(kind: str, path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32):
+def load_decoder(kind: str, path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32) -> VideoAutoencoder:
     """Load the `--vae` choice from its weight file. A file that is not that decoder is an input error."""
     spec = decoder_spec(kind)
     path = Path(path)
@@ -179,9 +200,9 @@ def load_decoder(kind: str, path: str | os.PathLike, device="cpu", dtype: torch.
         if spec.family == "wan":
             from memflow_cli.model.vae import load_wan_vae
 
-            return WanAutoencoder(spec, load_wan_vae(path, device=device, dtype=dtype))
+            return WanVideoAutoencoder(spec, load_wan_vae(path, device=device, dtype=dtype))
         from memflow_cli.model.tae import load_tae
 
-        return TinyAutoencoder(spec, load_tae(path, device=device, dtype=dtype))
+        return TinyVideoAutoencoder(spec, load_tae(path, device=device, dtype=dtype))
     except CheckpointError as exc:
         raise InputError(f"--vae {spec.kind} expects {spec.filename} ({spec.summary}); {exc}") from None

@@ -139,3 +139,26 @@ def test_missing_decoder_offline_is_refused(tiny, tmp_path):
     assert code == 0, text
     assert probe(out)["frames"] == 8
     assert "lightvaew2_1.pth" in hub.read_lock(hub.lock_path())["files"]
+
+
+def test_interrupted_tiny_decoder_render_resumes_identically(tiny, tmp_path):
+    """The tiny decoder's memory (one frame per block, and the first-chunk trim) survives a resume."""
+    import signal
+
+    from memflow_cli.render import Interrupted
+
+    timeline = prompt_timeline("a heron over a lake", 2.0)  # 32 frames, 3 chunks
+    whole = Renderer(RenderOptions(weights_dir=tiny, width=32, height=32, vae="lighttae", output=tmp_path / "a.mp4"))
+    whole.render(timeline)
+
+    def stop(chunk):
+        if chunk.index == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "b.mp4"
+    with pytest.raises(Interrupted):
+        Renderer(RenderOptions(weights_dir=tiny, width=32, height=32, vae="lighttae", output=out)).render(
+            timeline, on_chunk=stop)
+    resumed = Renderer(RenderOptions(weights_dir=tiny, width=32, height=32, vae="lighttae", output=out, resume=True))
+    assert resumed.render(timeline).complete
+    assert np.array_equal(_pixels(out), _pixels(tmp_path / "a.mp4"))

@@ -112,6 +112,8 @@ class WanVideoAutoencoder:
 
 
 class TinyVideoAutoencoder:
+    _transient = ("_stats_cache",)  # constants, rebuilt on use (not part of a resume checkpoint)
+
     def __init__(self, spec: DecoderSpec, tae):
         self.spec = spec
         self.kind = spec.kind

@@ -36,13 +36,16 @@ def test_bench_command_prints_json(tmp_path):
 
     result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--resolution", "32x32", "--chunks", "2",
                                       "--vae-dim", "8", "--no-video", "--no-baseline", "--device", "cpu",
-                                      "--dtype", "float32", "--json", "--save", str(tmp_path)])
+                                      "--dtype", "fp32", "--json", "--save", str(tmp_path), "--vae", "lighttae"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["with_memory"]["frames"] == 21 and "without_memory" not in report
+    assert report["options"]["vae"] == "lighttae" and report["with_memory"]["per_chunk_ms"]["vae"] > 0
     assert list(tmp_path.glob("*.json"))
     bad = CliRunner().invoke(app, ["bench", "--resolution", "30x32"])
     assert bad.exit_code == 2 and "multiples of 16" in bad.output
+    bad = CliRunner().invoke(app, ["bench", "--vae", "vqgan"])
+    assert bad.exit_code == 2 and "unknown decoder" in bad.output
 
 
 def test_memory_cost_with_its_noise():
@@ -102,3 +105,12 @@ def test_bench_video_times_reading_and_encoding_the_input(tmp_path):
     assert "vae_encode ms / chunk" in console.export_text()
     bad = CliRunner().invoke(app, ["bench", "--video", "--strength", "0"])
     assert bad.exit_code == 2 and "--strength" in bad.output
+
+
+def test_decoder_bench_times_all_four_side_by_side():
+    from memflow_cli.bench import run_decoder_bench
+
+    side = run_decoder_bench(width=32, height=32, chunks=1, vae_dim=8)
+    assert set(side["vae_ms_per_chunk"]) == {"tae", "lighttae", "lightvae", "wan"}
+    assert all(v > 0 for v in side["vae_ms_per_chunk"].values())
+    assert max(side["speedup_vs_slowest"].values()) >= 1 == min(side["speedup_vs_slowest"].values())

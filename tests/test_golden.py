@@ -12,12 +12,14 @@ import pytest
 
 import golden_codecs
 import golden_pipeline
+import golden_tae
 import golden_vace
 
 RUNNERS = {}
 RUNNERS.update(golden_pipeline.RUNNERS)
 RUNNERS.update(golden_codecs.RUNNERS)
 RUNNERS.update(golden_vace.RUNNERS)
+RUNNERS.update(golden_tae.RUNNERS)
 
 _GOLDEN = Path(os.environ.get("MEMFLOW_GOLDEN_DIR", Path(__file__).parent / "golden"))
 

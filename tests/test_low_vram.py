@@ -37,6 +37,8 @@ def test_fp8_and_low_vram_renders_reach_the_exact_length(tiny, tmp_path, extra):
     assert "memory plan 32x32" in text and "fp8" in text and "planned peak" in text
     manifest = json.loads((tmp_path / "v.manifest.json").read_text())
     assert manifest["settings"]["quantization"] == "fp8" and manifest["video"]["frames"] == 8
+    # --low-vram takes the tiny decoder when its file is there (the tiny weights have it); fp8 alone keeps wan
+    assert manifest["decoder"]["vae"] == ("lighttae" if "--low-vram" in extra else "wan")
 
 
 def test_scope_file_asking_for_fp8_renders_with_fp8(tiny, tmp_path):

@@ -138,7 +138,8 @@ def test_help_is_clean_and_complete():
                 assert param.help, f"memflow {name} {param.opts[0]} has no description"
 
 
-def test_one_spelling_set_for_dtype():
+def test_one_spelling_set_for_dtype(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # wide enough that rich does not wrap an option's help text
     _, render_help = cli("render", "-h")
     _, bench_help = cli("bench", "-h")
     for text in (render_help, bench_help):

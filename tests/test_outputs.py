@@ -77,7 +77,7 @@ def test_directory_device_and_missing_folder(tmp_path):
 def test_names_too_long_including_temporaries(tmp_path):
     with pytest.raises(InputError, match="too long"):
         check_output(tmp_path / ("a" * 300 + ".mp4"))
-    fits_alone = "b" * 220 + ".mp4"  # 224 bytes: fine by itself, but its hidden temporary would not fit
+    fits_alone = "b" * 245 + ".mp4"  # 249 bytes: fine by itself, but its hidden temporary would not fit
     assert len(temp_name(tmp_path / fits_alone, ".json").name) > 255
     with pytest.raises(InputError, match="too long"):
         check_output(tmp_path / fits_alone)

@@ -55,7 +55,7 @@ def test_scope_workflow_main_pipeline():
     assert t.settings.seed == 11 and t.settings.pipeline_id == "memflow"
     assert t.blocks[0].prompts[0].weight == 1.0  # default weight
     assert t.blocks[1].transition_steps == 1 and t.blocks[1].interpolation == "linear"
-    assert any("vae_type" in w for w in t.warnings)
+    assert t.settings.vae == "wan" and not any("vae_type" in w for w in t.warnings)  # a setting we honour
 
 
 def test_memflow_jsonl_one_timeline_per_line():
@@ -178,10 +178,10 @@ def test_lora_resolved_by_file_name_in_lora_dir(tmp_path):
 
 def test_new_seed_location_wins(tmp_path):
     f = tmp_path / "t.json"
-    f.write_text(json.dumps(_scope([_block()], {"seed": 1, "schemaFieldOverrides": {"base_seed": 99, "vae_type": "wan"}})))
+    f.write_text(json.dumps(_scope([_block()], {"seed": 1, "schemaFieldOverrides": {"base_seed": 99, "noise_scale": 0.7}})))
     t = read_timeline(f)
     assert t.settings.seed == 99
-    assert any("schemaFieldOverrides.vae_type" in w for w in t.warnings)
+    assert any("schemaFieldOverrides.noise_scale" in w for w in t.warnings)
 
 
 def test_video_to_video_settings_are_read_from_both_scope_formats(tmp_path):

@@ -138,9 +138,9 @@ def test_vace_inputs_are_part_of_the_render_identity(tiny, media, tmp_path):
     code, text = render(tiny, out, "--control", media["control"])
     assert code == 0 and out.stat().st_mtime_ns == before  # the same render: skipped
     code, text = render(tiny, out, "--control", media["other"])
-    assert code == 2 and "the file exists" in text  # another control is another render
+    assert code == 2 and "already exists" in text  # another control is another render
     code, text = render(tiny, out, "--control", media["control"], "--vace-scale", "0.5")
-    assert code == 2 and "the file exists" in text
+    assert code == 2 and "already exists" in text
 
 
 def test_interrupted_vace_render_resumes_identically(tiny, tmp_path):

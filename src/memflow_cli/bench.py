@@ -52,6 +52,7 @@ class BenchOptions:
     seed: int = 0
     video: bool = False  # video-to-video: read + VAE-encode an input clip per chunk
     strength: float = 0.7
+    vae: str = "wan"  # decoder choice (decoders.py); `vae_dim` scales the Wan-family ones
 
 
 class _Clock:
@@ -80,11 +81,27 @@ def _random_dit(config: DiTConfig, device, dtype, seed: int):
     return model
 
 
-def _random_vae(dim: int, device, dtype, seed: int, encoder: bool = False) -> WanVAE:
+def random_decoder(kind: str, device, dtype, seed: int = 0, vae_dim: int = 96, encoder: bool = False):
+    """A `--vae` choice at its real size (Wan family: `vae_dim` wide) with random weights (decoder only unless `encoder`).
+
+    lightvae keeps a quarter of every Wan width (the released file prunes 75 % of the channels).
+    """
+    from memflow_cli.decoders import DECODERS, TinyVideoAutoencoder, WanVideoAutoencoder, decoder_spec
+    from memflow_cli.model.tae import TAEConfig
+    from memflow_cli.model.tae import TinyAutoencoder as TAEModule
+
+    spec = decoder_spec(kind)
     torch.manual_seed(seed)
+    if spec.family == "tae":
+        with torch.device(device):
+            module = TAEModule(TAEConfig(has_encoder=encoder))
+        return TinyVideoAutoencoder(DECODERS[spec.kind], module.to(dtype).eval().requires_grad_(False))
+    cfg = replace(VAEConfig(), dim=vae_dim, has_encoder=encoder)
+    if spec.kind == "lightvae":
+        cfg = replace(cfg, decoder_dims=tuple(max(1, w // 4) for w in cfg.decoder_widths()))
     with torch.device(device):
-        vae = WanVAE(replace(VAEConfig(), dim=dim, has_encoder=encoder))
-    return vae.to(dtype).eval().requires_grad_(False)
+        module = WanVAE(cfg)
+    return WanVideoAutoencoder(DECODERS[spec.kind], module.to(dtype).eval().requires_grad_(False))
 
 
 # progress(run, chunks_done, chunks_total): called after each chunk, outside the timed stages
@@ -211,7 +228,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     dtype = DTYPES[opts.dtype]
     config = DiTConfig.preset(opts.preset)
     model = _random_dit(config, device, dtype, opts.seed)
-    vae = _random_vae(opts.vae_dim, device, dtype, opts.seed, encoder=opts.video)
+    vae = random_decoder(opts.vae, device, dtype, opts.seed, opts.vae_dim, encoder=opts.video)
     # One short untimed stream first: kernels, allocator pools and ffmpeg start-up are paid here.
     _run(replace(opts, chunks=min(2, opts.chunks), switch_every=1), model, vae, bank=True, progress=progress,
          label="warm-up")
@@ -271,6 +288,7 @@ def report_table(report: dict):
     o = report["options"]
     mode = f", video-to-video at strength {o['strength']}" if o.get("video") else ""
     table = Table(title=f"memflow bench — {o['preset']} {o['width']}x{o['height']} {o['dtype']} on {report['device']}"
+                        f", --vae {o.get('vae', 'wan')}"
                         f" ({report['attention']}), {o['chunks']} chunks, {o['steps']} steps{mode}")
     table.add_column("")
     for run in runs:
@@ -300,3 +318,38 @@ def save_report(report: dict, folder: str | Path, command: str) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps({**report, "command": command}, indent=2) + "\n")
     return path
+
+
+def run_decoder_bench(kinds=("tae", "lighttae", "lightvae", "wan"), width: int = 832, height: int = 480,
+                      chunks: int = 4, device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                      vae_dim: int = 96) -> dict:
+    """VAE ms per chunk of each `--vae` choice at real size, side by side in one run.
+
+    Every choice streams the same random latents (3 per chunk); the choices take turns chunk by chunk,
+    so a slow moment of a shared machine hits them all alike. Chunk 0 (9 frames, warm-up) is not counted.
+    """
+    dev, dt = torch.device(device), DTYPES[dtype]
+    decoders = {k: random_decoder(k, dev, dt, seed, vae_dim) for k in kinds}
+    streams = {k: d.stream_decoder() for k, d in decoders.items()}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    gen = torch.Generator().manual_seed(seed)
+    for chunk in range(chunks + 1):
+        latents = torch.randn(1, 3, 16, height // 8, width // 8, generator=gen).to(dev, dt)
+        for k in kinds:
+            synchronize(dev)
+            t0 = time.perf_counter()
+            streams[k].decode(latents)
+            synchronize(dev)
+            if chunk:
+                times[k].append(time.perf_counter() - t0)
+    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    slowest = max(ms.values())
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "options": {"width": width, "height": height, "chunks": chunks, "dtype": dtype, "kinds": list(kinds),
+                    "vae_dim": vae_dim},
+        "vae_ms_per_chunk": ms,
+        "speedup_vs_slowest": {k: slowest / v for k, v in ms.items()},
+    }

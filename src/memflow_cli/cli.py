@@ -156,6 +156,7 @@ def render(
     noise_controller: Optional[bool] = typer.Option(None, "--noise-controller/--no-noise-controller", help="Video-to-video: motion-adaptive strength (default: the file's noiseController)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="memflow or longlive (default: the file's pipelineId when it is one of ours, else memflow)."),
     lora: List[str] = typer.Option([], "--lora", metavar="<file[:scale]>", help="FILE[:SCALE]: merge this LoRA too, after the timeline's (repeatable; scale 1 if omitted)."),
+    vae: Optional[str] = typer.Option(None, "--vae", help="Decoder: wan (default), lightvae, tae or lighttae (default: the timeline's vae_type, else wan)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -222,7 +223,7 @@ def render(
                             control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
                             quantization=parse_quantization_option(quantization), low_vram=low_vram,
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
-                            command=command_line(), model=model, loras=extra_loras)
+                            command=command_line(), model=model, loras=extra_loras, vae=vae)
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -332,19 +333,25 @@ def download(
     model: str = typer.Option("memflow", "--model", "-m", help="Which model's weights: memflow or longlive."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Fetch the model's files from this mirror repository "
                                          "(e.g. daydreamlive/LongLive-1.3B)."),
+    vae: str = typer.Option("wan", "--vae", help="Also fetch this decoder's file: wan (always), lightvae, tae or lighttae."),
 ):
     """Download exactly the weight files a model needs into the Hugging Face cache (resumable)."""
     from memflow_cli import hub
     from memflow_cli.models import get_model
 
     spec = get_model(model)
+
+    from memflow_cli.decoders import decoder_spec
+
+    vae = decoder_spec(vae).kind
     if hub.offline_from_env():
         raise hub.DownloadError("HF_HUB_OFFLINE is set: downloading is disabled; unset it to download")
     from memflow_cli.progress import plan_table
 
     show = None if quiet else (lambda plan: err.print(plan_table(plan)))
     paths, lock = hub.download(hub.HFDownloader(hub.hub_cache(), progress=not quiet), revision=revision,
-                               wan_revision=wan_revision, verify_hashes=verify, show=show, model=spec.name, repo=mirror)
+                               wan_revision=wan_revision, verify_hashes=verify, show=show, model=spec.name, repo=mirror,
+                               vae=vae)
     if vace:
         hub.resolve_optional(hub.VACE_FILE, "--vace", downloader=hub.HFDownloader(hub.hub_cache(), progress=not quiet),
                              verify_hashes=verify)
@@ -408,6 +415,11 @@ def info(
              "size": size, "path": str(path) if path else None, "required": f.required}
             for f, path, size in hub.presence(weights_dir)
         ],
+        "decoders": [
+            {"vae": kind, "repo": f.repo, "file": f.filename, "present": path is not None,
+             "path": str(path) if path else None}
+            for kind, f, path in hub.decoder_presence(weights_dir)
+        ],
     }
     if plan is not None:
         data["memory_plan"] = plan.to_dict()
@@ -431,6 +443,13 @@ def info(
         status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
         files.add_row(f["model"], f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
     out.print(files)
+    decoders = Table(title="decoders (--vae)")
+    for col in ("--vae", "file", "status"):
+        decoders.add_column(col)
+    for d in data["decoders"]:
+        status = "[green]present[/green]" if d["present"] else f"[dim]missing: memflow download --vae {d['vae']}[/dim]"
+        decoders.add_row(d["vae"], f"{d['repo']}/{d['file']}", status)
+    out.print(decoders)
     if plan is not None:
         from memflow_cli.memory_plan import plan_table as memory_table
 
@@ -455,8 +474,11 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     video: bool = typer.Option(False, "--video", help="Video-to-video: also time reading and VAE-encoding an input clip per chunk."),
     strength: float = typer.Option(0.7, "--strength", help="With --video: the strength (fewer denoising steps below 1)."),
+    vae: str = typer.Option("wan", "--vae", help="Decoder to time: wan, lightvae, tae or lighttae."),
 ):
     """Measure speed stage by stage with random full-size weights (nothing to download)."""
+    from memflow_cli.decoders import decoder_spec
+
     from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
     from memflow_cli.progress import BenchProgress
     from memflow_cli.render import DTYPES
@@ -468,7 +490,7 @@ def bench(
     opts = BenchOptions(preset=preset, width=width, height=height, chunks=chunks, steps=steps, switch_every=switch_every,
                         sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
                         device=device or defaults.device, dtype=dtype or defaults.dtype, video=video,
-                        strength=strength)
+                        strength=strength, vae=decoder_spec(vae).kind)
     if video:
         from memflow_cli.v2v import check_strength
 
@@ -547,7 +569,20 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The command has decided how it ends (its message and exit code are out). A signal arriving while
+        # Python shuts down (atexit handlers, finalizers) must not print a traceback over that.
+        import signal
+
+        from memflow_cli.signals import STOP_SIGNALS
+
+        for s in STOP_SIGNALS:
+            try:
+                signal.signal(s, signal.SIG_IGN)
+            except (ValueError, OSError):
+                pass
 
 
 if __name__ == "__main__":

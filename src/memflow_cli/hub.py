@@ -25,11 +25,11 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from memflow_cli.errors import CheckpointError, MemflowError
+from memflow_cli.errors import CheckpointError, InputError, MemflowError
 from memflow_cli.models import DEFAULT_MODEL, MODELS, WAN_REPO, get_model
 
 MEMFLOW_REPO = MODELS["memflow"].repo
@@ -67,13 +67,31 @@ WAN_FILES: tuple[WeightFile, ...] = (
 )
 
 
-def files_for(model: str = DEFAULT_MODEL, repo: str | None = None) -> tuple[WeightFile, ...]:
-    """A model's own files (from `repo`, default its main repository) followed by the shared Wan files."""
+# The other `--vae` choices (decoders.py): one file each, fetched only when chosen, never by default.
+DECODER_REPO = "daydreamlive/Autoencoders"
+DECODER_FILES: dict[str, WeightFile] = {
+    "lightvae": WeightFile("decoder_lightvae", DECODER_REPO, "lightvaew2_1.pth", required=False),
+    "tae": WeightFile("decoder_tae", DECODER_REPO, "taew2_1.pth", required=False),
+    "lighttae": WeightFile("decoder_lighttae", DECODER_REPO, "lighttaew2_1.pth", required=False),
+}
+
+
+def decoder_file(vae: str) -> WeightFile | None:
+    """The extra file a `--vae` choice needs (None for `wan`: its file is always part of the set)."""
+    from memflow_cli.decoders import decoder_spec
+
+    return DECODER_FILES.get(decoder_spec(vae).kind)
+
+
+def files_for(model: str = DEFAULT_MODEL, repo: str | None = None, vae: str = "wan") -> tuple[WeightFile, ...]:
+    """A model's own files (from `repo`, default its main repository), the shared Wan files, and the file of
+    the `--vae` choice when it is not the Wan VAE."""
     spec = get_model(model)
     repo = repo or spec.repo
     own = (WeightFile("base", repo, spec.base_file, model=spec.name),
            WeightFile("lora", repo, spec.lora_file, model=spec.name))
-    return own + WAN_FILES
+    extra = decoder_file(vae) if vae != "wan" else None
+    return own + WAN_FILES + ((extra,) if extra else ())
 
 
 def all_files() -> tuple[WeightFile, ...]:
@@ -97,13 +115,26 @@ class WeightPaths:
     source: str  # "hf-cache" or the weights folder
     identities: dict  # filename → {repo, commit, size, sha256}
     model: str = DEFAULT_MODEL
+    decoders: dict = field(default_factory=dict)  # `--vae` kind → path, for the choices other than wan
+
+    def decoder(self, vae: str) -> Path:
+        """The weight file of a `--vae` choice."""
+        from memflow_cli.decoders import decoder_spec
+
+        kind = decoder_spec(vae).kind
+        if kind == "wan":
+            return self.vae
+        if kind not in self.decoders:
+            raise InputError(f"--vae {kind}: {DECODER_FILES[kind].filename} was not resolved with these weights")
+        return self.decoders[kind]
 
     def describe(self) -> dict:
         out = {}
-        for f in files_for(self.model):
-            if not f.required:
+        extra = [DECODER_FILES[k] for k in self.decoders]
+        for f in list(files_for(self.model)) + extra:
+            if not f.required and f not in extra:
                 continue
-            path = getattr(self, f.role)
+            path = self.decoders[f.role[len("decoder_"):]] if f in extra else getattr(self, f.role)
             ident = dict(self.identities.get(f.filename, {}))
             ident.setdefault("size", path.stat().st_size if path.exists() else None)
             out[f.filename] = {"path": str(path), **ident}
@@ -364,11 +395,13 @@ def download(
     cache_dir: Path | None = None,
     model: str = DEFAULT_MODEL,
     repo: str | None = None,
+    vae: str = "wan",
 ) -> tuple[WeightPaths, dict]:
     """Fetch whatever of `model`'s files is missing, record the lock, return the paths and the lock.
 
     `show` is called with the plan (sizes, cached or not) before any byte is fetched. `repo` picks one of
-    the model's mirrors instead of its main repository.
+    the model's mirrors instead of its main repository. `vae` adds the file of that decoder choice (and
+    only that one) to the set.
     """
     spec = get_model(model)
     if repo is not None and repo not in spec.repos:
@@ -377,10 +410,10 @@ def download(
     cache_dir = cache_dir or hub_cache()
     downloader = downloader or HFDownloader(cache_dir)
     try:
-        plan = plan_download(downloader, revision, wan_revision, files_for(spec.name, repo))
+        plan = plan_download(downloader, revision, wan_revision, files_for(spec.name, repo, vae))
     except NoNetwork as exc:
         raise no_network_error(exc, downloader, cache_dir, revision, wan_revision,
-                               "connect to the internet and run the command again", files_for(spec.name, repo)) from None
+                               "connect to the internet and run the command again", files_for(spec.name, repo, vae)) from None
     if show:
         show(plan)
     check_space(plan, cache_dir)
@@ -400,6 +433,8 @@ def download(
     lock["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     # One lock for every model: each download updates its own repositories' entries only.
     lock.setdefault("revisions", {}).update({plan[0].file.repo: revision or "main", WAN_REPO: wan_revision or "main"})
+    if decoder_file(vae):
+        lock["revisions"][DECODER_REPO] = "main"
     write_lock(lock_file, lock)
     return _paths(paths, "hf-cache", lock, spec.name), lock
 
@@ -414,20 +449,22 @@ def resolve_weights(
     show: Callable[[list[RemoteFile]], None] | None = None,
     verify_hashes: bool = False,
     model: str = DEFAULT_MODEL,
+    vae: str = "wan",
 ) -> WeightPaths:
     """`model`'s weight files: from a folder, from the cache, or downloaded now (unless offline).
 
     In the cache, a model's files count as present when they came from its main repository or a mirror.
+    `vae` is the decoder choice: its file joins the set (found, downloaded and verified like the others).
     """
     spec = get_model(model)
     if weights_dir is not None:
-        return weights_from_dir(weights_dir, verify_hashes=verify_hashes, model=spec.name)
+        return weights_from_dir(weights_dir, verify_hashes=verify_hashes, model=spec.name, vae=vae)
     offline = offline or offline_from_env()
     downloader = downloader or HFDownloader(hub_cache())
     lock_file = lock_path()
     lock = read_lock(lock_file)
     found, missing, files = {}, [], []
-    for f in files_for(spec.name):
+    for f in files_for(spec.name, vae=vae):
         for candidate in _sources(f, spec):
             rev = _revision(candidate, revision, wan_revision)
             entry = lock["files"].get(candidate.filename) if lock else None
@@ -443,13 +480,21 @@ def resolve_weights(
             missing.append(f)
     if missing and not offline:
         try:
-            paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show, model=spec.name)
+            paths, _ = download(downloader, revision=revision, wan_revision=wan_revision, show=show, model=spec.name,
+                                vae=vae)
         except NoNetwork as exc:
             raise NoNetwork(
                 f"{exc}; or run `memflow download` on a machine with a network and copy the Hugging Face cache "
                 "(or a folder with the same file layout, given with --weights-dir DIR) here"
             ) from None
         return paths
+    extra = decoder_file(vae)
+    if extra in missing:
+        raise InputError(
+            f"--vae {vae}: {extra.repo}/{extra.filename} is not in the Hugging Face cache {hub_cache()} and offline "
+            f"mode is on (--offline or HF_HUB_OFFLINE); run `memflow download --vae {vae}` with a network connection "
+            "first, or pass --weights-dir"
+        )
     required_missing = [f for f in missing if f.required]
     if required_missing:
         names = ", ".join(f"{f.repo}/{f.filename}" for f in required_missing)
@@ -480,12 +525,19 @@ def no_network_error(reason: NoNetwork, downloader: Downloader, cache_dir: Path,
     return NoNetwork(f"{reason}; {what}; {remedy}")
 
 
-def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False, model: str = DEFAULT_MODEL) -> WeightPaths:
+def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False, model: str = DEFAULT_MODEL,
+                     vae: str = "wan") -> WeightPaths:
     spec = get_model(model)
     root = Path(weights_dir).expanduser()
     if not root.is_dir():
         raise CheckpointError(f"{root}: weights folder not found")
-    files = files_for(spec.name)
+    extra = decoder_file(vae)
+    if extra and not (root / extra.filename).is_file():
+        raise InputError(
+            f"--vae {vae}: {root / extra.filename} not found; put {extra.filename} (from {extra.repo}) in the weights "
+            f"folder, or run `memflow download --vae {vae}` and render without --weights-dir"
+        )
+    files = files_for(spec.name, vae=vae)
     missing = [f.filename for f in files if f.required and not (root / f.filename).is_file()]
     if missing:
         layout = ", ".join(f.filename for f in files if f.required)
@@ -526,6 +578,23 @@ def presence(weights_dir: str | Path | None = None, revision: str | None = None)
     return rows
 
 
+def decoder_presence(weights_dir: str | Path | None = None) -> list[tuple[str, WeightFile, Path | None]]:
+    """For `memflow info`: each `--vae` choice, its file and where it is (or None). No network."""
+    from memflow_cli.decoders import DECODER_KINDS
+
+    downloader = None if weights_dir else HFDownloader(hub_cache())
+    rows = []
+    for kind in DECODER_KINDS:
+        f = DECODER_FILES.get(kind) or next(x for x in FILES if x.role == "vae")
+        if weights_dir:
+            p = Path(weights_dir).expanduser() / f.filename
+            path = p if p.is_file() else None
+        else:
+            path = downloader.cached(f, None)
+        rows.append((kind, f, path))
+    return rows
+
+
 def _sources(f: WeightFile, spec) -> list[WeightFile]:
     """Where a file may come from: its repository, then (for a model's own files) the model's mirrors."""
     if f.model is None or spec is None:
@@ -534,7 +603,9 @@ def _sources(f: WeightFile, spec) -> list[WeightFile]:
 
 
 def _revision(f: WeightFile, revision: str | None, wan_revision: str | None) -> str | None:
-    return wan_revision if f.repo == WAN_REPO else revision
+    if f.repo == WAN_REPO:
+        return wan_revision
+    return revision if f.model is not None else None  # decoders and modules: their repository's latest
 
 
 def _pinned(f: WeightFile, revision: str | None, wan_revision: str | None) -> bool:
@@ -543,8 +614,9 @@ def _pinned(f: WeightFile, revision: str | None, wan_revision: str | None) -> bo
 
 def _paths(found: dict, source: str, lock: dict, model: str = DEFAULT_MODEL) -> WeightPaths:
     identities = {k: {kk: vv for kk, vv in v.items() if kk != "recorded"} for k, v in lock["files"].items()}
+    decoders = {kind: found[f.role] for kind, f in DECODER_FILES.items() if f.role in found}
     return WeightPaths(found["base"], found["lora"], found["config"], found["vae"], found["t5"], found["tokenizer"],
-                       source, identities, model)
+                       source, identities, model, decoders)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -155,6 +155,17 @@ class PlainReporter(Reporter):
         self._print(f"weights: {len(plan) - len(todo)} of {len(plan)} files cached, "
                     f"{human_size(sum(p.size or 0 for p in todo))} to download")
 
+    def memory_plan(self, plan) -> None:
+        from rich import box
+        from rich.console import Console
+
+        from memflow_cli.memory_plan import plan_table as memory_table
+
+        # the same table as in a terminal, in plain ASCII (no colours, no box-drawing characters in a log)
+        table = memory_table(plan)
+        table.box = box.ASCII
+        Console(file=self.stream, no_color=True, width=100, force_terminal=False).print(table)
+
     def item(self, index: int, count: int, name: str) -> None:
         if count > 1:
             self._print(f"item {index + 1} of {count}: {name}")
@@ -320,6 +331,7 @@ def summary_table(summary: "RenderSummary"):
     t.add_row("frames", f"{summary.frames} ({summary.seconds:.2f} s at {FPS} fps, {summary.width}x{summary.height})")
     t.add_row("chunks", str(summary.chunks))
     t.add_row("device", f"{summary.device}, {summary.dtype}, {summary.attention}")
+    t.add_row("decoder", getattr(summary, "vae", "wan"))
     for stage, label in stage_labels(summary).items():
         t.add_row(f"time {label}", f"{summary.timings.get(stage, 0.0):.2f} s")
     t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")

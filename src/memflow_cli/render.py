@@ -85,6 +85,7 @@ class RenderOptions:
     noise_controller: bool | None = None  # None = the file's noiseController
     model: str | None = None  # models.MODELS name; None: the file's pipelineId when it is one of ours, else memflow
     loras: tuple = ()  # --lora FILE[:SCALE]: timeline.LoraSpec, merged after the timeline's own LoRAs
+    vae: str | None = None  # decoder (decoders.DECODER_KINDS); None = the timeline's `vae_type`, else "wan"
 
 
 @dataclass
@@ -114,6 +115,7 @@ class RenderSummary:
     encoder: dict = field(default_factory=dict)  # codec, preset, crf, colour tags (video.encoder_settings)
     prompt_cache: dict = field(default_factory=dict)  # {"path", "cached", "computed"}: distinct prompts
     model: str = "memflow"  # models.MODELS name of the model that rendered it
+    vae: str = "wan"  # the decoder that made the frames
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +138,7 @@ class RenderJob:
     video: "object | None" = None  # v2v.VideoInput for video-to-video, else None
     model: str = "memflow"  # models.MODELS name
     loras: list | None = None  # loras.UserLora in merge order; None until checked against the model config
+    vae: str = "wan"  # decoder choice: --vae, else the timeline's vae_type, else wan
 
     @property
     def name(self) -> str:
@@ -232,6 +235,7 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     check_output_path(options.output or default, inputs=protected)  # a valid target first
     picked = choose_output(options.output, default, options.overwrite, make_unique=timeline.format == "prompt")
     output = check_output_path(picked, inputs=protected)
+    vae = _decoder_choice(timeline, options)
     steps = check_steps(options.steps, "--steps") if options.steps is not None else timeline.settings.denoising_steps
     try:
         stream = spec.stream_settings(sma=bool(options.sma), **({"denoising_steps": tuple(steps)} if steps else {}))
@@ -244,7 +248,7 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
     if made_with is not None and made_with is not spec:
         warnings.append(f"made with Scope's {made_with.name!r} pipeline; rendering it with {spec.title} as --model asks")
     return RenderJob(timeline, schedule, output, width, height, seed, stream, warnings, vace=vace, quantization=quantization,
-                     video=video_input(timeline, schedule, options), model=spec.name)
+                     video=video_input(timeline, schedule, options), model=spec.name, vae=vae)
 
 
 def video_input(timeline: Timeline, schedule: Schedule, options: RenderOptions):
@@ -284,6 +288,20 @@ def job_inputs(timeline: Timeline) -> list[Path]:
     return found
 
 
+def _decoder_choice(timeline: Timeline, options: RenderOptions) -> str:
+    from memflow_cli.decoders import DEFAULT_DECODER, decoder_spec
+
+    if options.vae is not None:
+        return decoder_spec(options.vae, "--vae").kind
+    if timeline.settings.vae is None and options.low_vram:
+        # --low-vram: the tiny decoder when its file is already here (never downloaded for it)
+        from memflow_cli.hub import decoder_presence
+
+        if any(kind == "lighttae" and path is not None for kind, _, path in decoder_presence(options.weights_dir)):
+            return "lighttae"
+    return timeline.settings.vae or DEFAULT_DECODER  # validated when the file was read
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # honest per-stage timings: kernels are asynchronous
@@ -316,6 +334,9 @@ class Renderer:
         self._vae = None
         self._vace = None  # the VACE blocks, loaded by the first render that uses them
         self._vace_sha256: str | None = None
+        self._vae_kind: str | None = None
+        self._side_wan_vae = None  # the Wan VAE for VACE when another decoder is chosen
+        self._decoder_files: dict[str, dict] = {}  # kind → {"path", "sha256", ...}
         self._warned: set[str] = set()
         self._quantization: str | None = None  # of the loaded DiT (decided by the first job that loads it)
         self._checked_memory = False
@@ -389,43 +410,80 @@ class Renderer:
         self._embeddings.update(embeddings)
         self.timings["encode"] += time.perf_counter() - t
 
-    def load(self, quantization: str | None = None, loras: Sequence = ()) -> None:
+    def decoder_file(self, vae: str) -> dict:
+        """Where the `vae` decoder's weights are and their identity (sha256), resolved once per kind.
+
+        A choice other than wan is found, downloaded (unless offline) and verified like the other files.
+        """
+        if vae not in self._decoder_files:
+            from memflow_cli.decoders import decoder_spec
+            from memflow_cli.hub import resolve_weights, sha256_file
+
+            weights, o = self.weights, self.options
+            if vae != "wan":
+                weights = resolve_weights(o.weights_dir, offline=o.offline, revision=o.revision,
+                                          verify_hashes=o.verify_hashes, show=self.reporter.show_plan,
+                                          model=weights.model, vae=vae)
+            path = weights.decoder(vae)
+            name = decoder_spec(vae).filename
+            ident = dict(weights.identities.get(name, {}))
+            if not ident.get("sha256"):
+                ident["sha256"] = sha256_file(path)  # the manifest names the exact decoder file
+            ident["size"] = path.stat().st_size
+            self._decoder_files[vae] = {"vae": vae, "file": name, "path": str(path), **ident}
+        return self._decoder_files[vae]
+
+    def wan_vae(self):
+        """The Wan VAE itself (VACE encodes with it whatever the decoder): the loaded decoder when it is the
+        Wan VAE, else loaded once on the side."""
+        if self._vae_kind == "wan":
+            return self._vae.module
+        if self._side_wan_vae is None:
+            from memflow_cli.model.vae import load_wan_vae
+
+            self._side_wan_vae = load_wan_vae(self.weights.vae, device=self.device, dtype=self.dtype)
+        return self._side_wan_vae
+
+    def load(self, quantization: str | None = None, loras: Sequence = (), vae: str = "wan") -> None:
         """Load the active model's DiT (its own LoRA merged, then the user's `loras` in order, then quantized
-        if asked) and the decoder, each once.
+        if asked) once, and the `vae` decoder (replacing another kind).
 
         One DiT is resident at a time: a batch renders its items grouped by model, so each loads once; another
         set of user LoRAs reloads the DiT from the released weights.
         """
+        from memflow_cli.decoders import load_decoder
+        from memflow_cli.low_vram import load_generator
+        from memflow_cli.model.dit import DiTConfig
+        from memflow_cli.models import get_model
+
         weights = self.weights
         key = tuple(lora.key for lora in loras)
+        t = time.perf_counter()
         if self._model is not None and self._model_name == self._active and self._model_loras == key:
             if quantization != self._quantization:
                 self._warn_once(f"the DiT is already loaded with quantization {self._quantization or 'none'}; "
                                 f"items asking for {quantization or 'none'} use it as loaded")
-            return
-        from memflow_cli.model.dit import DiTConfig
-        from memflow_cli.low_vram import load_generator
-        from memflow_cli.model.vae import load_wan_vae
-        from memflow_cli.models import get_model
-
-        spec = get_model(self._active)
-        t = time.perf_counter()
-        self.reporter.stage(("reloading " if self._model is not None else "loading ") + spec.title
-                            + (" (fp8 weights)" if quantization else "") + (" and the VAE" if self._vae is None else ""))
-        if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
-            self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
-        if self._model is not None:  # another model or LoRA set was resident: free it before loading this one
-            self._model = None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        if loras:
-            self.reporter.stage(f"merging {len(loras)} LoRA(s)")
-        self._model = load_generator(self.config, weights, self.device, self.dtype, quantization,
-                                     lora_alpha=spec.lora_alpha, user_loras=[(lora.file, lora.scale) for lora in loras])
-        self._quantization = quantization
-        self._model_name, self._model_loras = spec.name, key
-        if self._vae is None:
-            self._vae = load_wan_vae(weights.vae, device=self.device, dtype=self.dtype)
+        else:
+            spec = get_model(self._active)
+            self.reporter.stage(("reloading " if self._model is not None else "loading ") + spec.title
+                                + (" (fp8 weights)" if quantization else ""))
+            if self.device.type == "cpu" and self.config.dim >= DiTConfig().dim:
+                self._warn_once("rendering the real model on the CPU: expect hours (use a CUDA GPU)")
+            if self._model is not None:  # another model or LoRA set was resident: free it before loading this one
+                self._model = None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if loras:
+                self.reporter.stage(f"merging {len(loras)} LoRA(s)")
+            self._model = load_generator(self.config, weights, self.device, self.dtype, quantization,
+                                         lora_alpha=spec.lora_alpha, user_loras=[(lora.file, lora.scale) for lora in loras])
+            self._quantization = quantization
+            self._model_name, self._model_loras = spec.name, key
+        if self._vae_kind != vae:
+            self.reporter.stage(f"loading the {vae} decoder")
+            self._vae = None  # free the previous decoder first
+            self._vae = load_decoder(vae, self.decoder_file(vae)["path"], device=self.device, dtype=self.dtype)
+            self._vae_kind = vae
         self.timings["load"] += time.perf_counter() - t
 
     def load_vace(self, job: RenderJob):
@@ -507,9 +565,11 @@ class Renderer:
             **({"video_to_video": job.video.settings()} if job.video is not None else {}),
             # the user's LoRAs change the frames: their content and strength are part of the fingerprint
             **({"loras": [[lora.file.sha256, lora.scale] for lora in job.loras]} if job.loras else {}),
+            "vae": job.vae,
         }
 
     def identity(self, job: RenderJob) -> dict:
+        from memflow_cli.manifest import fingerprint
         from memflow_cli.models import get_model, manifest_entry
 
         weights = self.weights_for(job.model)
@@ -519,6 +579,11 @@ class Renderer:
         if job.video is not None:
             data["input"]["video"] = job.video.manifest()
         data.update(provenance(job.timeline, self.options))
+        # the decoder that makes the frames, with its file's hash; part of the fingerprint
+        decoder = self.decoder_file(job.vae)
+        data["decoder"] = decoder
+        data["weights"]["files"][decoder["file"]] = {k: v for k, v in decoder.items() if k not in ("vae", "file")}
+        data["fingerprint"] = fingerprint(data)
         return data
 
     def already_rendered(self, job: RenderJob) -> bool:
@@ -556,7 +621,7 @@ class Renderer:
         if self._model is None or self._model_name != job.model:
             self._quantization = job.quantization  # the first job that loads a DiT decides its quantization
         self.encode_prompts(job.timeline.texts)
-        self.load(job.quantization, job.loras or ())
+        self.load(job.quantization, job.loras or (), job.vae)
         vace_module = self.load_vace(job)
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
         if job.vace is not None:
@@ -573,12 +638,12 @@ class Renderer:
                                        latent_height=job.height // 8, latent_width=job.width // 8, seed=job.seed,
                                        device=self.device, dtype=self.dtype, vace=vace_module,
                                        vace_scale=job.vace.inputs.scale if job.vace is not None else 0.0)
-        decoder = self._vae.stream_decoder(1 if self.options.low_vram else None)  # 1 latent frame a call: smallest
+        decoder = self._vae.stream_decoder(max_frames_per_call=1 if self.options.low_vram else None)  # 1 latent frame a call: smallest
         owners = {"generator": generator, "decoder": decoder}  # the streaming state a checkpoint carries
         contexts = None
         if vace_module is not None:  # the VACE context stream: two encoder caches and the input buffers
             contexts = owners["vace"] = job.vace.open(
-                self._vae, num_latent_frames=job.schedule.num_latent_frames, width=job.width, height=job.height,
+                self.wan_vae(), num_latent_frames=job.schedule.num_latent_frames, width=job.width, height=job.height,
                 frames_per_chunk=job.stream.frames_per_chunk)
         source = self._source_latents(job, summary)
         if source is not None:
@@ -751,7 +816,7 @@ class Renderer:
         return RenderSummary(str(job.output), False, 0, job.schedule.total_frames, 0.0, job.schedule.num_chunks,
                              job.width, job.height, job.seed, s["device"], s["dtype"], s["attention"],
                              {"load": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0, "write": 0.0},
-                             warnings=list(job.warnings), model=job.model)
+                             warnings=list(job.warnings), model=job.model, vae=job.vae)
 
     def _skip(self, job: RenderJob, ident: dict, summary: RenderSummary, started: float) -> bool:
         """The overwrite rule (one rule for single renders and batches; -y/--overwrite/--force lifts it):

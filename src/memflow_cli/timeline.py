@@ -86,6 +86,7 @@ class TimelineSettings:
     input_mode: str | None = None  # "text" or "video" (video-to-video: needs --video)
     noise_scale: float | None = None  # video-to-video strength (checked when used)
     noise_controller: bool | None = None  # video-to-video: motion-adaptive strength
+    vae: str | None = None  # decoder choice (decoders.DECODER_KINDS) from Scope's `vae_type`
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,15 @@ class _Reader:
             out.append(value)
         return out[0], out[1]
 
+    def vae_type(self, value: Any, path: str) -> str | None:
+        from memflow_cli.decoders import DECODER_KINDS
+
+        if value is None:
+            return None
+        if not isinstance(value, str) or value.strip().lower() not in DECODER_KINDS:
+            raise self.fail(path, f"a decoder: one of {', '.join(DECODER_KINDS)}", value)
+        return value.strip().lower()
+
     def seed(self, value: Any, path: str) -> int | None:
         if value is None:
             return None
@@ -548,8 +558,9 @@ class _Reader:
         for key in ("manageCache", "kvCacheAttentionBias", "loraMergeStrategy"):
             if key in s:
                 self.ignored.append(f"settings.{key}")
+        vae = self.vae_type(overrides.get("vae_type"), "settings.schemaFieldOverrides.vae_type")
         for key in overrides:
-            if key != "base_seed":
+            if key not in ("base_seed", "vae_type"):
                 self.ignored.append(f"settings.schemaFieldOverrides.{key}")
         loras = []
         if s.get("loras") is not None:
@@ -560,7 +571,7 @@ class _Reader:
         vace_scale = self.vace_scale(s, "vaceContextScale", "settings")
         return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale,
                                 quantization=quantization, input_mode=input_mode,
-                                noise_scale=noise_scale, noise_controller=noise_controller)
+                                noise_scale=noise_scale, noise_controller=noise_controller, vae=vae)
 
     def scope_workflow(self, doc: dict) -> Timeline:
         version = doc.get("format_version")
@@ -605,7 +616,8 @@ class _Reader:
         if steps is not None and pipeline is not None and pipeline not in MODELS:
             steps = None
         quantization = self.quantization(params.get("quantization"), f"{pp}.quantization")
-        for key in ("manage_cache", "kv_cache_attention_bias", "vae_type"):
+        vae = self.vae_type(params.get("vae_type"), f"{pp}.vae_type")
+        for key in ("manage_cache", "kv_cache_attention_bias"):
             if key in params:
                 self.ignored.append(f"{pp}.{key}")
         loras = []
@@ -618,7 +630,7 @@ class _Reader:
         vace_scale = self.vace_scale(params, "vace_context_scale", pp)
         return TimelineSettings(seed, width, height, pipeline, steps, tuple(loras), vace_scale=vace_scale,
                                 quantization=quantization, input_mode=input_mode,
-                                noise_scale=noise_scale, noise_controller=noise_controller)
+                                noise_scale=noise_scale, noise_controller=noise_controller, vae=vae)
 
     def prompt_list(
         self,

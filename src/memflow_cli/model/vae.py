@@ -49,19 +49,49 @@ class VAEConfig:
     num_res_blocks: int = 2
     temporal_downsample: tuple = (False, True, True)  # encoder; the decoder mirrors it
     has_encoder: bool = True
+    # Widths of each level, when they are not `dim * dim_mult` (a channel-pruned VAE such as
+    # `lightvaew2_1.pth`). Decoder: conv1 then each up level, e.g. 384,384,384,192,96; encoder: conv1
+    # then each down level, e.g. 96,96,192,384,384. None means `dim * dim_mult`.
+    decoder_dims: Optional[tuple] = None
+    encoder_dims: Optional[tuple] = None
 
     @classmethod
     def wan21(cls) -> "VAEConfig":
         return cls()
 
+    def decoder_widths(self) -> tuple:
+        mult = self.dim_mult
+        return self.decoder_dims or tuple(self.dim * m for m in (mult[-1],) + tuple(reversed(mult)))
+
+    def encoder_widths(self) -> tuple:
+        return self.encoder_dims or tuple(self.dim * m for m in (1,) + tuple(self.dim_mult))
+
     @classmethod
     def from_state_dict(cls, sd: dict) -> "VAEConfig":
-        """Infer the sizes from tensor shapes; the layout (levels, blocks) is Wan2.1's."""
-        if "decoder.head.2.weight" not in sd or "conv2.weight" not in sd:
-            raise KeyError("decoder.head.2.weight / conv2.weight")
-        dim = sd["decoder.head.2.weight"].shape[1]
-        z_dim = sd["conv2.weight"].shape[0]
-        return cls(dim=dim, z_dim=z_dim, has_encoder="encoder.conv1.weight" in sd)
+        """Read every level's width from tensor shapes; the layout (levels, blocks) is Wan2.1's.
+
+        Nothing is assumed about how the widths relate, so the full VAE (96 base channels) and a pruned
+        one (lightvae: a quarter of the channels) load through the same code.
+        """
+
+        def out_channels(key):
+            if key not in sd:
+                raise KeyError(key)
+            return sd[key].shape[0]
+
+        base = cls()
+        levels = len(base.dim_mult)
+        per_up = base.num_res_blocks + 2  # res blocks + the upsampler
+        decoder = (out_channels("decoder.conv1.weight"),) + tuple(
+            out_channels(f"decoder.upsamples.{per_up * i}.residual.2.weight") for i in range(levels))
+        z_dim = out_channels("conv2.weight")
+        has_encoder = "encoder.conv1.weight" in sd
+        encoder = None
+        if has_encoder:
+            per_down = base.num_res_blocks + 1
+            encoder = (out_channels("encoder.conv1.weight"),) + tuple(
+                out_channels(f"encoder.downsamples.{per_down * i}.residual.2.weight") for i in range(levels))
+        return cls(dim=decoder[-1], z_dim=z_dim, has_encoder=has_encoder, decoder_dims=decoder, encoder_dims=encoder)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,7 +267,7 @@ class Decoder3d(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         mult = cfg.dim_mult
-        dims = [cfg.dim * m for m in (mult[-1],) + tuple(reversed(mult))]  # e.g. 384,384,384,192,96
+        dims = cfg.decoder_widths()  # e.g. 384,384,384,192,96
         upsample_time = tuple(reversed(cfg.temporal_downsample))
         self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
         self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
@@ -264,7 +294,7 @@ class Decoder3d(nn.Module):
 class Encoder3d(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        dims = [cfg.dim * m for m in (1,) + tuple(cfg.dim_mult)]  # e.g. 96,96,192,384,384
+        dims = cfg.encoder_widths()  # e.g. 96,96,192,384,384
         self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
         layers = []
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
@@ -328,8 +358,8 @@ class WanVAE(nn.Module):
         """Whole sequence: normalized latents [B, T, 16, h, w] -> pixels [B, 1+4(T-1), 3, 8h, 8w]."""
         return self.stream_decoder(max_frames_per_call).decode(latents)
 
-    def stream_encoder(self) -> "StreamEncoder":
-        return StreamEncoder(self)
+    def stream_encoder(self, frames_per_call: int = 4) -> "StreamEncoder":
+        return StreamEncoder(self, frames_per_call)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, frames_per_call: int = 4) -> torch.Tensor:
@@ -338,25 +368,12 @@ class WanVAE(nn.Module):
         Frame 0 is encoded alone, then groups of `frames_per_call` (a multiple of 4; the reference
         uses 4, larger is the same maths with more memory). Trailing frames beyond 1+4k are dropped.
         """
-        if not self.config.has_encoder:
-            raise RuntimeError("this VAE checkpoint has no encoder weights")
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"expected video [B, 3, T, H, W], got {tuple(video.shape)}")
-        if frames_per_call < 4 or frames_per_call % 4:
-            raise ValueError("frames_per_call must be a positive multiple of 4")
         t = video.shape[2]
         if t == 0:
             raise ValueError("cannot encode an empty video")
-        x = video.to(self.device, self.dtype)[:, :, : 1 + 4 * ((t - 1) // 4)]
-        state: StreamState = {}
-        outs = [self.encoder(x[:, :, :1], state)]
-        for start in range(1, x.shape[2], frames_per_call):
-            outs.append(self.encoder(x[:, :, start:start + frames_per_call], state))
-        moments = self.conv1(torch.cat(outs, dim=2))
-        mu = moments[:, : self.config.z_dim]
-        mean, inv_std = self._stats(mu.dtype)
-        z = (mu - mean) * inv_std
-        return z.float().permute(0, 2, 1, 3, 4)
+        return self.stream_encoder(frames_per_call).encode(video[:, :, : 1 + 4 * ((t - 1) // 4)])
 
 
 class StreamEncoder:
@@ -367,10 +384,13 @@ class StreamEncoder:
     on groups of 4 frames exactly like `WanVAE.encode`, so streaming and whole-clip encodes agree.
     """
 
-    def __init__(self, vae: WanVAE):
+    def __init__(self, vae: WanVAE, frames_per_call: int = 4):
         if not vae.config.has_encoder:
             raise RuntimeError("this VAE checkpoint has no encoder weights")
+        if frames_per_call < 4 or frames_per_call % 4:
+            raise ValueError("frames_per_call must be a positive multiple of 4")
         self.vae = vae
+        self.frames_per_call = frames_per_call
         self.state: StreamState = {}
         self.frames_in = 0
         self.calls: list[int] = []  # input frames per encode() call, in order
@@ -394,8 +414,9 @@ class StreamEncoder:
         if first:
             outs.append(vae.encoder(x[:, :, :1], self.state))
             start = 1
-        for s in range(start, t, 4):
-            outs.append(vae.encoder(x[:, :, s:s + 4], self.state))
+        step = self.frames_per_call
+        for s in range(start, t, step):
+            outs.append(vae.encoder(x[:, :, s:s + step], self.state))
         self.frames_in += t
         self.calls.append(t)
         moments = vae.conv1(torch.cat(outs, dim=2) if len(outs) > 1 else outs[0])

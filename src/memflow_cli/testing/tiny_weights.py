@@ -5,7 +5,7 @@
 
 Every file has the real name, container and key names (`base.pt` with `{"generator": {"model.…"}}`,
 `lora.pt` with peft names under `generator_lora`, Wan's `config.json`, plain state dicts for the VAE and
-the bf16 umT5 encoder, a `tokenizer.json`), so a smoke render goes through exactly the loading code the
+the bf16 umT5 encoder, a `tokenizer.json`, and the three other `--vae` decoders), so a smoke render goes through exactly the loading code the
 real 10 GB of weights go through, only in seconds on a CPU. The output is a deterministic function of
 `seed`. A `memflow.lock.json` records sizes and sha256 like a download does.
 
@@ -39,6 +39,11 @@ TINY_DIT = {
 }
 TINY_T5 = dict(vocab=512, dim=32, dim_attn=32, dim_ffn=64, num_heads=2, num_layers=2)
 TINY_VAE_DIM = 4  # the VAE dominates CPU time at this size; 4 keeps a chunk well under a second
+# The other `--vae` choices, tiny: a pruned Wan VAE with widths unlike `dim * dim_mult` (so loading must read
+# them from the file), and the tiny autoencoder (real one: encoder 64, decoder 256/128/64/64, ~45 MB).
+TINY_LIGHTVAE_DECODER_DIMS = (8, 8, 8, 4, 2)
+TINY_LIGHTVAE_ENCODER_DIMS = (2, 2, 4, 8, 8)
+TINY_TAE = dict(encoder_width=4, decoder_widths=(8, 8, 4, 4))
 LORA_RANK = 4
 
 
@@ -79,6 +84,28 @@ def _write_dit_weights(root: Path, spec, dit: torch.nn.Module, gen: torch.Genera
     torch.save({"generator_lora": lora, "step": 0}, root / spec.lora_file)
 
 
+def tiny_decoder_state(kind: str, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random float32 weights for a `--vae` choice other than `wan`, with the real file's key names."""
+    from memflow_cli.model.tae import TAEConfig, TinyAutoencoder
+    from memflow_cli.model.vae import VAEConfig, WanVAE
+
+    with torch.device("meta"):
+        if kind == "lightvae":
+            model = WanVAE(VAEConfig(decoder_dims=TINY_LIGHTVAE_DECODER_DIMS, encoder_dims=TINY_LIGHTVAE_ENCODER_DIMS))
+        elif kind in ("tae", "lighttae"):
+            model = TinyAutoencoder(TAEConfig(**TINY_TAE))
+        else:
+            raise ValueError(f"no tiny writer for decoder {kind!r}")
+    return _fill({k: torch.empty(v.shape) for k, v in model.state_dict().items()}, gen, torch.float32)
+
+
+def write_tiny_decoders(root: Path, gen: torch.Generator) -> None:
+    from memflow_cli.decoders import DECODERS
+
+    for kind in ("lightvae", "tae", "lighttae"):
+        torch.save(tiny_decoder_state(kind, gen), root / DECODERS[kind].filename)
+
+
 def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
     from memflow_cli import hub
     from memflow_cli.models import DEFAULT_MODEL, MODELS
@@ -104,6 +131,9 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
     torch.save(_fill({k: torch.empty(v.shape) for k, v in vae.state_dict().items()}, gen, torch.float32),
                root / "Wan2.1_VAE.pth")
 
+    # The other decoders draw from their own generator, so the files above stay as they were.
+    write_tiny_decoders(root, torch.Generator().manual_seed(seed + 1))
+
     # umT5 encoder, bf16 like models_t5_umt5-xxl-enc-bf16.pth; output width = the DiT's text_dim.
     with torch.device("meta"):
         t5 = UMT5Encoder(UMT5Config(**TINY_T5))
@@ -121,7 +151,7 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
 
     lock = hub.new_lock()
     lock["note"] = f"tiny random weights for smoke tests (seed {seed}); not a real model"
-    for f in (*hub.all_files(), hub.VACE_FILE):
+    for f in (*hub.all_files(), hub.VACE_FILE, *hub.DECODER_FILES.values()):
         if (root / f.filename).is_file():
             hub.record(lock, f, root / f.filename, None)
     hub.write_lock(root / hub.LOCK_NAME, lock)

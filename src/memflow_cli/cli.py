@@ -164,8 +164,8 @@ def render(
     item does not stop the rest."""
     from memflow_cli.manifest import command_line, read_manifest
     from memflow_cli.option_checks import check_input_options, switch_frame_warnings
-    from memflow_cli.progress import batch_table, reporter_for, summary_table
-    from memflow_cli.render import RenderOptions, Renderer, batch_exit_code
+    from memflow_cli.progress import reporter_for, summary_table
+    from memflow_cli.render import RenderOptions, Renderer
     from memflow_cli.distributed import world_from_env
     from memflow_cli.timeline import prompt_timeline
 
@@ -240,6 +240,16 @@ def render(
             out.print(summary_table(summary))
         return
     results = Renderer(options, reporter).render_batch(items)
+    code = report_batch(results, as_json=as_json, quiet=quiet)
+    if code:
+        raise typer.Exit(code)
+
+
+def report_batch(results, *, as_json: bool, quiet: bool) -> int:
+    """Print a batch's results (JSON or a table) and return its exit code, with a closing line if not 0."""
+    from memflow_cli.progress import batch_table
+    from memflow_cli.render import batch_exit_code
+
     if as_json:
         print(json.dumps([r.to_json() for r in results], indent=2))
     elif not quiet:
@@ -248,12 +258,12 @@ def render(
     if code:
         failed = sum(r.status not in ("done", "skipped") for r in results)
         err.print(f"[red]error:[/red] {failed} of {len(results)} item(s) did not complete", highlight=False)
-        raise typer.Exit(code)
+    return code
 
 
 def render_distributed(world, items, options, reporter, *, as_json: bool, quiet: bool) -> None:
     from memflow_cli import distributed
-    from memflow_cli.progress import Reporter, batch_table
+    from memflow_cli.progress import Reporter
     from memflow_cli.render import BatchResult, RenderSummary, Renderer, batch_exit_code, plan_job
 
     options.device = distributed.rank_device(world, options.device)
@@ -280,15 +290,7 @@ def render_distributed(world, items, options, reporter, *, as_json: bool, quiet:
         summary = RenderSummary(**d["summary"]) if d["summary"] else None
         everything.append(BatchResult(d["item"], d["status"], d["output"], summary, d["message"],
                                       0 if d["status"] in ("done", "skipped") else d.get("exit_code", 1)))
-    if as_json:
-        print(json.dumps([r.to_json() for r in everything], indent=2))
-    elif not quiet:
-        out.print(batch_table(everything))
-    code = batch_exit_code(everything)
-    if code:
-        failed = sum(r.status not in ("done", "skipped") for r in everything)
-        err.print(f"[red]error:[/red] {failed} of {len(everything)} item(s) did not complete", highlight=False)
-    raise typer.Exit(code)
+    raise typer.Exit(report_batch(everything, as_json=as_json, quiet=quiet))
 
 
 def batch_items(paths, *, line=None, **read_options) -> list:

@@ -15,7 +15,6 @@ file instead of ffmpeg dying mid-write.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path

@@ -20,3 +20,24 @@ sys.path.insert(0, str(TESTS))  # golden helpers live next to the tests
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return Path(os.environ.get("MEMFLOW_GOLDEN_DIR", TESTS / "golden"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Tiny random weights in the real file layouts (every model, decoder and the VACE module), once per module."""
+    from memflow_cli.testing.tiny_weights import write_tiny_weights
+
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No test reads or writes the user's caches or folders: caches under tmp_path, which is also the cwd.
+
+    Modules that render use it for every test with `pytestmark = pytest.mark.usefixtures("isolated")`.
+    """
+    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "MEMFLOW_LORA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)

@@ -21,30 +21,13 @@ from memflow_cli.testing.tiny_weights import write_tiny_weights
 from memflow_cli.timeline import read_timeline
 from memflow_cli.video import probe
 from test_timeline import BAD
+from cli_run import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test reads or writes the user's caches."""
-    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    output = result.stdout + (result.stderr if result.stderr_bytes is not None else "")
-    return result.exit_code, output
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.mark.parametrize(

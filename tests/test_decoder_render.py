@@ -14,28 +14,12 @@ from memflow_cli import hub
 from memflow_cli.cli import app
 from memflow_cli.decoders import DECODER_KINDS, DECODERS
 from memflow_cli.render import Renderer, RenderOptions
-from memflow_cli.testing.tiny_weights import write_tiny_weights
 from memflow_cli.timeline import prompt_timeline, read_timeline
 from memflow_cli.video import manifest_path, probe
+from cli_run import cli
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout + (result.stderr if result.stderr_bytes is not None else "")
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _pixels(path: Path) -> np.ndarray:

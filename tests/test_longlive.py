@@ -9,33 +9,16 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
-from typer.testing import CliRunner
 
-from memflow_cli.cli import app
 from memflow_cli.render import Renderer, RenderOptions
-from memflow_cli.testing.tiny_weights import write_tiny_weights
 from memflow_cli.timeline import read_timeline
+from cli_run import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPORT = FIXTURES / "scope_longlive.json"  # pipelineId "longlive", 32x32, 2 s
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout + (result.stderr if result.stderr_bytes is not None else "")
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def frames_digest(path: Path) -> str:

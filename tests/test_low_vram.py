@@ -15,7 +15,10 @@ from memflow_cli.model.dit import DiTConfig
 from memflow_cli.quantization import Fp8Linear, quantize_dit
 from memflow_cli.timeline import read_timeline
 from memflow_cli.video import probe
-from test_cli import FIXTURES, cli, isolated, tiny  # noqa: F401 — shared fixtures
+from cli_run import cli
+from test_cli import FIXTURES
+
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _scope_fp8(tmp_path: Path, **settings) -> Path:

@@ -14,9 +14,8 @@ import torch
 
 from memflow_cli.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import CausalDiT, DiTConfig
-from memflow_cli.render import Interrupted, Renderer, RenderOptions, render
+from memflow_cli.render import Interrupted, RenderOptions, render
 from memflow_cli.resume import ResumeError, resume_dir, restore, snapshot
-from memflow_cli.testing.tiny_weights import write_tiny_weights
 from memflow_cli.timeline import read_timeline
 from memflow_cli.video import probe
 
@@ -41,16 +40,7 @@ def scene(tmp_path):
     return read_timeline(path)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def frames(path: Path) -> list[bytes]:

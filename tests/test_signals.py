@@ -10,13 +10,7 @@ import time
 import pytest
 
 from memflow_cli.signals import Stopped, exit_code_of, stop_on_signals
-from memflow_cli.testing.tiny_weights import write_tiny_weights
 from memflow_cli.video import probe
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
 
 
 def test_each_signal_becomes_a_stop_with_its_exit_code():

@@ -9,7 +9,9 @@ import torch
 
 from memflow_cli.video import probe
 from memflow_cli.video_source import VideoSource
-from test_cli import FIXTURES, cli, isolated, tiny  # noqa: F401 (fixtures)
+from cli_run import cli
+
+pytestmark = pytest.mark.usefixtures("isolated")
 from test_video_source import lavfi_clip, write_clip
 
 

@@ -11,15 +11,9 @@ from typer.testing import CliRunner
 
 from memflow_cli.cli import app
 from memflow_cli.hub import VACE_FILE
-from memflow_cli.testing.tiny_weights import write_tiny_weights
 from test_vace_inputs import write_image, write_video
 
 BASE = ["--prompt", "a lantern over a river", "--seconds", "1", "--resolution", "32x32", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("tiny-vace"))
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +30,7 @@ def media(tmp_path_factory):
     }
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEMFLOW_CACHE", str(tmp_path / "embeddings"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def render(tiny, out, *extra):

@@ -22,7 +22,6 @@ missing or zero alpha means alpha = rank). Rank is `down.shape[0]`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from memflow_cli.errors import CheckpointError, InputError
+from memflow_cli.hub import sha256_file
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 LORA_DIR_ENV = "MEMFLOW_LORA_DIR"
@@ -310,12 +310,7 @@ def _flat_tensors(raw: object, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # the project's one streaming sha256 (hub.py)
 
 
 # ------------------------------------------------------------------------------------------------

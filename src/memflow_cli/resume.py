@@ -22,7 +22,6 @@ when the render completes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from memflow_cli.errors import InputError, MemflowError
+from memflow_cli.hub import sha256_file
 
 FORMAT = "memflow-resume/1"
 
@@ -60,10 +60,10 @@ def _is_state_object(value: Any) -> bool:
             and hasattr(value, "__dict__") and not getattr(cls, "__dataclass_params__", None))
 
 
-def _module_names(obj: Any) -> dict[int, str]:
-    """id(module) → a stable name, for every module reachable from `obj`'s attributes (the decoder's
-    caches are keyed by its layers)."""
-    names: dict[int, str] = {}
+def _modules(obj: Any) -> dict[str, torch.nn.Module]:
+    """name → module for every module reachable from `obj`'s attributes (the decoder's caches are keyed by
+    its layers, so a checkpoint names them; a fresh object of the same kind gives the same names)."""
+    names: dict[str, torch.nn.Module] = {}
 
     def walk(o, prefix, seen):
         if id(o) in seen:
@@ -72,7 +72,7 @@ def _module_names(obj: Any) -> dict[int, str]:
         for attr, v in vars(o).items():
             if isinstance(v, torch.nn.Module):
                 for sub, m in v.named_modules(prefix=prefix + attr):
-                    names.setdefault(id(m), sub)
+                    names.setdefault(sub, m)
             elif _is_state_object(v):
                 walk(v, f"{prefix}{attr}.", seen)
 
@@ -87,7 +87,7 @@ def snapshot(obj: Any) -> dict:
     Dictionary keys that are layers are saved by their names.
     """
     bases: set[int] = set()
-    modules = _module_names(obj)
+    modules = {id(m): name for name, m in reversed(list(_modules(obj).items()))}  # the first name wins
 
     def collect(o, seen):
         if id(o) in seen:
@@ -135,21 +135,7 @@ def snapshot(obj: Any) -> dict:
 
 def restore(obj: Any, state: dict, device: torch.device | str) -> None:
     """Put a `snapshot` back into a freshly built object of the same kind (in place, keeping views)."""
-    by_name: dict[str, torch.nn.Module] = {}
-    seen: set[int] = set()
-
-    def index(o, prefix):
-        if id(o) in seen:
-            return
-        seen.add(id(o))
-        for attr, v in vars(o).items():
-            if isinstance(v, torch.nn.Module):
-                for sub, m in v.named_modules(prefix=prefix + attr):
-                    by_name.setdefault(sub, m)
-            elif _is_state_object(v):
-                index(v, f"{prefix}{attr}.")
-
-    index(obj, "")
+    by_name = _modules(obj)
 
     def key(k):
         if isinstance(k, dict) and "__tuple__" in k:
@@ -241,14 +227,6 @@ def read_segment(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
         yield np.frombuffer(frame, dtype=np.uint8).reshape(height, width, 3)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------------------
 # Saving and loading
 
@@ -288,7 +266,7 @@ class Checkpoint:
                 raise ResumeError(f"{p}: a frame segment of the checkpoint is missing or damaged; remove {folder} "
                                   "(or render with -y) to start over")
         state = folder / str(meta["state"].get("file", ""))
-        if not state.is_file() or state.stat().st_size != meta["state"].get("size") or _sha256(state) != meta["state"].get("sha256"):
+        if not state.is_file() or state.stat().st_size != meta["state"].get("size") or sha256_file(state) != meta["state"].get("sha256"):
             raise ResumeError(f"{state}: the checkpoint's state file is missing or damaged; remove {folder} "
                               "(or render with -y) to start over")
         return cls(folder, meta)
@@ -357,7 +335,7 @@ class CheckpointRecorder:
             Path(tmp).unlink(missing_ok=True)
         path = self.folder / name
         meta = {**self.base, "next_chunk": next_chunk, "frames": frames, "segments": self.segments,
-                "state": {"file": name, "size": path.stat().st_size, "sha256": _sha256(path)},
+                "state": {"file": name, "size": path.stat().st_size, "sha256": sha256_file(path)},
                 "timings_s": {k: round(v, 4) for k, v in timings.items()}}
         fd, tmp = tempfile.mkstemp(prefix=".meta.", suffix=".tmp", dir=self.folder)
         with os.fdopen(fd, "w") as f:

@@ -19,7 +19,6 @@ of this module behind `open_control`, `open_mask` and `read_reference`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from memflow_cli.errors import InputError
+from memflow_cli.hub import sha256_file
 
 MASK_STRIDE = 8  # the VAE's spatial stride: one latent pixel per 8x8 mask block
 LATENT_CHANNELS = 16
@@ -314,12 +314,7 @@ class VaceInputs:
         }
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # the project's one streaming sha256 (hub.py)
 
 
 def _ffmpeg() -> str:

@@ -19,7 +19,6 @@ repeat the last frame read.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import tempfile
@@ -204,11 +203,9 @@ def file_sha256(path: str | Path) -> str | None:
     if key is None:
         return None
     if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+        from memflow_cli.hub import sha256_file
+
+        _DIGESTS[key] = sha256_file(path)
     return _DIGESTS[key]
 
 

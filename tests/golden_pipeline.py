@@ -77,10 +77,12 @@ def generate_case(case: dict, index: dict, golden: Path, model=None, dtype=torch
     return gen, chunks
 
 
-def run_pipeline_case(case: dict, index: dict, golden: Path) -> dict:
+def run_pipeline_case(case: dict, index: dict, golden: Path, model=None) -> dict:
+    """Check a pipeline case; `model` (default: the case's float32 model) lets a caller pass a prepared one
+    (e.g. compiled, tests/test_compile.py)."""
     inputs = load_file(str(golden / case["inputs"]["file"]))
     expected = load_file(str(golden / case["expected"]["file"]))
-    gen, chunks = generate_case(case, index, golden)
+    gen, chunks = generate_case(case, index, golden, model=model)
 
     # The generator draws its own noise, chunk by chunk; together it must be the noise the reference drew whole.
     torch.testing.assert_close(torch.cat([r.noise for r in gen.records], 1), inputs["noise"], rtol=0, atol=0)

@@ -48,6 +48,17 @@ def test_ignored_signals_stay_ignored():
         signal.signal(signal.SIGHUP, old)
 
 
+def _some_frames_written(folder) -> bool:
+    """The render's temporary video has bytes (a temporary file may vanish between listing and stat)."""
+    for path in folder.glob(".sig.*tmp.mp4"):
+        try:
+            if path.stat().st_size:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("signum, second", [(signal.SIGTERM, signal.SIGINT)])  # SIGHUP: same path, unit-tested above
 def test_signals_in_a_real_process(tiny, tmp_path, signum, second):
@@ -59,7 +70,7 @@ def test_signals_in_a_real_process(tiny, tmp_path, signum, second):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     deadline = time.time() + 120
-    while not any(p.stat().st_size for p in tmp_path.glob(".sig.*tmp.mp4")) and time.time() < deadline and proc.poll() is None:
+    while not _some_frames_written(tmp_path) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1)
     assert proc.poll() is None, proc.communicate()[1].decode()

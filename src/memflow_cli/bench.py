@@ -53,6 +53,9 @@ class BenchOptions:
     video: bool = False  # video-to-video: read + VAE-encode an input clip per chunk
     strength: float = 0.7
     vae: str = "wan"  # decoder choice (decoders.py); `vae_dim` scales the Wan-family ones
+    compile: bool = False  # torch.compile the DiT's block (compiled.py); warm-up and compile timed apart
+    compile_mode: str | None = None  # None: reduce-overhead (CUDA graphs) on CUDA, default elsewhere
+    quantization: str | None = None  # "fp8": fp8 DiT weights (quantization.py)
 
 
 class _Clock:
@@ -228,10 +231,26 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     dtype = DTYPES[opts.dtype]
     config = DiTConfig.preset(opts.preset)
     model = _random_dit(config, device, dtype, opts.seed)
+    if opts.quantization:
+        from memflow_cli.quantization import describe_fp8_path, quantize_dit
+
+        model = quantize_dit(model)
+    stats = None
+    if opts.compile:
+        from memflow_cli.compiled import compile_blocks
+
+        stats = compile_blocks(model, mode=opts.compile_mode)
     vae = random_decoder(opts.vae, device, dtype, opts.seed, opts.vae_dim, encoder=opts.video)
-    # One short untimed stream first: kernels, allocator pools and ffmpeg start-up are paid here.
-    _run(replace(opts, chunks=min(2, opts.chunks), switch_every=1), model, vae, bank=True, progress=progress,
-         label="warm-up")
+    # Untimed streams first: kernels, allocator pools and ffmpeg start-up are paid here. With --compile,
+    # each configuration streams into its steady state (chunk 7 on), where the block compiles.
+    warmup = {}
+    configurations = [("with_memory", True)] + ([("without_memory", False)] if opts.compare_without_memory else [])
+    for name, bank in configurations if opts.compile else configurations[:1]:
+        t0 = time.perf_counter()
+        chunks = 9 if opts.compile else min(2, opts.chunks)
+        _run(replace(opts, chunks=chunks, switch_every=chunks - 1 if opts.compile else 1, encode_video=False),
+             model, vae, bank=bank, progress=progress, label="warm-up")
+        warmup[name] = time.perf_counter() - t0
     report = {
         "memflow_cli": __version__,
         "torch": torch.__version__,
@@ -239,12 +258,21 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
         "attention": attention_backend(device, dtype),
         "date": time.strftime("%Y-%m-%d"),
         "options": asdict(opts),
-        "with_memory": _run(opts, model, vae, bank=True, progress=progress, label="with memory"),
+        "warmup_seconds": {k: round(v, 3) for k, v in warmup.items()},
     }
+    if opts.quantization:
+        report["fp8"] = describe_fp8_path(device)
+    compiled_before = stats.to_dict() if stats is not None else None
+    report["with_memory"] = _run(opts, model, vae, bank=True, progress=progress, label="with memory")
     if opts.compare_without_memory:
         report["without_memory"] = _run(opts, model, vae, bank=False, progress=progress, label="without memory")
         report.update(memory_cost(report["with_memory"]["dit_ms_per_chunk"],
                                   report["without_memory"]["dit_ms_per_chunk"]))
+    if stats is not None:
+        after = stats.to_dict()
+        report["compile"] = {**after, "compile_seconds_in_warmup": compiled_before["compile_seconds"],
+                             # compilations during the timed runs: 0 when the steady state never recompiles
+                             "compilations_in_timed_runs": after["compilations"] - compiled_before["compilations"]}
     return report
 
 
@@ -287,8 +315,9 @@ def report_table(report: dict):
     runs = [k for k in ("with_memory", "without_memory") if k in report]
     o = report["options"]
     mode = f", video-to-video at strength {o['strength']}" if o.get("video") else ""
+    extras = (", --compile" if o.get("compile") else "") + (f", --quantization {o['quantization']}" if o.get("quantization") else "")
     table = Table(title=f"memflow bench — {o['preset']} {o['width']}x{o['height']} {o['dtype']} on {report['device']}"
-                        f", --vae {o.get('vae', 'wan')}"
+                        f", --vae {o.get('vae', 'wan')}{extras}"
                         f" ({report['attention']}), {o['chunks']} chunks, {o['steps']} steps{mode}")
     table.add_column("")
     for run in runs:
@@ -305,8 +334,15 @@ def report_table(report: dict):
     row("time to first frame s", "{:.2f}", lambda r: r["time_to_first_frame_s"])
     row("dit ms early → late", "{}", lambda r: f"{r['dit_ms_early']:.1f} → {r['dit_ms_late']:.1f}")
     row("peak memory GB", "{:.2f}", lambda r: r["peak_memory_gb"])
-    if "memory_cost_percent" in report:
-        table.caption = memory_cost_text(report)
+    captions = [memory_cost_text(report)] if "memory_cost_percent" in report else []
+    if report.get("warmup_seconds"):
+        captions.append("untimed warm-up: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in report["warmup_seconds"].items()))
+    c = report.get("compile")
+    if c:
+        captions.append(f"compile ({c['mode']}): {c['compile_seconds']:.1f} s in {c['compilations']} compilation(s), "
+                        f"{c['compilations_in_timed_runs']} during the timed runs"
+                        + (f"; FELL BACK TO EAGER: {c['fallback']}" if c.get("fallback") else ""))
+    table.caption = "\n".join(captions) or None
     return table
 
 

@@ -105,6 +105,14 @@ def parse_steps(text: str | None) -> tuple[int, ...] | None:
     return None if values is None else check_steps(values, "--steps")
 
 
+def parse_compile_mode(text: str | None) -> str | None:
+    from memflow_cli.compiled import COMPILE_MODES
+
+    if text is not None and text not in COMPILE_MODES:
+        raise InputError(f"--compile-mode: expected one of {', '.join(COMPILE_MODES)}, got {text!r}")
+    return text
+
+
 def parse_quantization_option(text: str | None) -> str | None:
     from memflow_cli.quantization import parse_quantization
 
@@ -157,6 +165,8 @@ def render(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="memflow or longlive (default: the file's pipelineId when it is one of ours, else memflow)."),
     lora: List[str] = typer.Option([], "--lora", metavar="<file[:scale]>", help="FILE[:SCALE]: merge this LoRA too, after the timeline's (repeatable; scale 1 if omitted)."),
     vae: Optional[str] = typer.Option(None, "--vae", help="Decoder: wan (default), lightvae, tae or lighttae (default: the timeline's vae_type, else wan)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT (CUDA graphs on CUDA): faster from chunk 7 on, after a one-off compile."),
+    compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs (default: reduce-overhead on CUDA, default elsewhere)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -223,7 +233,8 @@ def render(
                             control=control, mask=mask, references=tuple(reference), vace_scale=vace_scale,
                             quantization=parse_quantization_option(quantization), low_vram=low_vram,
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
-                            command=command_line(), model=model, loras=extra_loras, vae=vae)
+                            command=command_line(), model=model, loras=extra_loras, vae=vae,
+                            compile=compile or compile_mode is not None, compile_mode=parse_compile_mode(compile_mode))
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -477,6 +488,9 @@ def bench(
     video: bool = typer.Option(False, "--video", help="Video-to-video: also time reading and VAE-encoding an input clip per chunk."),
     strength: float = typer.Option(0.7, "--strength", help="With --video: the strength (fewer denoising steps below 1)."),
     vae: str = typer.Option("wan", "--vae", help="Decoder to time: wan, lightvae, tae or lighttae."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT's block (warm-up and compile timed apart)."),
+    compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: a torch.compile mode (default: reduce-overhead on CUDA)."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="fp8: fp8 DiT weights."),
 ):
     """Measure speed stage by stage with random full-size weights (nothing to download)."""
     from memflow_cli.decoders import decoder_spec
@@ -492,7 +506,8 @@ def bench(
     opts = BenchOptions(preset=preset, width=width, height=height, chunks=chunks, steps=steps, switch_every=switch_every,
                         sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
                         device=device or defaults.device, dtype=dtype or defaults.dtype, video=video,
-                        strength=strength, vae=decoder_spec(vae).kind)
+                        strength=strength, vae=decoder_spec(vae).kind, compile=compile or compile_mode is not None,
+                        compile_mode=parse_compile_mode(compile_mode), quantization=parse_quantization_option(quantization))
     if video:
         from memflow_cli.v2v import check_strength
 

@@ -164,6 +164,10 @@ class StreamingGenerator:
             window_frames=settings.local_attn_size - settings.sink_size,
         )
         self.memory = StreamMemory(layout, config.text_len, self.device, self.dtype, settings.sma_top_k if settings.sma else None)
+        if model.compiled_block is not None:  # --compile: the buffers the compiled block writes in place
+            from memflow_cli.compiled import prepare_memory
+
+            prepare_memory(model, self.memory)
 
         schedule = self.schedule = FlowMatchSchedule(shift=settings.shift)
         self.timesteps = schedule.warped_timesteps(settings.denoising_steps, settings.warp)

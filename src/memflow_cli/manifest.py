@@ -122,6 +122,7 @@ def figures(summary) -> dict:
         "peak_memory_bytes": {"gpu": summary.peak_gpu_memory_bytes, "rss": summary.peak_rss_bytes},
         "prompt_cache": summary.prompt_cache,
         "warnings": summary.warnings,
+        **({"compile": summary.compile} if getattr(summary, "compile", None) else {}),
     }
 
 

@@ -149,9 +149,13 @@ class MemoryBank:
         self.slots_k, self.slots_v = slots_k, slots_v  # [L, B, slots*T, H, D] views
         # Without slots (LongLive) nothing is ever staged: the staging buffer is empty too.
         staged_tokens = layout.frame_tokens if layout.bank_slots else 0
-        shape = (layout.layers, layout.batch, staged_tokens, layout.heads, layout.head_dim)
-        self.staged_k = torch.zeros(shape, device=slots_k.device, dtype=slots_k.dtype)
-        self.staged_v = torch.zeros_like(self.staged_k)
+        # Two places per layer: the staged frame (0) and a scratch place (1) that passes which do not stage
+        # write to instead. A pass picks its place by an index tensor, so staging is not a Python branch
+        # of the compiled block (one graph for every pass of the steady state).
+        shape = (2, layout.layers, layout.batch, staged_tokens, layout.heads, layout.head_dim)
+        self.staging_k = torch.zeros(shape, device=slots_k.device, dtype=slots_k.dtype)
+        self.staging_v = torch.zeros_like(self.staging_k)
+        self.staged_k, self.staged_v = self.staging_k[0], self.staging_v[0]
         self.layout = layout
         self.staged_count = 0  # staging events that advanced the slot pointer (the reference's bank counter)
         self.frame_ids: list[list[int]] = [[] for _ in range(layout.layers)]  # for traces; -1 = unknown
@@ -160,12 +164,6 @@ class MemoryBank:
     @property
     def visible_slots(self) -> int:
         return min(self.staged_count, self.layout.bank_slots)
-
-    def stage(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep the first frame of a context pass's keys/values (k, v: [B, count*T, H, D])."""
-        t = self.layout.frame_tokens
-        self.staged_k[layer] = k[:, :t]
-        self.staged_v[layer] = v[:, :t]
 
     def finish_staging(self, frame: int, advance: bool) -> None:
         """After a staging pass: remember which frame is staged; `advance` moves the slot pointer."""
@@ -253,11 +251,78 @@ def route_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_tokens
     return routed_k, routed_v
 
 
-class StreamMemory:
-    """Owns the key/value storage and the three views onto it; assembles each pass's key set.
+@dataclass(frozen=True)
+class PassPlan:
+    """Where one pass's keys go and which keys it attends to, as index tensors on the device.
 
-    Use: `begin_pass(...)`, run the model with this object as its key-set provider, `end_pass()`.
+    Built from Python ints (the chunk schedule) before the pass; the blocks only index with it. The
+    Python fields are the same for every pass of the steady state and the tensors keep their shapes,
+    so a compiled block sees one set of guards from then on (no recompilation per chunk).
     """
+
+    write_dst: torch.Tensor  # [n] buffer token positions this pass's kept tokens go to
+    write_src: torch.Tensor | None  # [n] positions of those tokens in the pass (None: every token, in order)
+    memory_index: torch.Tensor | None  # visible sink + bank tokens (None with `whole`: the buffer's prefix)
+    window_index: torch.Tensor | None  # visible window tokens (None with `whole`: the buffer's suffix)
+    whole: bool  # steady state: the key set is the whole buffer, no gather (and no copy)
+    stage_place: torch.Tensor  # [1]: 0 = stage the pass's first frame for the memory bank, 1 = scratch
+    memory_tokens: int  # tokens of sink + bank, visible or not (where the window starts in the buffer)
+    key_frames: int  # frames the pass attends to (after SMA routing)
+    frames: int  # frames in the pass
+
+
+class LayerKeys:
+    """One layer's view of the storage: what its self-attention writes and reads during a pass.
+
+    Holds fixed views (created once) of that layer's buffers, so a block receives tensors, not a layer
+    number: the 30 blocks run one compiled graph, and no Python int of the schedule reaches it.
+    """
+
+    def __init__(self, memory: "StreamMemory", index: int):
+        self.memory = memory
+        self.k, self.v = memory.k[index], memory.v[index]  # [B, tokens, H, D]
+        self.staging_k, self.staging_v = memory.bank.staging_k[:, index], memory.bank.staging_v[:, index]  # [2, B, T, H, D]
+
+    def key_set(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this pass's k/v [B, count*T, H, D] into the buffer; return the keys/values to attend to."""
+        memory = self.memory
+        plan = memory.plan
+        t = memory.layout.frame_tokens
+        # Writing also in passes that do not commit is safe: a denoising pass only overwrites window
+        # slots of frames that are outside its own window and that its context pass will overwrite.
+        kept_k = k if plan.write_src is None else k.index_select(1, plan.write_src)
+        kept_v = v if plan.write_src is None else v.index_select(1, plan.write_src)
+        self.k.index_copy_(1, plan.write_dst, kept_k)
+        self.v.index_copy_(1, plan.write_dst, kept_v)
+        staged = self.staging_k.shape[2]  # T, or 0 without bank slots
+        self.staging_k.index_copy_(0, plan.stage_place, k[None, :, :staged])
+        self.staging_v.index_copy_(0, plan.stage_place, v[None, :, :staged])
+        if memory.sma_top_k:
+            if plan.whole:
+                split = plan.memory_tokens
+                memory_k, memory_v = self.k[:, :split], self.v[:, :split]
+                window_k, window_v = self.k[:, split:], self.v[:, split:]
+            else:
+                memory_k, memory_v = self.k.index_select(1, plan.memory_index), self.v.index_select(1, plan.memory_index)
+                window_k, window_v = self.k.index_select(1, plan.window_index), self.v.index_select(1, plan.window_index)
+            if memory_k.shape[1]:
+                memory_k, memory_v = route_sparse(q, memory_k, memory_v, t, memory.sma_top_k)
+            return torch.cat([memory_k, window_k], dim=1), torch.cat([memory_v, window_v], dim=1)
+        if plan.whole:
+            return self.k, self.v  # steady state: the whole buffer, no copy
+        index = torch.cat([plan.memory_index, plan.window_index])
+        return self.k.index_select(1, index), self.v.index_select(1, index)
+
+
+class StreamMemory:
+    """Owns the key/value storage and the three views onto it; plans each pass's key set.
+
+    Use: `begin_pass(...)`, run the model with this object as its key-set provider (`layer(i)` gives
+    block i its `LayerKeys`), `end_pass()`.
+    """
+
+    # derived from the buffers by the constructor: a resume checkpoint does not carry them
+    _transient = ("layers", "_indices", "plan", "_place")
 
     def __init__(self, layout: MemoryLayout, text_len: int, device, dtype, sma_top_k: int | None = None):
         self.layout = layout
@@ -271,12 +336,18 @@ class StreamMemory:
         self.bank = MemoryBank(self.k[:, :, sink_end:bank_end], self.v[:, :, sink_end:bank_end], layout)
         self.text = CrossAttentionCache(layout, text_len, device, dtype)
         self.sma_top_k = sma_top_k
+        self.layers = [LayerKeys(self, i) for i in range(layout.layers)]
+        self.plan: PassPlan | None = None
         self._pass = None
+        self._indices: dict[tuple, torch.Tensor] = {}  # index tensors by content: reused, never rebuilt
+        self._place = (torch.tensor([0], device=device), torch.tensor([1], device=device))  # staging: kept / scratch
         self.last_key_frames: int = 0  # key frames seen by the latest pass (for traces and tests)
 
     def begin_pass(self, first: int, count: int, commit: bool, stage: bool) -> None:
         """Prepare a pass over frames [first, first+count). `commit` passes persist their keys."""
         self._pass = (first, count, commit, stage)
+        self.plan = self._plan(first, count, stage)
+        self.last_key_frames = self.plan.key_frames
 
     def end_pass(self, staging_advances: bool = True) -> None:
         first, count, commit, stage = self._pass
@@ -284,35 +355,67 @@ class StreamMemory:
             self.cache.commit(first, count)
         if stage:
             self.bank.finish_staging(first, advance=staging_advances)
-        self._pass = None
+        self._pass = self.plan = None
+
+    def layer(self, index: int) -> LayerKeys:
+        return self.layers[index]
+
+    @property
+    def steady(self) -> bool:
+        """Whether the current pass is one of the steady state's repeating passes: the key set is the whole
+        buffer and every token of the pass is written (a re-cache, which drops some, is a one-off)."""
+        return self.plan is not None and self.plan.whole and self.plan.write_src is None
 
     def key_set(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        first, count, commit, stage = self._pass
+        """`layer(layer).key_set(q, k, v)`: store this pass's k/v; return the keys/values to attend to."""
+        return self.layers[layer].key_set(q, k, v)
+
+    def _plan(self, first: int, count: int, stage: bool) -> PassPlan:
         lay = self.layout
         t = lay.frame_tokens
-        # Writing also in passes that do not commit is safe: a denoising pass only overwrites window
-        # slots of frames that are outside its own window and that its context pass will overwrite.
-        self.cache.write(layer, first, k, v)
-        if stage and lay.bank_slots:  # without slots (LongLive) there is nothing to stage into
-            self.bank.stage(layer, k, v)
+        sink_end = lay.sink_frames * t
+        bank_end = sink_end + lay.bank_slots * t
+        # where the kept frames of this pass go, one run of consecutive slots at a time
+        dst, src = [], []
+        for to_sink, slot, offset, n in self.cache._runs(first, count):
+            start = slot * t if to_sink else bank_end + slot * t
+            dst.append((start, start + n * t))
+            src.append((offset * t, (offset + n) * t))
+        every_token = src == [(0, count * t)]
         sink, window = self.cache.visible_frames(first + count)
         # With no sink the reference attends to the local window alone and ignores the bank.
         slots = self.bank.visible_slots if lay.sink_frames > 0 else 0
-        self.last_key_frames = sink + slots + window
-        if self.sma_top_k:
-            memory_k = torch.cat([self.cache.sink_k[layer, :, : sink * t], self.bank.slots_k[layer, :, : slots * t]], dim=1)
-            memory_v = torch.cat([self.cache.sink_v[layer, :, : sink * t], self.bank.slots_v[layer, :, : slots * t]], dim=1)
-            if memory_k.shape[1]:
-                memory_k, memory_v = route_sparse(q, memory_k, memory_v, t, self.sma_top_k)
-            self.last_key_frames = memory_k.shape[1] // t + window
-            keys = torch.cat([memory_k, self.cache.window_k[layer, :, : window * t]], dim=1)
-            values = torch.cat([memory_v, self.cache.window_v[layer, :, : window * t]], dim=1)
-            return keys, values
-        if sink == lay.sink_frames and slots == lay.bank_slots and window == lay.window_frames:
-            return self.k[layer], self.v[layer]  # steady state: the whole buffer, no copy
-        parts_k = [self.cache.sink_k[layer, :, : sink * t], self.bank.slots_k[layer, :, : slots * t], self.cache.window_k[layer, :, : window * t]]
-        parts_v = [self.cache.sink_v[layer, :, : sink * t], self.bank.slots_v[layer, :, : slots * t], self.cache.window_v[layer, :, : window * t]]
-        return torch.cat(parts_k, dim=1), torch.cat(parts_v, dim=1)
+        whole = sink == lay.sink_frames and slots == lay.bank_slots and window == lay.window_frames
+        memory_frames = sink + slots
+        key_frames = sink + slots + window
+        if self.sma_top_k and memory_frames:
+            key_frames = min(self.sma_top_k, memory_frames) + window
+        return PassPlan(
+            write_dst=self._index(dst),
+            write_src=None if every_token else self._index(src),
+            memory_index=None if whole else self._index([(0, sink * t), (sink_end, sink_end + slots * t)]),
+            window_index=None if whole else self._index([(bank_end, bank_end + window * t)]),
+            whole=whole,
+            stage_place=self._place[0 if stage else 1],
+            memory_tokens=bank_end,
+            key_frames=key_frames,
+            frames=count,
+        )
+
+    def _index(self, ranges: list[tuple[int, int]]) -> torch.Tensor:
+        """The token positions of some [start, end) ranges, as a device tensor built once per content.
+
+        The steady state cycles through a few write patterns (the ring's positions), so the cache stays
+        small, and a pass allocates nothing and copies nothing from the host.
+        """
+        key = tuple(ranges)
+        index = self._indices.get(key)
+        if index is None:
+            device = self.k.device
+            parts = [torch.arange(a, b, device=device) for a, b in ranges if b > a]
+            index = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=device)
+            self._indices[key] = index
+        return index
 
     def refresh_bank(self) -> None:
         """Run the bank's insert/compress step against the text keys as they are now (maybe zeroed)."""

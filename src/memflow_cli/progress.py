@@ -334,6 +334,12 @@ def summary_table(summary: "RenderSummary"):
     t.add_row("decoder", getattr(summary, "vae", "wan"))
     for stage, label in stage_labels(summary).items():
         t.add_row(f"time {label}", f"{summary.timings.get(stage, 0.0):.2f} s")
+        compiled = getattr(summary, "compile", None)
+        if stage == "generate" and compiled:
+            what = (f"eager after a failure ({compiled['fallback']})" if compiled.get("fallback")
+                    else f"{compiled['mode']}, {compiled['compiled_calls']} compiled block calls" if compiled["compiled_calls"]
+                    else "nothing ran compiled: the video ended before the steady state (chunk 8)")
+            t.add_row("  of which compiling", f"{compiled['compile_seconds']:.2f} s ({what})")
     t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
     t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
     if summary.planned_peak_gpu_memory_bytes is not None:

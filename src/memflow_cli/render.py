@@ -86,6 +86,8 @@ class RenderOptions:
     model: str | None = None  # models.MODELS name; None: the file's pipelineId when it is one of ours, else memflow
     loras: tuple = ()  # --lora FILE[:SCALE]: timeline.LoraSpec, merged after the timeline's own LoRAs
     vae: str | None = None  # decoder (decoders.DECODER_KINDS); None = the timeline's `vae_type`, else "wan"
+    compile: bool = False  # --compile: torch.compile the DiT's block for the steady state (compiled.py)
+    compile_mode: str | None = None  # a torch.compile mode; None: CUDA graphs on CUDA, plain inductor elsewhere
 
 
 @dataclass
@@ -116,6 +118,7 @@ class RenderSummary:
     prompt_cache: dict = field(default_factory=dict)  # {"path", "cached", "computed"}: distinct prompts
     model: str = "memflow"  # models.MODELS name of the model that rendered it
     vae: str = "wan"  # the decoder that made the frames
+    compile: dict | None = None  # --compile: mode, compiled block calls, compile seconds, fallback (compiled.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -335,6 +338,7 @@ class Renderer:
         self._vace = None  # the VACE blocks, loaded by the first render that uses them
         self._vace_sha256: str | None = None
         self._vae_kind: str | None = None
+        self._compile_before: dict | None = None  # the compiled block's figures when the current render began
         self._side_wan_vae = None  # the Wan VAE for VACE when another decoder is chosen
         self._decoder_files: dict[str, dict] = {}  # kind → {"path", "sha256", ...}
         self._warned: set[str] = set()
@@ -479,12 +483,23 @@ class Renderer:
                                          lora_alpha=spec.lora_alpha, user_loras=[(lora.file, lora.scale) for lora in loras])
             self._quantization = quantization
             self._model_name, self._model_loras = spec.name, key
+        if self.options.compile and self._model.compiled_block is None:
+            from memflow_cli.compiled import compile_blocks
+
+            compile_blocks(self._model, mode=self.compile_mode, on_fallback=lambda why: self.reporter.warn(
+                f"--compile: compiling failed, running eager ({why})"))
         if self._vae_kind != vae:
             self.reporter.stage(f"loading the {vae} decoder")
             self._vae = None  # free the previous decoder first
             self._vae = load_decoder(vae, self.decoder_file(vae)["path"], device=self.device, dtype=self.dtype)
             self._vae_kind = vae
         self.timings["load"] += time.perf_counter() - t
+
+    @property
+    def compile_mode(self) -> str:
+        from memflow_cli.compiled import default_mode
+
+        return self.options.compile_mode or default_mode(self.device)
 
     def load_vace(self, job: RenderJob):
         """The VACE blocks for `job` (None without VACE or at scale 0), loaded once per renderer.
@@ -551,6 +566,8 @@ class Renderer:
         from memflow_cli.model.dit import attention_backend
 
         extra = {"quantization": job.quantization} if job.quantization else {}  # absent: unchanged identity
+        if self.options.compile:  # compiled kernels round differently (like another attention kernel)
+            extra["compile"] = self.compile_mode
         return {
             "seed": job.seed,
             "resolution": f"{job.width}x{job.height}",
@@ -627,6 +644,8 @@ class Renderer:
         if job.vace is not None:
             ident["vace"] = job.vace.manifest()
         summary.prompt_cache = dict(self.prompt_cache)
+        stats = self._compile_stats()
+        self._compile_before = stats.to_dict() if stats is not None else None
 
         from memflow_cli.conditioning import Conditioner
         from memflow_cli.generator import StreamingGenerator
@@ -840,12 +859,31 @@ class Renderer:
         summary.seconds = summary.frames / FPS
         summary.fps_end_to_end = summary.frames / total if total > 0 else 0.0
         gen = summary.timings.get("generate", 0.0)
+        compiled = self._compile_figures()
+        if compiled is not None:  # compiling is a one-off: reported apart from the generation rate
+            summary.compile = compiled
+            summary.timings["compile"] = compiled["compile_seconds"]
+            gen = max(gen - compiled["compile_seconds"], 0.0)
         summary.fps_generation = summary.frames / gen if gen > 0 else 0.0
         if self.device.type == "cuda":
             summary.peak_gpu_memory_bytes = torch.cuda.max_memory_allocated(self.device)
         # ru_maxrss is KiB on Linux, bytes on macOS
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         summary.peak_rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+
+    def _compile_stats(self):
+        block = self._model.compiled_block if self._model is not None else None
+        return getattr(block, "stats", None)
+
+    def _compile_figures(self) -> dict | None:
+        """--compile: this render's share of the compiled block's figures (a batch compiles once)."""
+        stats = self._compile_stats()
+        if stats is None:
+            return None
+        before = self._compile_before or {}
+        now = stats.to_dict()
+        counts = ("compiled_calls", "compile_seconds", "compilations")
+        return {**now, **{k: round(now[k] - before.get(k, 0), 3) for k in counts}}
 
     # -- batches -----------------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 One call runs the transformer over a pass of latent frames (a chunk of 3 while denoising, 12 when the KV
 cache is re-computed after a prompt switch). The model itself holds no streaming state: the caller hands it
  - `text`: a CrossAttentionCache (per-layer text keys/values, filled by the model on first use), and
- - `keys`: a key-set provider whose `key_set(layer, q, k, v)` stores this pass's keys/values where they
-   belong and returns the keys/values the layer attends to (sink + memory bank + local window).
-How that key set is assembled (sink, bank, SMA routing, eviction) lives in memflow_cli.memory.
+ - `keys`: a key-set provider; `keys.layer(i)` gives block i an object whose `key_set(q, k, v)` stores this
+   pass's keys/values where they belong and returns the keys/values the layer attends to (sink + memory
+   bank + local window). How that key set is assembled (sink, bank, SMA routing, eviction) lives in
+   memflow_cli.memory, as index writes into fixed buffers: a block's forward has no Python branch on the
+   chunk number, so `torch.compile` traces it whole (see memflow_cli.compiled).
 
 Shapes: latents [B, F, C, H, W]; tokens [B, F*T_f, dim] in (frame, row, column) order, T_f = (H/2)*(W/2).
 """
@@ -129,9 +131,15 @@ PRESETS = {
 }
 
 
+class LayerKeySet(Protocol):
+    def key_set(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this pass's k/v for the layer; return the keys/values its queries attend to."""
+
+
 class KeySetProvider(Protocol):
-    def key_set(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this pass's k/v for `layer`; return the keys/values its queries attend to."""
+    steady: bool  # the pass has the steady state's fixed shapes (compiled blocks run only then)
+
+    def layer(self, index: int) -> LayerKeySet: ...
 
 
 class TextKeyValues(Protocol):
@@ -274,13 +282,13 @@ class Projections(nn.Module):
 
 
 class SelfAttention(Projections):
-    def forward(self, x, layer: int, rope: tuple[torch.Tensor, torch.Tensor], keys: KeySetProvider):
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], keys: LayerKeySet):
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)
         k = self.norm_k(self.k(x)).unflatten(-1, heads)
         v = self.v(x).unflatten(-1, heads)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        all_k, all_v = keys.key_set(layer, q, k, v)
+        all_k, all_v = keys.key_set(q, k, v)
         return self.o(attention(q, all_k, all_v).flatten(-2))
 
 
@@ -307,7 +315,7 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x, e0, layer, rope, keys, text_kv, frames):
+    def forward(self, x, e0, rope, keys, text_kv, frames):
         # e0 [B, F, 6, dim]: one modulation row per latent frame, broadcast over that frame's tokens.
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e0).unbind(2)
 
@@ -320,7 +328,7 @@ class Block(nn.Module):
         def gated(y, gate):
             return (y.unflatten(1, (frames, -1)) * per_frame(gate)).flatten(1, 2)
 
-        x = x + gated(self.self_attn(modulate(self.norm1(x), shift1, scale1), layer, rope, keys), gate1)
+        x = x + gated(self.self_attn(modulate(self.norm1(x), shift1, scale1), rope, keys), gate1)
         x = x + self.cross_attn(self.norm3(x), *text_kv)
         x = x + gated(self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
         return x
@@ -339,6 +347,12 @@ class Head(nn.Module):
         shift, scale = (self.modulation.unsqueeze(1) + e.unsqueeze(2)).unbind(2)
         h = self.norm(x).unflatten(1, (frames, -1)) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
         return self.head(h.flatten(1, 2))
+
+
+def _run_block(block: Block, x, e0, rope, keys, text_kv, frames):
+    """One block over the pass's tokens (the function `--compile` compiles: its module is an argument, so
+    all blocks share one compiled graph, their weights being its inputs)."""
+    return block(x, e0, rope, keys, text_kv, frames)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -363,6 +377,8 @@ class CausalDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self._rope = RotaryTable()
+        # set by memflow_cli.compiled.compile_blocks: a compiled `_run_block` for the steady state's passes
+        self.compiled_block = None
 
     # -- text ---------------------------------------------------------------------------------------------
 
@@ -426,14 +442,19 @@ class CausalDiT(nn.Module):
         e = e.unflatten(0, (batch, frames))
 
         rope = self._rope.get(self.config.head_dim, frame_start, frames, rows, cols, x.device, dtype)
+        # --compile: the steady state's passes run the compiled block; the rest (warm-up, re-cache) eager
+        run = _run_block
+        if self.compiled_block is not None and keys.steady:
+            run = self.compiled_block
+            run.begin_pass()
         if vace is None:
             for index, block in enumerate(self.blocks):
-                x = block(x, e0, index, rope, keys, text.layer(index), frames)
+                x = run(block, x, e0, rope, keys.layer(index), text.layer(index), frames)
         else:
             hints = vace.module(vace.context, x, e0, vace.text, vace.reference_frames, rows, cols)
             hint_for_layer = vace.module.hint_for_layer
             for index, block in enumerate(self.blocks):
-                x = block(x, e0, index, rope, keys, text.layer(index), frames)
+                x = run(block, x, e0, rope, keys.layer(index), text.layer(index), frames)
                 if index in hint_for_layer:
                     x = x + hints[hint_for_layer[index]] * vace.scale
         out = self.head(x, e, frames)

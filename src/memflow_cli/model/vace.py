@@ -44,7 +44,12 @@ def vace_main_layers(num_layers: int) -> tuple[int, ...]:
 class OwnTokens:
     """Key-set provider for VACE blocks: each token attends to the pass's own context tokens only."""
 
-    def key_set(self, layer, q, k, v):
+    steady = False  # (as a provider for a whole DiT pass, e.g. in tests: never the compiled path)
+
+    def layer(self, index):
+        return self
+
+    def key_set(self, q, k, v):
         return k, v
 
 
@@ -135,7 +140,7 @@ class VaceModule(nn.Module):
         for n, block in enumerate(self.vace_blocks):
             if block.before_proj is not None:
                 c = block.before_proj(c) + x
-            c = block(c, e0, n, rope, _OWN_TOKENS, text.layer(n), frames)
+            c = block(c, e0, rope, _OWN_TOKENS, text.layer(n), frames)
             hints.append(block.after_proj(c[:, ref_tokens:]))
         return hints
 

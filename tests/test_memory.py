@@ -163,3 +163,26 @@ def test_without_bank_slots_the_key_set_is_sink_and_window_and_steady_state_is_t
     frames, _ = seen[0]
     assert frames == [0, 1, 2] + list(range(9, 18))
     assert mem.k.shape[2] == 12 * 2 and mem.bank.frame_ids == [[]]
+
+
+def test_steady_state_passes_reuse_their_index_tensors_and_share_one_shape():
+    """The plan of a pass is index tensors built once per pattern: after the warm-up, chunks add none, and
+    every pass of the steady state has the same Python values (what a compiled block is guarded on)."""
+    mem = make_memory()
+    for chunk in range(8):
+        run_chunk(mem, chunk)
+    patterns = len(mem._indices)
+    plans = []
+    for chunk in range(8, 40):
+        first = 3 * chunk
+        for stage in (False, True):
+            mem.begin_pass(first, 3, commit=stage, stage=stage)
+            plans.append(mem.plan)
+            assert mem.steady
+            kv = frame_keys(first, 3)
+            mem.key_set(0, kv, kv, kv)
+            mem.end_pass()
+    assert len(mem._indices) <= patterns + 3  # at most the ring's other write positions
+    assert {(p.whole, p.write_src, p.memory_index, p.window_index, p.memory_tokens, p.frames) for p in plans} == {
+        (True, None, None, None, (3 + 3) * 2, 3)}
+    assert len({id(p.write_dst) for p in plans}) == 3  # the window ring has 9 / 3 write positions

@@ -12,6 +12,12 @@ of a buffer shifted left at every eviction.
 
 All counters are Python ints that follow from the chunk schedule alone, never from tensor values: the
 streaming loop needs no host-device synchronisation.
+
+Each pass is planned before the model runs (`PassPlan`): from those ints come index tensors — where the
+pass's keys are written, which tokens form its key set, whether its first frame is staged for the bank —
+built once per pattern and reused. A layer's self-attention then only indexes with them (`LayerKeys`): its
+code has no branch on the chunk number, so `torch.compile` traces one graph that serves every pass of the
+steady state (compiled.py).
 """
 
 from __future__ import annotations
@@ -83,23 +89,12 @@ class KVCache:
         """A pass over frames that were committed already (the re-cache after a switch)."""
         return first > 0 and first + count <= self.committed_frames
 
-    def write(self, layer: int, first: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the keys/values of frames [first, first+count) (k, v: [B, count*T, H, D]).
-
-        A recompute never touches the sink (it keeps the keys of the first prompt: the design of
-        MemFlow's sink). Of a pass longer than the window, only its last `window_frames` frames are kept.
-        """
-        t = self.layout.frame_tokens
-        count = k.shape[1] // t
-        for to_sink, dst, src, n in self._runs(first, count):
-            keys, values = (self.sink_k, self.sink_v) if to_sink else (self.window_k, self.window_v)
-            keys[layer, :, dst * t : (dst + n) * t] = k[:, src * t : (src + n) * t]
-            values[layer, :, dst * t : (dst + n) * t] = v[:, src * t : (src + n) * t]
-
     def _runs(self, first: int, count: int):
-        """(to_sink, destination frame slot, source frame offset, frames) for each contiguous copy.
+        """Where the keys of frames [first, first+count) go: (to_sink, destination frame slot, source frame
+        offset, frames) per run of consecutive slots.
 
-        One copy per run of consecutive slots, not one per frame: fewer kernel launches per pass.
+        A recompute never touches the sink (it keeps the keys of the first prompt: the design of MemFlow's
+        sink). Of a pass longer than the window, only its last `window_frames` frames are kept.
         """
         lay = self.layout
         protect_sink = self.is_recompute(first, count)

@@ -3,7 +3,7 @@
 # 832x480, one JSON per run and a summary.md with the target checks. Under 8 minutes on one H100/H200.
 #
 #   bash benchmarks/device-check.sh [--dry-run] [--wheels DIR] [--results DIR] [--budget SECONDS]
-#                                   [--only NAME,NAME] [--python PY]
+#                                   [--only NAME,NAME] [--python PY] [--archive FILE.tar.gz]
 #
 #   --dry-run       the same sequence on the CPU with tiny sizes (CI runs this; no GPU needed)
 #   --wheels DIR    install the project's dependencies from this folder first (pip --no-index); default:
@@ -14,6 +14,7 @@
 #                   end of the budget.
 #   --only LIST     run only these steps (names as in the table below); the summary covers the folder
 #   --python PY     the interpreter that has torch (default: $PYTHON, else python3)
+#   --archive F     also pack the results folder into F (.tar.gz), one file to bring back from the machine
 #
 # Steps, most important first (a failed run does not stop the others; each writes RESULTS/<name>.json):
 #   golden            tests/golden on the device: float32 pass/fail, bf16 rel-L2 per case
@@ -28,7 +29,7 @@
 # Bench runs: 832x480, 40 chunks, 4 steps, bf16, random full-size weights; dry run: --preset tiny 64x64, 4 chunks.
 set -euo pipefail
 
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "device-check: $*" >&2; exit 1; }
 
 DRY_RUN=0
@@ -36,16 +37,17 @@ WHEELS=""
 RESULTS=""
 BUDGET=""
 ONLY=""
+ARCHIVE=""
 PY="${PYTHON:-python3}"
 CALLER_PWD="$PWD"
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
-        --wheels|--results|--budget|--only|--python)
+        --wheels|--results|--budget|--only|--python|--archive)
             [ $# -ge 2 ] || die "$1 needs a value"
             case "$1" in
                 --wheels) WHEELS="$2" ;; --results) RESULTS="$2" ;; --budget) BUDGET="$2" ;;
-                --only) ONLY="$2" ;; --python) PY="$2" ;;
+                --only) ONLY="$2" ;; --python) PY="$2" ;; --archive) ARCHIVE="$2" ;;
             esac
             shift ;;
         --wheels=*) WHEELS="${1#*=}" ;;
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
         --budget=*) BUDGET="${1#*=}" ;;
         --only=*) ONLY="${1#*=}" ;;
         --python=*) PY="${1#*=}" ;;
+        --archive=*) ARCHIVE="${1#*=}" ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -318,6 +321,11 @@ SUMMARY_ARGS=("$RESULTS")
     || { cat "$LOGS/summary.log" >&2; die "the summary failed"; }
 cat "$RESULTS/summary.md"
 log "done in $(elapsed) s: $RESULTS/summary.md"
+if [ -n "$ARCHIVE" ]; then
+    ARCHIVE="$(absolute "$ARCHIVE")"
+    mkdir -p "$(dirname "$ARCHIVE")"
+    tar -czf "$ARCHIVE" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")" && log "packed into $ARCHIVE"
+fi
 if [ ${#FAILED[@]} -gt 0 ]; then
     log "runs that did not succeed: ${FAILED[*]} (logs in $LOGS)"
     exit 1

@@ -24,8 +24,8 @@
 #   compile-lighttae  memflow bench --vae lighttae --compile
 #   sma-lighttae      memflow bench --sma --vae lighttae (with and without the memory bank: the SMA cost)
 #   fp8-lighttae      memflow bench --quantization fp8 --vae lighttae (only where fp8 runs as real fp8 matmuls)
-#   golden-compile    the pipeline golden cases through the compiled DiT (when the tree has a compile helper)
 #   flat-lighttae     memflow bench --vae lighttae --chunks 200 --no-video (ms per chunk over a long stream)
+#   golden-compile    the pipeline golden cases through the compiled DiT (when the tree has a compile helper)
 # Bench runs: 832x480, 40 chunks, 4 steps, bf16, random full-size weights; dry run: --preset tiny 64x64, 4 chunks.
 set -euo pipefail
 
@@ -269,18 +269,18 @@ V() {  # variant JSON: compile vae sma quantization baseline video chunks
 }
 VIDEO=true; [ ${#NO_VIDEO[@]} -gt 0 ] && VIDEO=false
 
-run_step golden golden 60 '{"dtypes": "'"$GOLDEN_DTYPES"'"}' "" "$RAW/golden.json" -- \
+run_step golden golden 45 '{"dtypes": "'"$GOLDEN_DTYPES"'"}' "" "$RAW/golden.json" -- \
     "$PY" benchmarks/golden_device.py --device "$DEVICE" --dtypes "$GOLDEN_DTYPES" --out "$RAW/golden.json"
 
-bench_step eager-wan 90 "$(V false wan false null true $VIDEO $CHUNKS)" "" "$VIDEO_NOTE" -- \
+bench_step eager-wan 60 "$(V false wan false null true $VIDEO $CHUNKS)" "" "$VIDEO_NOTE" -- \
     --chunks "$CHUNKS" --vae wan "${NO_VIDEO[@]}"
-bench_step eager-lighttae 45 "$(V false lighttae false null false $VIDEO $CHUNKS)" "" "$VIDEO_NOTE" -- \
+bench_step eager-lighttae 30 "$(V false lighttae false null false $VIDEO $CHUNKS)" "" "$VIDEO_NOTE" -- \
     --chunks "$CHUNKS" --vae lighttae --no-baseline "${NO_VIDEO[@]}"
-bench_step compile-wan 180 "$(V true wan false null true $VIDEO $CHUNKS)" --compile "$VIDEO_NOTE" -- \
+bench_step compile-wan 120 "$(V true wan false null true $VIDEO $CHUNKS)" --compile "$VIDEO_NOTE" -- \
     --chunks "$CHUNKS" --vae wan --compile "${NO_VIDEO[@]}"
-bench_step compile-lighttae 150 "$(V true lighttae false null false $VIDEO $CHUNKS)" --compile "$VIDEO_NOTE" -- \
+bench_step compile-lighttae 90 "$(V true lighttae false null false $VIDEO $CHUNKS)" --compile "$VIDEO_NOTE" -- \
     --chunks "$CHUNKS" --vae lighttae --compile --no-baseline "${NO_VIDEO[@]}"
-bench_step sma-lighttae 60 "$(V false lighttae true null true $VIDEO $CHUNKS)" "" "$VIDEO_NOTE" -- \
+bench_step sma-lighttae 45 "$(V false lighttae true null true $VIDEO $CHUNKS)" "" "$VIDEO_NOTE" -- \
     --chunks "$CHUNKS" --vae lighttae --sma "${NO_VIDEO[@]}"
 
 FP8_VARIANT="$(V false lighttae false '"fp8"' false $VIDEO $CHUNKS)"
@@ -292,13 +292,16 @@ if [ "$DRY_RUN" = 0 ] && [ "$FP8_PATH" != scaled_mm ] && has_flag --quantization
 else
     FP8_NOTE=""
     [ "$DRY_RUN" = 1 ] && FP8_NOTE="dry run: fp8 weights de-quantized per layer (path $FP8_PATH); a GPU run needs scaled_mm"
-    bench_step fp8-lighttae 45 "$FP8_VARIANT" --quantization "$FP8_NOTE" -- \
+    bench_step fp8-lighttae 30 "$FP8_VARIANT" --quantization "$FP8_NOTE" -- \
         --chunks "$CHUNKS" --vae lighttae --quantization fp8 --no-baseline "${NO_VIDEO[@]}"
 fi
 
+bench_step flat-lighttae 90 "$(V false lighttae false null false false $LONG_CHUNKS)" "" "" -- \
+    --chunks "$LONG_CHUNKS" --vae lighttae --no-baseline --no-video
+
 PIPELINE_CASES="$("$PY" -c 'import json, sys; print(",".join(c["id"] for c in json.load(open(sys.argv[1]))["cases"] if c["kind"] == "pipeline"))' tests/golden/cases.json)"
 if "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import golden_device as g; sys.exit(0 if g._compile_helper()[1] else 1)' 2>/dev/null; then
-    run_step golden-compile golden 120 '{"compile": true, "dtypes": "'"$GOLDEN_DTYPES"'"}' "" "$RAW/golden-compile.json" -- \
+    run_step golden-compile golden 90 '{"compile": true, "dtypes": "'"$GOLDEN_DTYPES"'"}' "" "$RAW/golden-compile.json" -- \
         "$PY" benchmarks/golden_device.py --device "$DEVICE" --dtypes "$GOLDEN_DTYPES" --compile \
         --cases "$PIPELINE_CASES" --out "$RAW/golden-compile.json"
 else
@@ -306,9 +309,6 @@ else
     selected golden-compile && record_skip golden-compile golden "no DiT compile helper in this tree" \
         '{"compile": true}' "benchmarks/golden_device.py --compile"
 fi
-
-bench_step flat-lighttae 120 "$(V false lighttae false null false false $LONG_CHUNKS)" "" "" -- \
-    --chunks "$LONG_CHUNKS" --vae lighttae --no-baseline --no-video
 
 # ---------------------------------------------------------------------------------------------- summary
 if command -v nvidia-smi >/dev/null 2>&1; then

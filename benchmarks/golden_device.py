@@ -61,6 +61,7 @@ class Outcome:
     def __init__(self):
         self.tensors: list[tuple[str, torch.Tensor, torch.Tensor, dict]] = []
         self.checks: dict[str, bool] = {}  # structural checks: must hold in float32, reported in other dtypes
+        self.info: dict = {}  # anything else worth keeping (compile statistics)
 
     def add(self, name: str, out: torch.Tensor, ref: torch.Tensor, tolerance: dict) -> None:
         self.tensors.append((name, out.detach().to("cpu"), ref, tolerance))
@@ -89,8 +90,7 @@ def run_pipeline(case, index, golden: Path, device, dtype, compile_fn=None) -> O
     model = load_dit(DiTConfig.from_file(golden / files["config"]), golden / files["checkpoint"],
                      golden / lora["file"] if lora else None, lora_alpha=lora["alpha"] if lora else None,
                      device=device, dtype=dtype)
-    if compile_fn is not None:
-        model = compile_fn(model)
+    stats = compile_fn(model) if compile_fn is not None else None
     inputs = load_file(str(golden / case["inputs"]["file"]))
     expected = load_file(str(golden / case["expected"]["file"]))
     settings = golden_pipeline._settings(config)
@@ -121,6 +121,12 @@ def run_pipeline(case, index, golden: Path, device, dtype, compile_fn=None) -> O
         except AssertionError:
             same = False
         outcome.check("trace (re-caches, key frames, bank slots)", same)
+    if stats is not None:
+        figures = stats.to_dict()
+        outcome.info["compile"] = figures
+        # a compiled run that fell back to eager, or never reached the compiled block, checked nothing compiled
+        outcome.check("compiled block ran (no eager fallback)",
+                      figures.get("fallback") is None and figures.get("compiled_calls", 1) > 0)
     outputs = {
         "latents": torch.cat(chunks, dim=1),
         "x0_steps": torch.stack([torch.cat(r.step_x0, 0) for r in gen.records]),
@@ -285,19 +291,21 @@ DRIVERS = {
 
 
 def _compile_helper():
-    """The tree's way to compile the DiT, if it has one: a callable taking the model and returning the model
-    to run (or None). Looked up by name so this script runs on trees from before and after `--compile`."""
+    """The tree's way to compile the DiT, if it has one: (name, fn) where fn(model) prepares the model in place
+    and returns its compile statistics (an object with `to_dict()`, or None). Looked up by name, so this script
+    runs on trees from before and after `--compile`; (None, None) when there is none."""
     import importlib
 
-    for module_name, attr in (("memflow_cli.model.dit", "compile_dit"), ("memflow_cli.render", "compile_dit"),
-                              ("memflow_cli.generator", "compile_dit"), ("memflow_cli.compile", "compile_dit")):
-        try:
-            fn = getattr(importlib.import_module(module_name), attr, None)
-        except ImportError:
-            continue
-        if callable(fn):
-            return f"{module_name}.{attr}", fn
-    return None, None
+    try:
+        compile_blocks = importlib.import_module("memflow_cli.compiled").compile_blocks
+    except (ImportError, AttributeError):
+        return None, None
+
+    def apply(model):
+        torch._dynamo.reset()  # each case compiles afresh: no recompile limit reached across cases and dtypes
+        return compile_blocks(model)
+
+    return "memflow_cli.compiled.compile_blocks", apply
 
 
 def _sync(device: torch.device) -> None:
@@ -334,6 +342,7 @@ def run_case(case, index, golden: Path, device: torch.device, dtype_name: str, c
         result["tensors"][name] = {"rel_l2": rel, "max_abs": mx, "tol_rel_l2": tol["rel_l2"],
                                    "tol_max_abs": tol["max_abs"], "within_tolerance": within}
     result["checks"] = outcome.checks
+    result.update(outcome.info)
     rels = [t["rel_l2"] for t in result["tensors"].values()]
     result["rel_l2"] = max(rels) if rels else None
     result["max_abs"] = max((t["max_abs"] for t in result["tensors"].values()), default=None)

@@ -148,7 +148,8 @@ def run_rows(folder: Path) -> list[dict]:
             "memory_cost": data.get("memory_cost_percent"), "memory_cost_noise": data.get("memory_cost_noise_percent"),
             "memory_cost_within_noise": data.get("memory_cost_within_noise"),
             "gen_fps_no_memory": wo.get("generation_fps"),
-            "compile_s": _compile_seconds(data),
+            "compile_s": _compile_seconds(data), "compile_note": _compile_note(data),
+            "warmup_s": sum((data.get("warmup_seconds") or {}).values()) or None,
             "device": data.get("device"), "attention": data.get("attention"),
         })
     rows.sort(key=lambda r: (r["order"], r["name"]))
@@ -156,15 +157,30 @@ def run_rows(folder: Path) -> list[dict]:
 
 
 def _compile_seconds(report: dict):
-    """Compile / warm-up seconds, wherever the bench put them (the key name is the bench's business)."""
+    """Compile seconds: the bench's `compile` entry (compiled.py's figures), else any numeric compile key."""
+    entry = report.get("compile")
+    if isinstance(entry, dict) and isinstance(entry.get("compile_seconds"), (int, float)):
+        return float(entry["compile_seconds"])
     for where in (report, report.get("with_memory") or {}):
-        for key in ("compile_seconds", "compile_s", "warmup_seconds", "warm_up_seconds", "warmup_s"):
-            if isinstance(where.get(key), (int, float)):
-                return float(where[key])
         for key, value in where.items():
             if "compile" in key and isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
     return None
+
+
+def _compile_note(report: dict) -> str | None:
+    """What a reader of a --compile row must know: a fall-back to eager, recompilations inside the timed runs."""
+    entry = report.get("compile")
+    if not isinstance(entry, dict):
+        return None
+    parts = []
+    if entry.get("fallback"):
+        parts.append(f"COMPILE FELL BACK TO EAGER ({entry['fallback']})")
+    if entry.get("compilations_in_timed_runs"):
+        parts.append(f"{entry['compilations_in_timed_runs']} compilation(s) inside the timed runs")
+    if not parts:
+        return None
+    return "; ".join(parts)
 
 
 def _best(rows, key, keep):
@@ -282,7 +298,7 @@ def summary(args) -> int:
                      f" {env.get('attention_bf16', '?')} · commit {env.get('commit', '?')}")
         lines.append("")
     lines += ["| run | status | gen FPS | e2e FPS | DiT ms/chunk | VAE ms/chunk | memory cost % | peak GB |"
-              " DiT ms/chunk early → late | compile s | seconds |",
+              " DiT ms/chunk early → late | compile s / warm-up s | seconds |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
@@ -292,8 +308,9 @@ def summary(args) -> int:
         flat = "–" if r["dit_ms_early"] is None else f"{r['dit_ms_early']:.1f} → {r['dit_ms_late']:.1f}"
         lines.append(f"| {r['name']} | {status} | {_num(r['gen_fps'], '{:.2f}')} | {_num(r['e2e_fps'], '{:.2f}')} |"
                      f" {_num(r['dit_ms'])} | {_num(r['vae_ms'])} | {cost} | {_num(r['peak_gb'], '{:.2f}')} |"
-                     f" {flat} | {_num(r['compile_s'])} | {_num(r['seconds'])} |")
+                     f" {flat} | {_num(r['compile_s'])} / {_num(r['warmup_s'])} | {_num(r['seconds'])} |")
     notes = [f"- {r['name']}: {r['note']}" for r in rows if r.get("note")]
+    notes += [f"- {r['name']}: {r['compile_note']}" for r in rows if r.get("compile_note")]
     if notes:
         lines += ["", *notes]
     lines += ["", "## Targets" + (" (computed for the format only: a dry run measures nothing)" if args.dry_run else ""),

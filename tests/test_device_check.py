@@ -103,6 +103,11 @@ def test_every_bench_run_writes_its_json(dry_run):
         assert _finite_positive(run["per_chunk_ms"]["dit"]) and _finite_positive(run["per_chunk_ms"]["vae"])
         assert run["recaches"] >= 1  # --switch-every 2: the re-cache is exercised too
         assert run["generation_fps"] > run["end_to_end_fps"]
+        if "--compile" in needs:  # compiled for real: no silent fall-back to eager
+            assert options["compile"] is True
+            assert report["compile"]["fallback"] is None and report["compile"]["compilations"] >= 1, report["compile"]
+        if "--quantization" in needs:
+            assert options["quantization"] == "fp8" and report["fp8"]
         if want["baseline"]:
             assert "without_memory" in report and math.isfinite(report["memory_cost_percent"])
         else:
@@ -126,8 +131,18 @@ def test_golden_runs_every_case_and_float32_passes(dry_run):
         assert 1e-4 < case["rel_l2_bf16"] < 0.1, case["id"]
         assert case["seconds_fp32"] >= 0 and case["seconds_bf16"] >= 0
         assert all(t["within_tolerance"] for t in case["fp32"]["tensors"].values())
-    check = json.loads((results / "golden-compile.json").read_text())["device_check"]
-    assert check["status"] in ("ok", "skipped"), check
+    compiled = json.loads((results / "golden-compile.json").read_text())
+    check = compiled["device_check"]
+    try:
+        import memflow_cli.compiled  # noqa: F401
+    except ImportError:  # a tree from before --compile
+        assert check["status"] == "skipped", check
+        return
+    assert check["status"] == "ok", check
+    assert [c["id"] for c in compiled["cases"]] == ["B1"] and compiled["all_passed"]  # dry run: one case, fp32
+    b1 = compiled["cases"][0]["fp32"]
+    assert b1["checks"]["compiled block ran (no eager fallback)"] is True
+    assert b1["compile"]["compiled_calls"] > 0 and b1["compile"]["fallback"] is None
 
 
 def test_summary_has_a_row_per_run_and_the_targets(dry_run):

@@ -167,6 +167,7 @@ def render(
     vae: Optional[str] = typer.Option(None, "--vae", help="Decoder: wan (default), lightvae, tae or lighttae (default: the timeline's vae_type, else wan)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT (CUDA graphs on CUDA): faster from chunk 7 on, after a one-off compile."),
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs (default: reduce-overhead on CUDA, default elsewhere)."),
+    overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Decode and write each chunk while the next one generates (default on; off with --low-vram)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -234,7 +235,8 @@ def render(
                             quantization=parse_quantization_option(quantization), low_vram=low_vram,
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
                             command=command_line(), model=model, loras=extra_loras, vae=vae,
-                            compile=compile or compile_mode is not None, compile_mode=parse_compile_mode(compile_mode))
+                            compile=compile or compile_mode is not None, compile_mode=parse_compile_mode(compile_mode),
+                            overlap=overlap)
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all

@@ -88,6 +88,9 @@ class RenderOptions:
     vae: str | None = None  # decoder (decoders.DECODER_KINDS); None = the timeline's `vae_type`, else "wan"
     compile: bool = False  # --compile: torch.compile the DiT's block for the steady state (compiled.py)
     compile_mode: str | None = None  # a torch.compile mode; None: CUDA graphs on CUDA, plain inductor elsewhere
+    # decode and write each chunk on a worker thread (CUDA: a second stream) while the next one generates;
+    # False: one stage after the other in the loop. --low-vram keeps them serial (one working set at a time).
+    overlap: bool = True
 
 
 @dataclass
@@ -788,6 +791,11 @@ class Renderer:
         return SourceLatents(job.video, job.width, job.height, encoder, timings=timings, device=self.device,
                              synchronize=lambda: synchronize(self.device))
 
+    @property
+    def overlap(self) -> bool:
+        """Whether decode + write run beside generation (decode_stage.py): asked for, and not --low-vram."""
+        return self.options.overlap and not self.options.low_vram
+
     def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
                 contexts=None, source=None) -> None:
         """source → generator → decoder → writer, one chunk at a time; memory stays flat.
@@ -795,6 +803,9 @@ class Renderer:
         Between chunks (the only points where the streaming state is consistent) a checkpoint is saved
         when one is due or a stop was requested; after a requested stop the loop ends there.
         """
+        if self.overlap:
+            return self._stream_overlapped(job, conditioner, generator, decoder, writer, summary, on_chunk, start,
+                                           recorder, owners, stop, contexts, source)
         from memflow_cli.model.vae import pixels_to_uint8
 
         timings = summary.timings
@@ -829,6 +840,77 @@ class Renderer:
                 timings["checkpoint"] = recorder.seconds
             if stop.requested and not last:
                 return
+
+    def _stream_overlapped(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder,
+                           owners, stop, contexts=None, source=None) -> None:
+        """`_stream` with decode + write on a DecodeStage: chunk k is decoded and written while k+1 generates.
+
+        The loop never synchronises the device: generation is timed with events on its stream, read once the
+        device has passed them; decode and write are timed by the stage. `on_chunk(chunk)` is called once the
+        chunk is generated and handed to the stage (the stop it may ask for comes after that chunk, as in the
+        serial loop); summary.frames and the progress count frames written. Before a checkpoint and at a
+        requested stop the stage is drained: the decoder's state, the frames written and the count agree.
+        """
+        from memflow_cli.decode_stage import DecodeStage, StreamLaps
+
+        timings = summary.timings
+        timings["queue_wait"] = 0.0  # the loop blocked on the decode/write stage: back-pressure and drains
+        laps = StreamLaps(self.device)
+
+        def add_generation(wait: bool = False) -> None:
+            for _, seconds in laps.collect(wait):
+                timings["generate"] += seconds
+
+        def written(item) -> None:  # in this thread, in order, as the stage reports chunks written
+            timings["decode"] += item.decode_s
+            timings["write"] += item.write_s
+            summary.frames += item.frames
+            self.reporter.chunk(item.tag, summary.frames, summary.frames / max(timings["generate"], 1e-9))
+
+        inputs = source.iterate(start) if source is not None else None
+        stage = DecodeStage(decoder, (writer.write, recorder.write), self.device, on_written=written)
+        try:
+            with stage:
+                try:
+                    self._overlapped_loop(job, conditioner, generator, summary, on_chunk, start, recorder, owners,
+                                          stop, contexts, inputs, stage, laps, add_generation)
+                except KeyboardInterrupt:
+                    if stop.requested:  # a second signal while stopping: stop at once, drop what is queued
+                        stage.close(drain=False)
+                    raise
+        finally:
+            add_generation(wait=True)
+            timings["queue_wait"] = stage.waited
+
+    @staticmethod
+    def _overlapped_loop(job, conditioner, generator, summary, on_chunk, start, recorder, owners, stop, contexts,
+                         inputs, stage, laps, add_generation) -> None:
+        timings = summary.timings
+        for chunk in job.schedule.chunks[start:]:
+            if chunk.changed:
+                generator.set_conditioning(conditioner(chunk.conditioning))
+            given = next(inputs) if inputs is not None else None  # read + VAE-encode, timed by the source
+            laps.lap(None)
+            latents = generator.next_chunk(contexts.next_chunk() if contexts is not None else None,
+                                           source_latents=given.latents if given is not None else None,
+                                           strength=given.strength if given is not None else None)
+            laps.lap("generate")
+            stage.put(latents, chunk.frames, chunk)  # waits while the stage is full; raises its errors
+            del latents
+            add_generation()
+            timings["queue_wait"] = stage.waited
+            if on_chunk:
+                on_chunk(chunk)
+            last = chunk.index + 1 == job.schedule.num_chunks
+            if not last and (stop.requested or recorder.due()):
+                stage.drain()  # the decoder's caches and the frames written catch up with the generator
+                add_generation(wait=True)
+                timings["queue_wait"] = stage.waited
+                recorder.save(owners, chunk.index + 1, summary.frames, timings)
+                timings["checkpoint"] = recorder.seconds
+            if stop.requested and not last:
+                break
+        stage.drain()
 
     def _summary(self, job: RenderJob, ident: dict) -> RenderSummary:
         s = ident["settings"]

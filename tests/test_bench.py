@@ -114,3 +114,16 @@ def test_decoder_bench_times_all_four_side_by_side():
     assert set(side["vae_ms_per_chunk"]) == {"tae", "lighttae", "lightvae", "wan"}
     assert all(v > 0 for v in side["vae_ms_per_chunk"].values())
     assert max(side["speedup_vs_slowest"].values()) >= 1 == min(side["speedup_vs_slowest"].values())
+
+
+def test_bench_serial_and_overlapped_stream_the_same_frames():
+    opts = BenchOptions(preset="tiny", width=32, height=32, chunks=3, switch_every=2, vae_dim=8, device="cpu",
+                        dtype="float32", compare_without_memory=False)
+    runs = {overlap: run_bench(BenchOptions(**{**opts.__dict__, "overlap": overlap}))["with_memory"]
+            for overlap in (False, True)}
+    for r in runs.values():
+        assert r["frames"] == 9 + 12 * 2 and r["recaches"] == 1
+        assert set(r["per_chunk_ms"]) == {"dit", "recache", "vae", "encode"}
+        assert all(v > 0 for v in r["per_chunk_ms"].values()) and len(r["dit_ms_per_chunk"]) == 3
+    assert runs[True]["overlap"] and runs[True]["queue_wait_ms_per_chunk"] >= 0
+    assert not runs[False]["overlap"] and runs[False]["queue_wait_ms_per_chunk"] == 0

@@ -58,7 +58,7 @@ def reference(tiny, tmp_path_factory):
     """The uninterrupted render of a timeline with prompt switches and a transition (re-cache, bank)."""
     folder = tmp_path_factory.mktemp("reference")
     out = folder / "ref.mp4"
-    render(scene(folder), options(tiny, out))
+    render(scene(folder), options(tiny, out, overlap=False))  # serial: the renders below overlap (the default)
     return frames(out)
 
 
@@ -90,6 +90,16 @@ def test_interrupt_then_resume_is_identical(tiny, tmp_path, reference, k, signum
     assert summary.complete and summary.frames == len(reference)
     assert frames(out) == reference
     assert not resume_dir(out).exists() and not (tmp_path / "v.partial.mp4").exists()
+
+
+def test_serial_and_overlapped_renders_resume_each_other(tiny, tmp_path, reference):
+    """A checkpoint does not depend on whether decode overlapped generation: either continues the other."""
+    for first, then in ((False, True), (True, False)):
+        out = tmp_path / f"v-{first}.mp4"
+        with pytest.raises(Interrupted):
+            render(scene(tmp_path), options(tiny, out, overlap=first), on_chunk=stop_at(4))
+        assert render(scene(tmp_path), options(tiny, out, overlap=then, resume=True)).complete
+        assert frames(out) == reference
 
 
 def test_resume_after_periodic_checkpoint_and_crash(tiny, tmp_path, reference):

@@ -9,12 +9,16 @@ With `video=True` (`memflow bench --video`) it streams video-to-video instead: a
 ffmpeg's test source is read chunk by chunk (stage `read`: decode, resample, fit), encoded by the
 streaming VAE encoder (stage `vae_encode`) and denoised from the given strength.
 
-Stage times on CUDA are taken with a synchronisation at each stage boundary: that is the only place the
-project synchronises on purpose, and it costs little next to a DiT pass.
+With overlap (the default, as in renders) the VAE decode and the H.264 write run on a worker thread (on CUDA
+a second stream) while the next chunk generates: the loop's stages are timed with CUDA events on its stream,
+decode and write by the stage itself, and `queue_wait_ms_per_chunk` says how long the loop waited for them.
+With `overlap=False` (`--no-overlap`) the stages run one after the other, each boundary synchronising the
+device: the only place the project synchronises on purpose, and it costs little next to a DiT pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -28,6 +32,7 @@ from typing import Callable
 import torch
 
 from memflow_cli import __version__
+from memflow_cli.decode_stage import DecodeStage, StreamLaps
 from memflow_cli.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import DiTConfig, attention_backend, build_dit
 from memflow_cli.model.vae import VAEConfig, WanVAE, pixels_to_uint8
@@ -56,6 +61,7 @@ class BenchOptions:
     compile: bool = False  # torch.compile the DiT's block (compiled.py); warm-up and compile timed apart
     compile_mode: str | None = None  # None: reduce-overhead (CUDA graphs) on CUDA, default elsewhere
     quantization: str | None = None  # "fp8": fp8 DiT weights (quantization.py)
+    overlap: bool = True  # decode + write on a worker thread (CUDA: a second stream) while the next chunk generates
 
 
 class _Clock:
@@ -145,35 +151,68 @@ def _run(opts: BenchOptions, model, vae, bank: bool, progress: Progress | None =
         synchronize(device)
         t0 = time.perf_counter()
         clock = _Clock(device)
-        gen.set_conditioning(prompts[0])
-        for chunk in range(opts.chunks):
-            if chunk and opts.switch_every and chunk % opts.switch_every == 0:
-                gen.set_conditioning(prompts[(chunk // opts.switch_every) % 2])
+        # With overlap the VAE decodes and the writer writes on a DecodeStage (a worker thread; on CUDA a second
+        # stream) while the next chunk generates; the loop's stages are timed with events on its own stream
+        # (synchronising would serialise the two streams), the stage times its own decode and write.
+        laps = StreamLaps(device) if opts.overlap else None
+
+        def lap(name=None):
+            if laps is not None:
+                laps.lap(name)
+            elif name is None:
                 clock.lap()
-                gen.apply_conditioning()
-                stages["recache"].append(clock.lap())
             else:
-                clock.lap()
-            if chunk_inputs is not None:
-                video = next(chunk_inputs)
-                stages["read"].append(clock.lap())
-                source = encoder.encode(video)
-                stages["vae_encode"].append(clock.lap())
-                latents = gen.next_chunk(source_latents=source, strength=opts.strength)
-            else:
-                latents = gen.next_chunk()
-            stages["dit"].append(clock.lap())
-            pixels = decoder.decode(latents)
-            stages["vae"].append(clock.lap())
-            frames = pixels_to_uint8(pixels)
-            if writer is not None:
-                writer.write(frames.cpu())
-            stages["encode"].append(clock.lap())
-            frames_out += frames.shape[0]
+                stages[name].append(clock.lap())
+
+        def written(item):
+            nonlocal frames_out, first_frame_s
+            stages["vae"].append(item.decode_s)
+            stages["encode"].append(item.write_s)
+            frames_out += item.frames
             if first_frame_s is None:
-                first_frame_s = time.perf_counter() - t0
-            if progress is not None:
-                progress(label, chunk + 1, opts.chunks)  # before the next chunk's first lap: not in any stage
+                first_frame_s = item.at - t0
+
+        stage = None
+        if opts.overlap:
+            stage = DecodeStage(decoder, [writer.write] if writer is not None else [], device, on_written=written)
+        gen.set_conditioning(prompts[0])
+        with stage if stage is not None else contextlib.nullcontext():
+            for chunk in range(opts.chunks):
+                if chunk and opts.switch_every and chunk % opts.switch_every == 0:
+                    gen.set_conditioning(prompts[(chunk // opts.switch_every) % 2])
+                    lap()
+                    gen.apply_conditioning()
+                    lap("recache")
+                else:
+                    lap()
+                if chunk_inputs is not None:
+                    video = next(chunk_inputs)
+                    lap("read")
+                    source = encoder.encode(video)
+                    lap("vae_encode")
+                    latents = gen.next_chunk(source_latents=source, strength=opts.strength)
+                else:
+                    latents = gen.next_chunk()
+                lap("dit")
+                if stage is not None:
+                    stage.put(latents)
+                else:
+                    pixels = decoder.decode(latents)
+                    stages["vae"].append(clock.lap())
+                    frames = pixels_to_uint8(pixels)
+                    if writer is not None:
+                        writer.write(frames.cpu())
+                    stages["encode"].append(clock.lap())
+                    frames_out += frames.shape[0]
+                    if first_frame_s is None:
+                        first_frame_s = time.perf_counter() - t0
+                if progress is not None:
+                    progress(label, chunk + 1, opts.chunks)  # before the next chunk's first lap: not in any stage
+            if stage is not None:
+                stage.drain()
+        if laps is not None:
+            for name, seconds in laps.collect(wait=True):
+                stages[name].append(seconds)
         if writer is not None:
             clock.lap()
             writer.finish()
@@ -197,6 +236,9 @@ def _run(opts: BenchOptions, model, vae, bank: bool, progress: Progress | None =
         "dit_ms_late": 1000 * statistics.mean(steady),
         "dit_ms_per_chunk": [round(1000 * v, 3) for v in stages["dit"]],
         "peak_memory_gb": _peak_memory_gb(device),
+        "overlap": opts.overlap,
+        # the loop blocked on the decode/write stage (back-pressure, the final drain): which stage bounds
+        "queue_wait_ms_per_chunk": 1000 * stage.waited / opts.chunks if stage is not None else 0.0,
     }
 
 
@@ -329,6 +371,8 @@ def report_table(report: dict):
     stages = ("read", "vae_encode", "dit", "recache", "vae", "encode") if o.get("video") else ("dit", "recache", "vae", "encode")
     for stage in stages:
         row(f"{stage} ms / chunk" + (" (per switch)" if stage == "recache" else ""), "{:.1f}", lambda r, s=stage: r["per_chunk_ms"][s])
+    if o.get("overlap"):
+        row("queue wait ms / chunk", "{:.1f}", lambda r: r.get("queue_wait_ms_per_chunk", 0.0))
     row("generation FPS", "{:.2f}", lambda r: r["generation_fps"])
     row("end-to-end FPS", "{:.2f}", lambda r: r["end_to_end_fps"])
     row("time to first frame s", "{:.2f}", lambda r: r["time_to_first_frame_s"])

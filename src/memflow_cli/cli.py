@@ -493,6 +493,7 @@ def bench(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT's block (warm-up and compile timed apart)."),
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: a torch.compile mode (default: reduce-overhead on CUDA)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="fp8: fp8 DiT weights."),
+    overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Decode and write while the next chunk generates (as renders do)."),
 ):
     """Measure speed stage by stage with random full-size weights (nothing to download)."""
     from memflow_cli.decoders import decoder_spec
@@ -509,7 +510,8 @@ def bench(
                         sma=sma, vae_dim=vae_dim, encode_video=not no_video, compare_without_memory=not no_baseline,
                         device=device or defaults.device, dtype=dtype or defaults.dtype, video=video,
                         strength=strength, vae=decoder_spec(vae).kind, compile=compile or compile_mode is not None,
-                        compile_mode=parse_compile_mode(compile_mode), quantization=parse_quantization_option(quantization))
+                        compile_mode=parse_compile_mode(compile_mode), quantization=parse_quantization_option(quantization),
+                        overlap=overlap)
     if video:
         from memflow_cli.v2v import check_strength
 

@@ -96,3 +96,15 @@ def test_a_plan_larger_than_the_free_memory_stops_with_the_levers():
 def test_unknown_decoder_is_an_input_error():
     with pytest.raises(InputError, match="--vae: expected one of wan, lightvae, tae, lighttae"):
         plan_memory(832, 480, decoder="vq")
+
+
+def test_overlap_holds_both_working_sets():
+    """Decoding beside generation (render's default) holds the decode call's working set with the DiT pass."""
+    serial = plan_memory(832, 480)
+    overlap = plan_memory(832, 480, overlap=True)
+    work = serial.part("decoder working set").bytes
+    assert not overlap.part("decoder working set").transient and "overlap" in overlap.part("decoder working set").note
+    dit = serial.part("DiT activations").bytes
+    assert overlap.peak_bytes == serial.peak_bytes + min(work, dit)  # the larger of the two, plus the smaller
+    # --low-vram keeps decoding serial: its plan is the same either way
+    assert plan_memory(832, 480, low_vram=True, overlap=True).peak_bytes == plan_memory(832, 480, low_vram=True).peak_bytes

@@ -408,7 +408,8 @@ def info(
         if dtype is not None and dtype not in DTYPES:
             raise InputError(f"--dtype: expected one of bf16, fp16, fp32, got {dtype!r}")
         plan = plan_memory(width or DEFAULT_WIDTH, height or DEFAULT_HEIGHT, dtype=DTYPES[dtype or "bf16"],
-                           quantization=parse_quantization_option(quantization), low_vram=low_vram, decoder=vae)
+                           quantization=parse_quantization_option(quantization), low_vram=low_vram, decoder=vae,
+                           overlap=True)  # as `render` does by default (--low-vram keeps it serial)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     data = {

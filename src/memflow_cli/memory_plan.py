@@ -12,8 +12,10 @@ planned peak is the larger phase. Parts:
   - activations of the largest pass: the re-cache after a prompt switch runs `local_attn_size` frames at once;
   - decoder: weights + stream state + the working set of one decode call.
 
-A DiT pass and a decode call never run at the same time, so the generate phase holds weights, caches and
-decoder state plus the larger of the two working sets.
+Decoding one chunk in the loop (--no-overlap, --low-vram), a DiT pass and a decode call never run at the same
+time: the generate phase holds weights, caches and decoder state plus the larger of the two working sets. With
+overlap (render's default: the next chunk generates while this one decodes, `overlap=True` here) both
+working sets are held at once.
 
 Weights and caches are exact byte counts (a test checks them against the real-size model and caches
 built on the meta device). Activations and decoder working sets are estimates from the largest tensors
@@ -227,6 +229,7 @@ def plan_memory(
     text_encoder: UMT5Config | None = None,
     settings: StreamSettings | None = None,
     decoder_frames_per_call: int | None = None,
+    overlap: bool = False,
 ) -> MemoryPlan:
     """Planned device memory of a render at width x height (defaults: the real MemFlow model)."""
     dit = dit or DiTConfig()
@@ -257,8 +260,10 @@ def plan_memory(
     per_call = decoder_frames_per_call or (1 if low_vram else settings.frames_per_chunk)
     dec_weights, dec_state, dec_work = decoder_bytes(decoder, width, height, dtype, per_call)
     plan.parts.append(PlanPart("decoder weights + state", "generate", dec_weights + dec_state, False, decoder))
+    beside = overlap and not low_vram  # decoding while the next chunk generates (decode_stage.py)
     plan.parts.append(PlanPart("decoder working set", "generate", dec_work, False,
-                               f"{per_call} latent frame{'s' if per_call > 1 else ''} per call", transient=True))
+                               f"{per_call} latent frame{'s' if per_call > 1 else ''} per call"
+                               + (", beside the DiT pass (overlap)" if beside else ""), transient=not beside))
     return plan
 
 

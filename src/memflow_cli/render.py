@@ -530,7 +530,7 @@ class Renderer:
         """Show the memory plan once and stop (InputError naming the levers) if it cannot fit the device."""
         from memflow_cli.low_vram import plan_for
 
-        plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram)
+        plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram, overlap=self.overlap)
         if summary is not None:
             summary.planned_peak_gpu_memory_bytes = plan.peak_bytes if self.device.type == "cuda" else None
         if self._checked_memory:

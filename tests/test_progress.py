@@ -126,3 +126,5 @@ def test_summary_names_the_stages_and_says_when_prompts_were_cached():
                                     "generate": "generation", "decode": "decoding", "write": "video encoding",
                                     "total": "total"}
     assert stage_labels(fresh)["encode"] == "prompt encoding"
+    overlapped = SimpleNamespace(prompt_cache={}, timings={"generate": 2.0, "queue_wait": 0.5})
+    assert list(stage_labels(overlapped))[-2:] == ["queue_wait", "total"]

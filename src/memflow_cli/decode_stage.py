@@ -220,7 +220,8 @@ class DecodeStage:
                     return
                 item = self._queue.popleft()
             try:
-                written = self._process(item)
+                with torch.no_grad():  # grad mode is per thread: the loop's does not reach this one
+                    written = self._process(item)
             except BaseException as exc:  # noqa: BLE001 — handed to the loop's thread, raised there
                 with self._cond:
                     self._error = exc

@@ -318,8 +318,14 @@ def stage_labels(summary: "RenderSummary") -> dict:
     """Timing keys → words: "encode" and "write" alone do not say whether prompts or video are meant."""
     cache = summary.prompt_cache or {}
     cached = cache.get("computed") == 0 and cache.get("cached", 0) > 0
-    return {"load": "loading models", "encode": "prompt encoding" + (" (cached)" if cached else ""),
-            "generate": "generation", "decode": "decoding", "write": "video encoding", "total": "total"}
+    labels = {"load": "loading models", "encode": "prompt encoding" + (" (cached)" if cached else ""),
+              "generate": "generation", "decode": "decoding", "write": "video encoding", "total": "total"}
+    if "queue_wait" in (getattr(summary, "timings", None) or {}):
+        # decode + write ran beside generation (decode_stage.py): the stages overlap, and this is how long
+        # generation waited for them (large: decoding or the encoder bounds the speed; small: generation does)
+        labels = {**{k: v for k, v in labels.items() if k != "total"}, "queue_wait": "generation waiting for decoding",
+                  "total": "total"}
+    return labels
 
 
 def summary_table(summary: "RenderSummary"):

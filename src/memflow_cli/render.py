@@ -614,7 +614,11 @@ class Renderer:
 
     def render(self, job: RenderJob | Timeline, *, on_chunk: Callable[[ChunkPlan], None] | None = None) -> RenderSummary:
         """Render one timeline to an mp4 (+ manifest). Raises MemflowError subclasses with plain messages;
-        `Interrupted` (exit code 130) after Ctrl-C, with the partial file kept."""
+        `Interrupted` (exit code 130) after Ctrl-C, with the partial file kept.
+
+        `on_chunk(chunk)` is called in this thread after each chunk is generated; with `overlap` (the default)
+        its frames may still be decoding then (they are written before a checkpoint, a stop or the end).
+        """
         started = time.perf_counter()
         if isinstance(job, Timeline):
             job = self.plan(job)
@@ -788,8 +792,11 @@ class Renderer:
                             f"{v.strength:g}" + (" with the noise controller" if v.noise_controller else ""))
         timings = summary.timings
         timings.update(read=0.0, vae_encode=0.0)
+        sync = lambda: synchronize(self.device)  # noqa: E731
+        if self.overlap and self.device.type == "cuda":  # the loop's stream only: never wait for the decode stream
+            sync = lambda: torch.cuda.current_stream(self.device).synchronize()  # noqa: E731
         return SourceLatents(job.video, job.width, job.height, encoder, timings=timings, device=self.device,
-                             synchronize=lambda: synchronize(self.device))
+                             synchronize=sync)
 
     @property
     def overlap(self) -> bool:
@@ -879,8 +886,11 @@ class Renderer:
                         stage.close(drain=False)
                     raise
         finally:
-            add_generation(wait=True)
             timings["queue_wait"] = stage.waited
+            try:
+                add_generation(wait=True)  # after a drain the device is already past these events
+            except RuntimeError:  # a failed device: the error that ended the render is the one to see
+                pass
 
     @staticmethod
     def _overlapped_loop(job, conditioner, generator, summary, on_chunk, start, recorder, owners, stop, contexts,

@@ -118,7 +118,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()} of {os.cpu_count()} CPUs; load {load_before.split('load average: ')[-1]}"
           f" → {load_after.split('load average: ')[-1]}")
     if not args.no_save:
-        tag = f"{args.device}-{args.threads or 'default'}threads"
+        tag = f"{args.device}-{args.threads or 'default'}threads-{args.steps}steps-vae{args.vae_dim}"
         out = Path(__file__).parent / "results" / f"{report['date']}-overlap-{tag}.json"
         out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"written {out}")

@@ -76,6 +76,26 @@ def test_stage_writes_in_order_the_serial_bytes():
     assert not stage_threads()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA: the decode on a second stream"))])
+def test_the_stage_owns_its_latents(device):
+    """The generator may overwrite its buffers right after handing them in (CUDA graphs do): same frames."""
+    from memflow_cli.model.vae import pixels_to_uint8
+
+    inputs = [x.to(device) for x in chunks(5)]
+    serial_decoder = Doubler()
+    expected = [pixels_to_uint8(serial_decoder.decode(x)).cpu().numpy() for x in inputs]
+    got = []
+    buffer = torch.empty_like(inputs[0])
+    with DecodeStage(Doubler(), [got.append], device) as stage:
+        for x in inputs:
+            buffer.copy_(x)
+            stage.put(buffer)
+            buffer.fill_(float("nan"))  # the next chunk's work reuses the buffer at once
+    assert len(got) == 5 and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert not stage_threads()
+
+
 def test_a_worker_error_is_raised_in_the_loop_and_the_thread_ends():
     got = []
     with pytest.raises(RuntimeError, match="decoder broke at call 2"):

@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# Some tests send this process SIGHUP and expect the render's stop; under `nohup` SIGHUP arrives ignored, and our
+# handlers rightly leave an ignored signal alone. The test process itself takes the default back.
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # golden helpers live next to the tests

@@ -177,3 +177,18 @@ def test_render_with_compile_records_it_and_reports_the_compile_apart(tiny, tmp_
     assert code == 0, text
     code, text = cli("render", "--prompt", "x", "-o", tmp_path / "o.mp4", "--weights-dir", tiny, "--compile-mode", "fastest")
     assert code == 2 and "--compile-mode" in text
+
+
+def test_when_torch_compile_itself_is_unavailable_the_model_runs_eager(monkeypatch):
+    model = tiny_model()
+    _, eager = stream(model, 9)
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    heard = []
+    stats = compile_blocks(model, on_fallback=heard.append)
+    _, out = stream(model, 9)
+    assert torch.equal(out, eager)
+    assert heard == [stats.fallback] and "Dynamo is not supported" in stats.fallback and stats.compiled_calls == 0

@@ -126,7 +126,7 @@ def _is_compile_failure(exc: Exception) -> bool:
     except ImportError:
         pass
     text = f"{type(exc).__module__}.{type(exc).__name__}: {exc}".lower()
-    return any(word in text for word in ("inductor", "triton", "cudagraph", "cuda graph", "compile"))
+    return any(word in text for word in ("dynamo", "inductor", "triton", "cudagraph", "cuda graph", "compile"))
 
 
 def _mark_static(memory) -> None:
@@ -161,10 +161,16 @@ def compile_blocks(model: CausalDiT, *, mode: str | None = None, backend: str | 
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, 64)
     stats = CompileStats(mode=mode, backend=backend if isinstance(backend, str) else getattr(backend, "__name__", "custom"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fn = torch.compile(_run_block, backend=backend, mode=None if mode == "default" else mode,
-                           dynamic=False, fullgraph=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn = torch.compile(_run_block, backend=backend, mode=None if mode == "default" else mode,
+                               dynamic=False, fullgraph=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. a Python version dynamo does not support: run eager
+        stats.fallback = _reason(exc)
+        if on_fallback is not None:
+            on_fallback(stats.fallback)
+        fn = _run_block
     model.compiled_block = CompiledBlock(fn, stats, on_fallback)
     return stats
 

@@ -52,10 +52,14 @@ class CrossAttentionCache:
     these keys before the model refills them, so right after a prompt switch every score is exactly 0.
     """
 
+    _transient = ("_layers",)  # views of keys/values, rebuilt by the constructor
+
     def __init__(self, layout: MemoryLayout, text_len: int, device, dtype):
         shape = (layout.layers, layout.batch, text_len, layout.heads, layout.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
+        # one fixed pair of views per layer: the same tensors every pass (static inputs for CUDA graphs)
+        self._layers = [(self.keys[i], self.values[i]) for i in range(layout.layers)]
         self.ready = False
 
     def fill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -69,7 +73,7 @@ class CrossAttentionCache:
         self.ready = False
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.keys[index], self.values[index]
+        return self._layers[index]
 
 
 class KVCache:

@@ -21,6 +21,7 @@
 #   eager-wan         memflow bench --vae wan            (with and without the memory bank)
 #   eager-lighttae    memflow bench --vae lighttae       (no baseline: the bank's cost is the DiT's, see eager-wan)
 #   compile-wan       memflow bench --vae wan --compile  (with and without the memory bank)
+#   compile-nographs-wan  only when compile-wan failed or fell back: --compile-mode default (no CUDA graphs)
 #   compile-lighttae  memflow bench --vae lighttae --compile
 #   sma-lighttae      memflow bench --sma --vae lighttae (with and without the memory bank: the SMA cost)
 #   fp8-lighttae      memflow bench --quantization fp8 --vae lighttae (only where fp8 runs as real fp8 matmuls)
@@ -29,7 +30,7 @@
 # Bench runs: 832x480, 40 chunks, 4 steps, bf16, random full-size weights; dry run: --preset tiny 64x64, 4 chunks.
 set -euo pipefail
 
-usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 die() { echo "device-check: $*" >&2; exit 1; }
 
 DRY_RUN=0
@@ -281,6 +282,13 @@ bench_step eager-lighttae 30 "$(V false lighttae false null false $VIDEO $CHUNKS
     --chunks "$CHUNKS" --vae lighttae --no-baseline "${NO_VIDEO[@]}"
 bench_step compile-wan 120 "$(V true wan false null true $VIDEO $CHUNKS)" --compile "$VIDEO_NOTE" -- \
     --chunks "$CHUNKS" --vae wan --compile "${NO_VIDEO[@]}"
+# CUDA graphs (--compile's default on CUDA) have never run before this script: when compile-wan failed or fell
+# back to eager, measure the compiled block without them (--compile-mode default) before anything else.
+if [ "$DRY_RUN" = 0 ] && "$PY" benchmarks/summarize.py fell-back "$RESULTS/compile-wan.json"; then
+    bench_step compile-nographs-wan 120 "$(V true wan false null true $VIDEO $CHUNKS)" --compile \
+        "compile-wan failed or fell back to eager: the compiled block without CUDA graphs" -- \
+        --chunks "$CHUNKS" --vae wan --compile --compile-mode default "${NO_VIDEO[@]}"
+fi
 bench_step compile-lighttae 90 "$(V true lighttae false null false $VIDEO $CHUNKS)" --compile "$VIDEO_NOTE" -- \
     --chunks "$CHUNKS" --vae lighttae --compile --no-baseline "${NO_VIDEO[@]}"
 bench_step sma-lighttae 45 "$(V false lighttae true null true $VIDEO $CHUNKS)" "" "$VIDEO_NOTE" -- \

@@ -326,6 +326,24 @@ def summary(args) -> int:
     return 0
 
 
+def compiled_run_failed(path: Path) -> bool:
+    """Whether a --compile run was made and did not give compiled figures: it failed, timed out, or its
+    compiled block fell back to eager. (Not made, or skipped: False — nothing to make up for.)"""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    status = (report.get("device_check") or {}).get("status")
+    if status in (None, "skipped"):
+        return False
+    return status != "ok" or bool((report.get("compile") or {}).get("fallback"))
+
+
+def fell_back(args) -> int:
+    """Exit 0 when the run in args.report needs a make-up run (see compiled_run_failed), else 1."""
+    return 0 if compiled_run_failed(args.report) else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -355,8 +373,11 @@ def main(argv=None) -> int:
     m.add_argument("--dry-run", action="store_true")
     q = sub.add_parser("requirements")
     q.add_argument("pyproject", type=Path)
+    f = sub.add_parser("fell-back", help="exit 0 when this --compile run failed or fell back to eager")
+    f.add_argument("report", type=Path)
     args = parser.parse_args(argv)
-    return {"record": record, "skip": skip, "summary": summary, "requirements": requirements}[args.what](args)
+    return {"record": record, "skip": skip, "summary": summary, "requirements": requirements,
+            "fell-back": fell_back}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -241,3 +241,18 @@ def test_requirements_are_the_project_dependencies_but_torch(capsys):
     reqs = capsys.readouterr().out.split()
     assert "typer>=0.12" in reqs and "imageio-ffmpeg>=0.5" in reqs
     assert not any(r.lower().startswith("torch") for r in reqs)
+
+
+def test_a_failed_or_fallen_back_compile_run_asks_for_the_run_without_cuda_graphs(tmp_path):
+    def report(name, **data):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    ok = report("ok", device_check={"status": "ok"}, compile={"fallback": None})
+    fell = report("fell", device_check={"status": "ok"}, compile={"fallback": "InductorError: boom"})
+    failed = report("failed", device_check={"status": "failed"})
+    skipped = report("skipped", device_check={"status": "skipped"})
+    assert [summarize.compiled_run_failed(p) for p in (ok, fell, failed, skipped, tmp_path / "absent.json")] == [
+        False, True, True, False, False]
+    assert summarize.main(["fell-back", str(fell)]) == 0 and summarize.main(["fell-back", str(ok)]) == 1

@@ -37,6 +37,15 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An empty Hugging Face home under tmp_path (online: the hub tests stand a fake hub in front of it)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No test reads or writes the user's caches or folders: caches under tmp_path, which is also the cwd.
 

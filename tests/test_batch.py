@@ -1,11 +1,9 @@
 """Batches: several timelines in one process, weights loaded once, items independent of each other."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
-import imageio_ffmpeg
 import pytest
 from typer.testing import CliRunner
 
@@ -13,6 +11,7 @@ from memflow_cli.cli import app
 from memflow_cli.render import Renderer, RenderOptions
 from memflow_cli.timeline import read_timeline
 from cli_run import cli
+from video_frames import frames_digest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -24,14 +23,6 @@ def cli_json(*args):
     result = CliRunner().invoke(app, [*(str(a) for a in args), "--json"])
     return result.exit_code, json.loads(result.stdout), result.stdout + (result.stderr or "")
 
-
-def frames_digest(path: Path) -> str:
-    """sha256 of the decoded RGB frames: what a viewer sees, independent of container details."""
-    h = hashlib.sha256()
-    for frame in imageio_ffmpeg.read_frames(str(path)):
-        if isinstance(frame, bytes):
-            h.update(frame)
-    return h.hexdigest()
 
 
 def make_inputs(folder: Path) -> list[Path]:

@@ -10,14 +10,6 @@ from test_hub import FakeHub
 COMMITS = {hub.MEMFLOW_REPO: "a" * 40, hub.WAN_REPO: "b" * 40, hub.DECODER_REPO: "d" * 40}
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
-
-
 def test_decoder_files_are_not_in_the_default_set(env):
     fake = FakeHub(env / "cache", commits=COMMITS)
     _, lock = hub.download(fake, cache_dir=env / "cache")

@@ -56,14 +56,6 @@ class FakeHub:
         return path if path.exists() else None
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
-
-
 def test_exactly_the_inference_files():
     names = {(f.repo, f.filename) for f in FILES}
     assert names == {

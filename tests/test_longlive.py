@@ -7,12 +7,12 @@ import re
 import shutil
 from pathlib import Path
 
-import imageio_ffmpeg
 import pytest
 
 from memflow_cli.render import Renderer, RenderOptions
 from memflow_cli.timeline import read_timeline
 from cli_run import cli
+from video_frames import frames_digest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPORT = FIXTURES / "scope_longlive.json"  # pipelineId "longlive", 32x32, 2 s
@@ -20,13 +20,6 @@ EXPORT = FIXTURES / "scope_longlive.json"  # pipelineId "longlive", 32x32, 2 s
 
 pytestmark = pytest.mark.usefixtures("isolated")
 
-
-def frames_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for frame in imageio_ffmpeg.read_frames(str(path)):
-        if isinstance(frame, bytes):
-            h.update(frame)
-    return h.hexdigest()
 
 
 def test_a_scope_longlive_export_renders_with_longlive_and_no_warning(tiny, tmp_path):

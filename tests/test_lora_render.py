@@ -73,7 +73,7 @@ def test_user_loras_are_merged_after_memflows_own(tiny, tmp_path):
 
 
 def test_workflow_lora_sha256_is_checked_before_loading(tiny, tmp_path):
-    path = write(tmp_path / "loras" / "style.safetensors", layouts(tiny_delta(tiny))["peft-default"])
+    write(tmp_path / "loras" / "style.safetensors", layouts(tiny_delta(tiny))["peft-default"])
     doc = {"format": "scope-workflow", "format_version": "1.0",
            "pipelines": [{"role": "main", "pipeline_id": "memflow", "params": {"height": 32, "width": 32},
                           "loras": [{"filename": "style.safetensors", "weight": 1.0, "merge_mode": "permanent_merge",

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from memflow_cli.errors import InputError
 from memflow_cli.generator import StreamSettings

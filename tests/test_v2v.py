@@ -12,7 +12,7 @@ from memflow_cli.errors import InputError
 from memflow_cli.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.vae import load_wan_vae
 from memflow_cli.v2v import SourceLatents, resolve_video_input
-from test_video_source import gray_ramp, write_clip
+from test_video_source import write_clip
 
 GOLDEN = Path(__file__).parent / "golden"
 H, W = 4, 6  # latent size (32x48 pixels)

@@ -4,7 +4,6 @@ import hashlib
 import json
 import shutil
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +11,7 @@ from typer.testing import CliRunner
 from memflow_cli.cli import app
 from memflow_cli.hub import VACE_FILE
 from test_vace_inputs import write_image, write_video
+from video_frames import decoded_frames as frames
 
 BASE = ["--prompt", "a lantern over a river", "--seconds", "1", "--resolution", "32x32", "--quiet"]
 
@@ -37,12 +37,6 @@ def render(tiny, out, *extra):
     result = CliRunner().invoke(app, ["render", *BASE, "--weights-dir", str(tiny), "-o", str(out), *map(str, extra)])
     return result.exit_code, result.output
 
-
-def frames(path):
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    w, h = meta["size"]
-    return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
 
 
 def test_control_steers_and_scale_zero_is_plain(tiny, media, tmp_path):

@@ -21,14 +21,6 @@ class FlakyHub(FakeHub):
         return super().inspect(f, revision)
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
-
-
 def test_downloaded_on_demand_and_recorded(env):
     fake = FlakyHub(env / "cache")
     path = hub.resolve_optional(hub.VACE_FILE, "--control", downloader=fake)

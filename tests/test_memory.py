@@ -183,6 +183,6 @@ def test_steady_state_passes_reuse_their_index_tensors_and_share_one_shape():
             mem.key_set(0, kv, kv, kv)
             mem.end_pass()
     assert len(mem._indices) <= patterns + 3  # at most the ring's other write positions
-    assert {(p.whole, p.write_src, p.memory_index, p.window_index, p.memory_tokens, p.frames) for p in plans} == {
-        (True, None, None, None, (3 + 3) * 2, 3)}
+    assert {(p.whole, p.write_src, p.memory_index, p.window_index, p.key_index, p.memory_tokens, p.frames) for p in plans} == {
+        (True, None, None, None, None, (3 + 3) * 2, 3)}
     assert len({id(p.write_dst) for p in plans}) == 3  # the window ring has 9 / 3 write positions

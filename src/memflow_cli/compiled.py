@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch._dynamo.utils import counters  # graphs compiled so far (read around every compiled call)
 
 from memflow_cli.model.dit import CausalDiT, _run_block
 
@@ -58,8 +59,6 @@ class CompileStats:
 
 
 def _compiles_so_far() -> int:
-    from torch._dynamo.utils import counters
-
     return int(counters["stats"]["unique_graphs"])
 
 

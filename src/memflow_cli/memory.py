@@ -263,6 +263,7 @@ class PassPlan:
     write_src: torch.Tensor | None  # [n] positions of those tokens in the pass (None: every token, in order)
     memory_index: torch.Tensor | None  # visible sink + bank tokens (None with `whole`: the buffer's prefix)
     window_index: torch.Tensor | None  # visible window tokens (None with `whole`: the buffer's suffix)
+    key_index: torch.Tensor | None  # both, in that order: the key set without SMA (None with `whole`)
     whole: bool  # steady state: the key set is the whole buffer, no gather (and no copy)
     stage_place: torch.Tensor  # [1]: 0 = stage the pass's first frame for the memory bank, 1 = scratch
     memory_tokens: int  # tokens of sink + bank, visible or not (where the window starts in the buffer)
@@ -309,8 +310,7 @@ class LayerKeys:
             return torch.cat([memory_k, window_k], dim=1), torch.cat([memory_v, window_v], dim=1)
         if plan.whole:
             return self.k, self.v  # steady state: the whole buffer, no copy
-        index = torch.cat([plan.memory_index, plan.window_index])
-        return self.k.index_select(1, index), self.v.index_select(1, index)
+        return self.k.index_select(1, plan.key_index), self.v.index_select(1, plan.key_index)
 
 
 class StreamMemory:
@@ -389,11 +389,14 @@ class StreamMemory:
         key_frames = sink + slots + window
         if self.sma_top_k and memory_frames:
             key_frames = min(self.sma_top_k, memory_frames) + window
+        memory_ranges = [(0, sink * t), (sink_end, sink_end + slots * t)]
+        window_ranges = [(bank_end, bank_end + window * t)]
         return PassPlan(
             write_dst=self._index(dst),
             write_src=None if every_token else self._index(src),
-            memory_index=None if whole else self._index([(0, sink * t), (sink_end, sink_end + slots * t)]),
-            window_index=None if whole else self._index([(bank_end, bank_end + window * t)]),
+            memory_index=None if whole else self._index(memory_ranges),
+            window_index=None if whole else self._index(window_ranges),
+            key_index=None if whole else self._index(memory_ranges + window_ranges),
             whole=whole,
             stage_place=self._place[0 if stage else 1],
             memory_tokens=bank_end,

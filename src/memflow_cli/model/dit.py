@@ -349,6 +349,12 @@ class Head(nn.Module):
         return self.head(h.flatten(1, 2))
 
 
+def stacked_text_key_values(blocks, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every block's cross-attention keys/values of the embedded text, stacked: [blocks, B, L, H, D] each."""
+    pairs = [block.cross_attn.text_key_values(context) for block in blocks]
+    return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+
+
 def _run_block(block: Block, x, e0, rope, keys, text_kv, frames):
     """One block over the pass's tokens (the function `--compile` compiles: its module is an argument, so
     all blocks share one compiled graph, their weights being its inputs)."""
@@ -400,9 +406,7 @@ class CausalDiT(nn.Module):
 
     def text_key_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys/values of every layer, stacked: [num_layers, B, text_len, H, D] each."""
-        context = self.embed_text(text)
-        pairs = [block.cross_attn.text_key_values(context) for block in self.blocks]
-        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+        return stacked_text_key_values(self.blocks, self.embed_text(text))
 
     # -- forward ------------------------------------------------------------------------------------------
 

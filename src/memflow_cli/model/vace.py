@@ -29,7 +29,7 @@ from torch import nn
 
 from memflow_cli.checkpoints import _few, assign_state_dict, read_state_dict, strip_prefixes
 from memflow_cli.errors import CheckpointError
-from memflow_cli.model.dit import Block, DiTConfig, RotaryTable
+from memflow_cli.model.dit import Block, DiTConfig, RotaryTable, stacked_text_key_values
 
 VACE_IN_DIM = 96  # 16 inactive + 16 reactive latent channels + 64 mask channels (8x8 space-to-depth)
 VACE_LAYER_STRIDE = 2  # VACE block n sits beside main block 2n
@@ -110,8 +110,7 @@ class VaceModule(nn.Module):
 
     def text_key_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys/values of every VACE block for the embedded text, stacked [n, B, L, H, D]."""
-        pairs = [block.cross_attn.text_key_values(context) for block in self.vace_blocks]
-        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+        return stacked_text_key_values(self.vace_blocks, context)
 
     def forward(
         self,

@@ -46,6 +46,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 import golden_pipeline  # noqa: E402
 import golden_tae  # noqa: E402
+import golden_vace  # noqa: E402
 from golden_codecs import zero_after_tokens  # noqa: E402
 from golden_metric import compare  # noqa: E402
 from memflow_cli.checkpoints import load_dit  # noqa: E402
@@ -222,7 +223,6 @@ def run_tae(case, index, golden: Path, device, dtype, compile_fn=None) -> Outcom
 
 
 def run_vace(case, index, golden: Path, device, dtype, compile_fn=None) -> Outcome:
-    from memflow_cli.memory import MemoryLayout, StreamMemory
     from memflow_cli.model.vace import VaceGuide, VaceTextCache, load_vace_module
 
     files, cfg = case["files"], case["config"]
@@ -236,17 +236,7 @@ def run_vace(case, index, golden: Path, device, dtype, compile_fn=None) -> Outco
     context = data["vace_context"].permute(1, 0, 2, 3).unsqueeze(0).to(device, dtype)  # CFHW -> [B, F, C, H, W]
 
     def chunk0_flow(guide=None):
-        # chunk 0 of the causal model (no history), as golden_vace._chunk0_flow, on the device in the dtype
-        _, frames, _, height, width = latents.shape
-        layout = MemoryLayout(layers=config.num_layers, heads=config.num_heads, head_dim=config.head_dim,
-                              frame_tokens=config.frame_tokens(height, width), sink_frames=3, bank_slots=3,
-                              window_frames=9)
-        memory = StreamMemory(layout, config.text_len, device, dtype)
-        memory.begin_pass(0, frames, commit=False, stage=False)
-        timesteps = torch.full((1, frames), timestep, dtype=torch.float32, device=device)
-        flow = model(latents, timesteps, 0, memory.text, memory, text_embedding=text_emb, vace=guide)
-        memory.end_pass()
-        return flow
+        return golden_vace._chunk0_flow(model, latents, timestep, text_emb, guide)
 
     outcome = Outcome()
     tol = case["tolerance"]
@@ -256,18 +246,7 @@ def run_vace(case, index, golden: Path, device, dtype, compile_fn=None) -> Outco
         text = VaceTextCache()
         no_vace = chunk0_flow()
         outcome.add(f"{cid}.flow_no_vace", no_vace, data["flow_no_vace"], tol)
-        captured, original = [], vace.forward
-
-        def capture(*args, **kwargs):
-            hints = original(*args, **kwargs)
-            captured.extend(hints)
-            return hints
-
-        vace.forward = capture
-        try:
-            chunk0_flow(VaceGuide(vace, context, 1.0, text))
-        finally:
-            del vace.forward
+        captured = golden_vace._capture_hints(model, vace, context, text, latents, timestep, text_emb)
         outcome.add(f"{cid}.hints", torch.stack(captured), data["hints"], tol)
         for scale in cfg["context_scales"]:
             flow = chunk0_flow(VaceGuide(vace, context, scale, text))

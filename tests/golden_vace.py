@@ -18,14 +18,15 @@ from memflow_cli.model.vace import VaceGuide, VaceTextCache, load_vace_module
 
 
 def _chunk0_flow(model, latents, timestep, text_emb, guide=None):
+    """Chunk 0 of the causal model (no history), on the latents' device and in their dtype."""
     config = model.config
     _, frames, _, height, width = latents.shape
     layout = MemoryLayout(layers=config.num_layers, heads=config.num_heads, head_dim=config.head_dim,
                           frame_tokens=config.frame_tokens(height, width), sink_frames=3, bank_slots=3,
                           window_frames=9)
-    memory = StreamMemory(layout, config.text_len, "cpu", torch.float32)
+    memory = StreamMemory(layout, config.text_len, latents.device, latents.dtype)
     memory.begin_pass(0, frames, commit=False, stage=False)
-    timesteps = torch.full((1, frames), float(timestep), dtype=torch.float32)
+    timesteps = torch.full((1, frames), float(timestep), dtype=torch.float32, device=latents.device)
     flow = model(latents, timesteps, 0, memory.text, memory, text_embedding=text_emb, vace=guide)
     memory.end_pass()
     return flow

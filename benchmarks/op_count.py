@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from memflow_cli.testing.op_count import steady_block_ops, table  # noqa: E402
+from memflow_cli.testing.op_count import steady_block_ops, table, total  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     print(table(counts))
     print()
     for name, c in counts.items():
-        total = sum(c.values())
-        print(f"{name}: {total} ops/block/pass × 30 layers × 5 passes = {total * 150:,} launches per steady chunk "
+        n = total(c)
+        print(f"{name}: {n} ops/block/pass × 30 layers × 5 passes = {n * 150:,} launches per steady chunk "
               "(blocks only; at least one launch per op)")
     return 0
 

@@ -1,6 +1,6 @@
 """`--compile`: the DiT's block through `torch.compile`, for the passes that repeat.
 
-What is compiled. One function, `model.dit._run_block(block, x, e0, rope, keys, text_kv, frames)`, with the
+What is compiled. One function, `model.dit._run_block(block, x, mod, rope, keys, text_kv, frames)`, with the
 block as an argument: the 30 blocks share one graph (their weights are its inputs). It runs for the steady
 state's passes only — from chunk 7 on, when the key set is the whole fixed KV buffer (memory.py) — where
 every shape and every Python value the block reads is the same from pass to pass: denoising passes and
@@ -77,20 +77,20 @@ class CompiledBlock:
         if self._cudagraphs and self.stats.fallback is None:
             torch.compiler.cudagraph_mark_step_begin()
 
-    def __call__(self, block, x, e0, rope, keys, text_kv, frames):
+    def __call__(self, block, x, mod, rope, keys, text_kv, frames):
         if self.stats.fallback is not None:
-            return _run_block(block, x, e0, rope, keys, text_kv, frames)
+            return _run_block(block, x, mod, rope, keys, text_kv, frames)
         before = _compiles_so_far()
         started = time.perf_counter()
         try:
-            out = self._fn(block, x, e0, rope, keys, text_kv, frames)
+            out = self._fn(block, x, mod, rope, keys, text_kv, frames)
         except Exception as exc:  # noqa: BLE001 - any compiler failure falls back; see the module doc
             if not _is_compile_failure(exc):
                 raise
             self.stats.fallback = _reason(exc)
             if self._on_fallback is not None:
                 self._on_fallback(self.stats.fallback)
-            return _run_block(block, x, e0, rope, keys, text_kv, frames)
+            return _run_block(block, x, mod, rope, keys, text_kv, frames)
         self.stats.compiled_calls += 1
         if _compiles_so_far() != before:
             self.stats.compilations += 1
@@ -132,7 +132,7 @@ def _mark_static(memory) -> None:
     """KV, staging and text buffers never move: tell dynamo, so CUDA graphs may write them in place."""
     mark = torch._dynamo.mark_static_address
     for layer in memory.layers:
-        for t in (layer.k, layer.v, layer.staging_k, layer.staging_v):
+        for t in (layer.k, layer.v):
             mark(t)
     for t in (memory.k, memory.v, memory.bank.staging_k, memory.bank.staging_v, memory.text.keys, memory.text.values):
         mark(t)

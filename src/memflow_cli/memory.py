@@ -148,9 +148,9 @@ class MemoryBank:
         self.slots_k, self.slots_v = slots_k, slots_v  # [L, B, slots*T, H, D] views
         # Without slots (LongLive) nothing is ever staged: the staging buffer is empty too.
         staged_tokens = layout.frame_tokens if layout.bank_slots else 0
-        # Two places per layer: the staged frame (0) and a scratch place (1) that passes which do not stage
-        # write to instead. A pass picks its place by an index tensor, so staging is not a Python branch
-        # of the compiled block (one graph for every pass of the steady state).
+        # Place 0 holds the staged frame, copied from the KV buffer after a staging pass (StreamMemory.end_pass),
+        # outside the blocks. Place 1 is unused since then; the layout is kept so that resume checkpoints of
+        # earlier versions still fit.
         shape = (2, layout.layers, layout.batch, staged_tokens, layout.heads, layout.head_dim)
         self.staging_k = torch.zeros(shape, device=slots_k.device, dtype=slots_k.dtype)
         self.staging_v = torch.zeros_like(self.staging_k)
@@ -265,7 +265,7 @@ class PassPlan:
     window_index: torch.Tensor | None  # visible window tokens (None with `whole`: the buffer's suffix)
     key_index: torch.Tensor | None  # both, in that order: the key set without SMA (None with `whole`)
     whole: bool  # steady state: the key set is the whole buffer, no gather (and no copy)
-    stage_place: torch.Tensor  # [1]: 0 = stage the pass's first frame for the memory bank, 1 = scratch
+    stage_src: torch.Tensor | None  # buffer positions of the pass's first frame (None: it is not written)
     memory_tokens: int  # tokens of sink + bank, visible or not (where the window starts in the buffer)
     key_frames: int  # frames the pass attends to (after SMA routing)
     frames: int  # frames in the pass
@@ -281,10 +281,13 @@ class LayerKeys:
     def __init__(self, memory: "StreamMemory", index: int):
         self.memory = memory
         self.k, self.v = memory.k[index], memory.v[index]  # [B, tokens, H, D]
-        self.staging_k, self.staging_v = memory.bank.staging_k[:, index], memory.bank.staging_v[:, index]  # [2, B, T, H, D]
 
     def key_set(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this pass's k/v [B, count*T, H, D] into the buffer; return the keys/values to attend to."""
+        """Write this pass's k/v [B, count*T, H, D] into the buffer; return the keys/values to attend to.
+
+        k and v may be strided views (of the fused q/k/v projection): the index copy reads them in place.
+        Staging for the bank reads the buffer after the pass (`StreamMemory.end_pass`), not here.
+        """
         memory = self.memory
         plan = memory.plan
         t = memory.layout.frame_tokens
@@ -294,9 +297,6 @@ class LayerKeys:
         kept_v = v if plan.write_src is None else v.index_select(1, plan.write_src)
         self.k.index_copy_(1, plan.write_dst, kept_k)
         self.v.index_copy_(1, plan.write_dst, kept_v)
-        staged = self.staging_k.shape[2]  # T, or 0 without bank slots
-        self.staging_k.index_copy_(0, plan.stage_place, k[None, :, :staged])
-        self.staging_v.index_copy_(0, plan.stage_place, v[None, :, :staged])
         if memory.sma_top_k:
             if plan.whole:
                 split = plan.memory_tokens
@@ -321,7 +321,7 @@ class StreamMemory:
     """
 
     # derived from the buffers by the constructor: a resume checkpoint does not carry them
-    _transient = ("layers", "_indices", "plan", "_place")
+    _transient = ("layers", "_indices", "plan")
 
     def __init__(self, layout: MemoryLayout, text_len: int, device, dtype, sma_top_k: int | None = None):
         self.layout = layout
@@ -339,7 +339,6 @@ class StreamMemory:
         self.plan: PassPlan | None = None
         self._pass = None
         self._indices: dict[tuple, torch.Tensor] = {}  # index tensors by content: reused, never rebuilt
-        self._place = (torch.tensor([0], device=device), torch.tensor([1], device=device))  # staging: kept / scratch
         self.last_key_frames: int = 0  # key frames seen by the latest pass (for traces and tests)
 
     def begin_pass(self, first: int, count: int, commit: bool, stage: bool) -> None:
@@ -353,11 +352,24 @@ class StreamMemory:
         if commit:
             self.cache.commit(first, count)
         if stage:
+            self._stage_first_frame()
             self.bank.finish_staging(first, advance=staging_advances)
         self._pass = self.plan = None
 
     def layer(self, index: int) -> LayerKeys:
         return self.layers[index]
+
+    def _stage_first_frame(self) -> None:
+        """Copy the pass's first frame, as every layer just wrote it into the buffer, to the staging place
+        (two copies for all layers, once per staging pass, instead of two per layer and pass)."""
+        staged = self.bank.staged_k
+        if staged.shape[2] == 0:
+            return  # no bank slots: nothing is ever staged
+        positions = self.plan.stage_src
+        if positions is None:
+            raise RuntimeError("a staging pass must write its first frame to the KV buffer")
+        torch.index_select(self.k, 2, positions, out=self.bank.staged_k)
+        torch.index_select(self.v, 2, positions, out=self.bank.staged_v)
 
     @property
     def steady(self) -> bool:
@@ -381,6 +393,8 @@ class StreamMemory:
             dst.append((start, start + n * t))
             src.append((offset * t, (offset + n) * t))
         every_token = src == [(0, count * t)]
+        # where the pass's first frame lands, when it is written whole (the bank stages it from there)
+        first_frame = next(((d0, d0 + t) for (d0, _), (s0, s1) in zip(dst, src) if s0 == 0 and s1 >= t), None)
         sink, window = self.cache.visible_frames(first + count)
         # With no sink the reference attends to the local window alone and ignores the bank.
         slots = self.bank.visible_slots if lay.sink_frames > 0 else 0
@@ -398,7 +412,7 @@ class StreamMemory:
             window_index=None if whole else self._index(window_ranges),
             key_index=None if whole else self._index(memory_ranges + window_ranges),
             whole=whole,
-            stage_place=self._place[0 if stage else 1],
+            stage_src=self._index([first_frame]) if first_frame else None,
             memory_tokens=bank_end,
             key_frames=key_frames,
             frames=count,

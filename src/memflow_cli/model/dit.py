@@ -219,37 +219,69 @@ def rope_angles(head_dim: int, frame_start: int, frames: int, rows: int, cols: i
 
 
 class RotaryTable:
-    """cos/sin of the RoPE angles for the current pass, cached because 5 passes per chunk share them."""
+    """The RoPE rotations of the current pass as one complex table [L, 1, D/2], cached because the 5 passes of
+    a chunk share them.
+
+    Rotation runs in float64 for float32/float64 inputs (the reference's precision: complex128 table) and in
+    float32 for half-precision inputs (complex64), where float64 would only cost time.
+    """
 
     def __init__(self):
         self._key = None
         self._value = None
 
-    def get(self, head_dim, frame_start, frames, rows, cols, device, dtype):
-        # Rotation runs in float64 for float32/float64 inputs (the reference's precision) and in float32
-        # for half-precision inputs, where float64 would only cost time.
+    def get(self, head_dim, frame_start, frames, rows, cols, device, dtype) -> torch.Tensor:
         work = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
         key = (head_dim, frame_start, frames, rows, cols, str(device), work)
         if key != self._key:
             angles = rope_angles(head_dim, frame_start, frames, rows, cols, device)
-            self._value = (angles.cos().to(work), angles.sin().to(work))
+            self._value = torch.complex(angles.cos().to(work), angles.sin().to(work))[:, None, :]
             self._key = key
         return self._value
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs (2j, 2j+1) of x [B, L, H, D] by the angles (cos/sin [L, D/2])."""
-    pairs = x.to(cos.dtype).unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    rotated = torch.stack((real * c - imag * s, real * s + imag * c), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs (2j, 2j+1) of x [B, L, H, D] by the table `rope` [L, 1, D/2] (complex).
+
+    The reference's formula in its precision: x is taken to the table's precision, each pair is multiplied
+    as a complex number, the result is cast back to x's dtype.
+    """
+    work = rope.real.dtype
+    pairs = torch.view_as_complex(x.to(work).unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * rope).flatten(-2).to(x.dtype)
+
+
+def rope_normed_qk(qk: torch.Tensor, weight: torch.Tensor, rope: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """q and k of a pass, normalised (qk [B, L, 2, H, D] / its RMS, already), times their gains, rotated.
+
+    `weight` [2, H, D] is in the rotation's real dtype, so the gain multiply is also the cast up to it. In
+    eager mode the rotation is one complex multiply written straight into the `out_dtype` result (no
+    separate cast when the table's precision allows: float64 -> float32); compiled, it is the same formula
+    in real arithmetic, which inductor fuses into one kernel.
+    """
+    y = qk * weight  # [B, L, 2, H, D] in the table's real dtype
+    if torch.compiler.is_compiling():
+        pairs = y.unflatten(-1, (-1, 2))
+        table = torch.view_as_real(rope)[:, None]  # [L, 1, 1, D/2, 2]
+        c, s = table[..., 0], table[..., 1]
+        a, b = pairs[..., 0], pairs[..., 1]
+        return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(out_dtype)
+    pairs = torch.view_as_complex(y.unflatten(-1, (-1, 2)))
+    complex_out = {torch.float32: torch.complex64, torch.float64: torch.complex128}.get(out_dtype)
+    if complex_out is not None:
+        out = torch.empty(pairs.shape, dtype=complex_out, device=pairs.device)
+        torch.mul(pairs, rope[:, None], out=out)
+        return torch.view_as_real(out).flatten(-2)
+    return torch.view_as_real(pairs * rope[:, None]).flatten(-2).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------- layers
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm over the full width (the q/k norms). Blocks do not call it: they fold its gain into their
+    rotation (see `FusedBlock`); it holds the parameter and serves as the plain formula."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -261,16 +293,19 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 and cast back (statistics stay accurate in bf16)."""
+    """LayerNorm with float32 statistics in every dtype: the kernel reads half-precision input and gains
+    as they are and computes in float32 (one rounding, on the way out), so no cast surrounds it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class Projections(nn.Module):
-    """q/k/v/o projections with RMSNorm on q and k over the full width (before the head split)."""
+    """q/k/v/o projections with RMSNorm on q and k over the full width (before the head split).
+
+    The parameters keep base.pt's names (`q`, `k`, `v`, `o`, `norm_q`, `norm_k`); what a block computes
+    with is derived from them by `FusedBlock`.
+    """
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -281,13 +316,23 @@ class Projections(nn.Module):
         self.norm_k = RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
 
 
+def _rms_scaled(x: torch.Tensor, eps_term: torch.Tensor) -> torch.Tensor:
+    """x / ||x||₂ over the last dim, with eps: x / hypot(||x||, sqrt(dim·eps)) (the RMS norm divided by
+    sqrt(dim), which the gains carry). Statistics in float32 at least; returns float32 for half inputs."""
+    stats = torch.float64 if x.dtype == torch.float64 else torch.float32
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stats)
+    return torch.div(x, torch.hypot(norm, eps_term))
+
+
 class SelfAttention(Projections):
-    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], keys: LayerKeySet):
+    def forward(self, x, rope: torch.Tensor, keys: LayerKeySet, fused: "FusedBlock"):
         heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)
-        k = self.norm_k(self.k(x)).unflatten(-1, heads)
-        v = self.v(x).unflatten(-1, heads)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = fused.qkv(x).unflatten(-1, (3, -1))  # [B, L, 3, dim]: one GEMM
+        qk, v = qkv[:, :, :2], qkv[:, :, 2].unflatten(-1, heads)
+        if fused.qk_norm:
+            qk = _rms_scaled(qk, fused.norm_eps)
+        qk = rope_normed_qk(qk.unflatten(-1, heads), fused.qk_gain, rope, x.dtype)
+        q, k = qk.unbind(2)
         all_k, all_v = keys.key_set(q, k, v)
         return self.o(attention(q, all_k, all_v).flatten(-2))
 
@@ -298,9 +343,15 @@ class CrossAttention(Projections):
         heads = (self.num_heads, -1)
         return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
 
-    def forward(self, x, text_k, text_v):
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
-        return self.o(attention(q, text_k, text_v).flatten(-2))
+    def forward(self, x, text_k, text_v, fused: "FusedBlock"):
+        q = self.q(x)
+        if fused.qk_norm:
+            normed = _rms_scaled(q, fused.norm_eps)
+            if normed.dtype == q.dtype or torch.compiler.is_compiling():
+                q = (normed * fused.q_gain).to(q.dtype)
+            else:  # half precision: the gain in float32, rounded once into the result
+                q = torch.mul(normed, fused.q_gain, out=torch.empty_like(q))
+        return self.o(attention(q.unflatten(-1, (self.num_heads, -1)), text_k, text_v).flatten(-2))
 
 
 class Block(nn.Module):
@@ -314,24 +365,130 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(dim, config.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.fused: FusedBlock | None = None  # derived compute tensors (FusedBlock.of), not module state
 
-    def forward(self, x, e0, rope, keys, text_kv, frames):
-        # e0 [B, F, 6, dim]: one modulation row per latent frame, broadcast over that frame's tokens.
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e0).unbind(2)
+    def forward(self, x, mod, rope, keys, text_kv, frames):
+        """mod [B, F, 6, dim]: this block's modulation plus the pass's time projection, with 1 added to the
+        two scale rows (`FusedBlocks.modulations`): one row per latent frame, broadcast over its tokens."""
+        fused = self.fused
+        shift1, scale1, gate1, shift2, scale2, gate2 = (t.unsqueeze(2) for t in mod.unbind(2))  # [B, F, 1, dim]
 
-        def per_frame(t):  # [B, F, dim] -> [B, F, 1, dim], to meet tokens viewed as [B, F, T_f, dim]
-            return t.unsqueeze(2)
+        def per_frame(t):  # tokens [B, F*T_f, dim] viewed as [B, F, T_f, dim], to meet the per-frame rows
+            return t.unflatten(1, (frames, -1))
 
-        def modulate(h, shift, scale):
-            return (h.unflatten(1, (frames, -1)) * (1 + per_frame(scale)) + per_frame(shift)).flatten(1, 2)
+        def modulate(h, shift, scale):  # h * (1 + scale) + shift, the 1 already in `scale`
+            return torch.addcmul(shift, per_frame(h), scale).flatten(1, 2)
 
-        def gated(y, gate):
-            return (y.unflatten(1, (frames, -1)) * per_frame(gate)).flatten(1, 2)
+        def gated(x, y, gate):  # x + y * gate
+            return torch.addcmul(per_frame(x), per_frame(y), gate).flatten(1, 2)
 
-        x = x + gated(self.self_attn(modulate(self.norm1(x), shift1, scale1), rope, keys), gate1)
-        x = x + self.cross_attn(self.norm3(x), *text_kv)
-        x = x + gated(self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
+        x = gated(x, self.self_attn(modulate(self.norm1(x), shift1, scale1), rope, keys, fused), gate1)
+        x = x + self.cross_attn(self.norm3(x), *text_kv, fused)
+        x = gated(x, self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
         return x
+
+
+class FusedBlock:
+    """What a block computes with, derived once from its parameters (after loading, LoRA merges, fp8):
+
+      - `qkv`: one Linear (or Fp8Linear) for q, k and v. Its weight/bias (and fp8 scales) are the storage
+        of the three named layers, which become views into it: no second copy, and the names, the
+        state dict and in-place LoRA merges keep working;
+      - `qk_gain` [2, H, D]: the q/k RMSNorm gains times sqrt(dim), in the rotation's precision (float64
+        for float32 activations, float32 for half), `q_gain` [dim] the cross-attention q gain likewise in
+        float32 (at least); `norm_eps` = sqrt(dim·eps) (see `_rms_scaled`);
+      - `modulation` [6, dim] float32: the block's modulation with 1 added to the scale rows.
+    """
+
+    def __init__(self, block: Block, dtype: torch.dtype):
+        attn, cross = block.self_attn, block.cross_attn
+        dim = block.modulation.shape[-1]
+        heads = attn.num_heads
+        device = block.modulation.device
+        self.qkv = fuse_linears([attn.q, attn.k, attn.v])
+        self.qk_norm = isinstance(attn.norm_q, RMSNorm)
+        rotation = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+        stats = torch.float64 if dtype == torch.float64 else torch.float32
+        root = math.sqrt(dim)
+        if self.qk_norm:
+            gains = torch.stack([attn.norm_q.weight.detach(), attn.norm_k.weight.detach()]).to(torch.float64) * root
+            self.q_gain = (cross.norm_q.weight.detach().to(torch.float64) * root).to(stats)
+            self.norm_eps = torch.tensor(math.sqrt(dim * attn.norm_q.eps), dtype=stats, device=device)
+        else:
+            gains = torch.ones(2, dim, dtype=torch.float64, device=device)
+            self.q_gain = self.norm_eps = None
+        self.qk_gain = gains.to(rotation).unflatten(-1, (heads, -1))
+        scale_rows = torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.float32, device=device)[:, None]
+        self.modulation = block.modulation.detach()[0].float() + scale_rows
+        self.key = block_fingerprint(block, dtype)
+
+
+def _sources(block: Block) -> list[torch.Tensor]:
+    attn, cross = block.self_attn, block.cross_attn
+    out = [block.modulation]
+    for layer in (attn.q, attn.k, attn.v):
+        out += [t for t in (getattr(layer, n, None) for n in ("weight", "weight_scale", "bias")) if t is not None]
+    out += [m.weight for m in (attn.norm_q, attn.norm_k, cross.norm_q) if isinstance(m, RMSNorm)]
+    return out
+
+
+def block_fingerprint(block: Block, dtype: torch.dtype) -> tuple:
+    """Changes whenever a tensor FusedBlock derives from is replaced, moved or modified in place."""
+    return (dtype, *((t.data_ptr(), t._version) for t in _sources(block)))
+
+
+def fuse_linears(layers: list[nn.Module]) -> nn.Module:
+    """One layer of the same type as `layers` (nn.Linear or Fp8Linear, same input) computing all their
+    outputs, concatenated. The layers' tensors become views of the fused layer's storage."""
+    first = layers[0]
+    fused = object.__new__(type(first))
+    fused.__dict__ = dict(first.__dict__)
+    fused._parameters, fused._buffers, fused._modules = {}, {}, {}
+    for name in ("weight", "weight_scale", "bias"):
+        parts = [getattr(layer, name, None) for layer in layers]
+        if parts[0] is None:
+            if name in first._parameters:
+                fused._parameters[name] = None
+            continue
+        whole = torch.cat([p.detach() for p in parts])
+        offset = 0
+        for layer, part in zip(layers, parts):
+            view = whole[offset: offset + part.shape[0]]
+            if isinstance(part, nn.Parameter):
+                part.data = view
+            else:
+                layer._buffers[name] = view
+            offset += part.shape[0]
+        if name in first._parameters:
+            fused._parameters[name] = nn.Parameter(whole, requires_grad=False)
+        else:
+            fused._buffers[name] = whole
+    fused.out_features = sum(layer.out_features for layer in layers)
+    return fused
+
+
+class FusedBlocks:
+    """The FusedBlock of every block of a ModuleList, kept current: `prepare(dtype)` (once per pass, outside
+    the blocks) re-derives a block's tensors only when its parameters changed, and stacks the modulations."""
+
+    def __init__(self):
+        self._key = None
+        self._modulation: torch.Tensor | None = None  # [L, 1, 1, 6, dim] float32
+
+    def prepare(self, blocks, dtype: torch.dtype) -> None:
+        changed = False
+        for block in blocks:
+            if block.fused is None or block.fused.key != block_fingerprint(block, dtype):
+                block.fused = FusedBlock(block, dtype)
+                changed = True
+        if changed or self._modulation is None:
+            self._modulation = torch.stack([b.fused.modulation for b in blocks])[:, None, None]
+
+    def modulations(self, e0: torch.Tensor) -> torch.Tensor:
+        """[L, B, F, 6, dim] in e0's dtype: every block's modulation rows plus the pass's e0 [B, F, 6, dim],
+        summed in float32 (one rounding for half precision)."""
+        mods = self._modulation + e0
+        return mods if mods.dtype == e0.dtype else mods.to(e0.dtype)
 
 
 class Head(nn.Module):
@@ -355,10 +512,11 @@ def stacked_text_key_values(blocks, context: torch.Tensor) -> tuple[torch.Tensor
     return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
 
 
-def _run_block(block: Block, x, e0, rope, keys, text_kv, frames):
+def _run_block(block: Block, x, mod, rope, keys, text_kv, frames):
     """One block over the pass's tokens (the function `--compile` compiles: its module is an argument, so
-    all blocks share one compiled graph, their weights being its inputs)."""
-    return block(x, e0, rope, keys, text_kv, frames)
+    all blocks share one compiled graph, their weights being its inputs). `mod`: the block's row of
+    `FusedBlocks.modulations`."""
+    return block(x, mod, rope, keys, text_kv, frames)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -383,6 +541,7 @@ class CausalDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self._rope = RotaryTable()
+        self._fused = FusedBlocks()
         # set by memflow_cli.compiled.compile_blocks: a compiled `_run_block` for the steady state's passes
         self.compiled_block = None
 
@@ -446,6 +605,8 @@ class CausalDiT(nn.Module):
         e = e.unflatten(0, (batch, frames))
 
         rope = self._rope.get(self.config.head_dim, frame_start, frames, rows, cols, x.device, dtype)
+        self._fused.prepare(self.blocks, dtype)
+        mods = self._fused.modulations(e0)
         # --compile: the steady state's passes run the compiled block; the rest (warm-up, re-cache) eager
         run = _run_block
         if self.compiled_block is not None and keys.steady:
@@ -453,12 +614,12 @@ class CausalDiT(nn.Module):
             run.begin_pass()
         if vace is None:
             for index, block in enumerate(self.blocks):
-                x = run(block, x, e0, rope, keys.layer(index), text.layer(index), frames)
+                x = run(block, x, mods[index], rope, keys.layer(index), text.layer(index), frames)
         else:
             hints = vace.module(vace.context, x, e0, vace.text, vace.reference_frames, rows, cols)
             hint_for_layer = vace.module.hint_for_layer
             for index, block in enumerate(self.blocks):
-                x = run(block, x, e0, rope, keys.layer(index), text.layer(index), frames)
+                x = run(block, x, mods[index], rope, keys.layer(index), text.layer(index), frames)
                 if index in hint_for_layer:
                     x = x + hints[hint_for_layer[index]] * vace.scale
         out = self.head(x, e, frames)

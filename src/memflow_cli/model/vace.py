@@ -29,7 +29,7 @@ from torch import nn
 
 from memflow_cli.checkpoints import _few, assign_state_dict, read_state_dict, strip_prefixes
 from memflow_cli.errors import CheckpointError
-from memflow_cli.model.dit import Block, DiTConfig, RotaryTable, stacked_text_key_values
+from memflow_cli.model.dit import Block, DiTConfig, FusedBlocks, RotaryTable, stacked_text_key_values
 
 VACE_IN_DIM = 96  # 16 inactive + 16 reactive latent channels + 64 mask channels (8x8 space-to-depth)
 VACE_LAYER_STRIDE = 2  # VACE block n sits beside main block 2n
@@ -101,6 +101,7 @@ class VaceModule(nn.Module):
         self.vace_patch_embedding = nn.Conv3d(in_dim, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.vace_blocks = nn.ModuleList(VaceBlock(config, first=(n == 0)) for n in range(num_blocks))
         self._rope = RotaryTable()  # VACE positions are the same every chunk: cached apart from the main one
+        self._fused = FusedBlocks()  # the blocks' fused projections and modulation rows (model/dit.py)
 
     def embed_context(self, context: torch.Tensor) -> torch.Tensor:
         """[B, F, 96, H, W] -> tokens [B, F*rows*cols, dim] in (frame, row, column) order."""
@@ -135,11 +136,13 @@ class VaceModule(nn.Module):
             e0 = torch.cat([e0[:, :1].expand(-1, reference_frames, -1, -1), e0], dim=1)
             x = F.pad(x, (0, 0, ref_tokens, 0))  # reference tokens have no latent to add
         rope = self._rope.get(self.config.head_dim, 0, frames, rows, cols, c.device, c.dtype)
+        self._fused.prepare(self.vace_blocks, c.dtype)
+        mods = self._fused.modulations(e0)
         hints = []
         for n, block in enumerate(self.vace_blocks):
             if block.before_proj is not None:
                 c = block.before_proj(c) + x
-            c = block(c, e0, rope, _OWN_TOKENS, text.layer(n), frames)
+            c = block(c, mods[n], rope, _OWN_TOKENS, text.layer(n), frames)
             hints.append(block.after_proj(c[:, ref_tokens:]))
         return hints
 

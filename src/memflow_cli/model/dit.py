@@ -230,28 +230,32 @@ class RotaryTable:
         self._key = None
         self._value = None
 
-    def get(self, head_dim, frame_start, frames, rows, cols, device, dtype) -> torch.Tensor:
+    def get(self, head_dim, frame_start, frames, rows, cols, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(table [L, 1, D/2] complex, the same as real (cos, sin) pairs [L, 1, D/2, 2]): eager blocks
+        multiply by the first, compiled ones use the second (inductor generates no code for complex ops)."""
         work = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
         key = (head_dim, frame_start, frames, rows, cols, str(device), work)
         if key != self._key:
             angles = rope_angles(head_dim, frame_start, frames, rows, cols, device)
-            self._value = torch.complex(angles.cos().to(work), angles.sin().to(work))[:, None, :]
+            cos_sin = torch.stack((angles.cos(), angles.sin()), dim=-1).to(work)[:, None]
+            self._value = (torch.view_as_complex(cos_sin.clone()), cos_sin)
             self._key = key
         return self._value
 
 
-def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs (2j, 2j+1) of x [B, L, H, D] by the table `rope` [L, 1, D/2] (complex).
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate interleaved channel pairs (2j, 2j+1) of x [B, L, H, D] by `RotaryTable.get`'s table.
 
     The reference's formula in its precision: x is taken to the table's precision, each pair is multiplied
     as a complex number, the result is cast back to x's dtype.
     """
-    work = rope.real.dtype
-    pairs = torch.view_as_complex(x.to(work).unflatten(-1, (-1, 2)).contiguous())
-    return torch.view_as_real(pairs * rope).flatten(-2).to(x.dtype)
+    table = rope[0]
+    pairs = torch.view_as_complex(x.to(table.real.dtype).unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
 
 
-def rope_normed_qk(qk: torch.Tensor, weight: torch.Tensor, rope: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def rope_normed_qk(qk: torch.Tensor, weight: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   out_dtype: torch.dtype) -> torch.Tensor:
     """q and k of a pass, normalised (qk [B, L, 2, H, D] / its RMS, already), times their gains, rotated.
 
     `weight` [2, H, D] is in the rotation's real dtype, so the gain multiply is also the cast up to it. In
@@ -262,17 +266,18 @@ def rope_normed_qk(qk: torch.Tensor, weight: torch.Tensor, rope: torch.Tensor, o
     y = qk * weight  # [B, L, 2, H, D] in the table's real dtype
     if torch.compiler.is_compiling():
         pairs = y.unflatten(-1, (-1, 2))
-        table = torch.view_as_real(rope)[:, None]  # [L, 1, 1, D/2, 2]
-        c, s = table[..., 0], table[..., 1]
+        cos_sin = rope[1][:, None]  # [L, 1, 1, D/2, 2]
+        c, s = cos_sin[..., 0], cos_sin[..., 1]
         a, b = pairs[..., 0], pairs[..., 1]
         return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(out_dtype)
+    table = rope[0]
     pairs = torch.view_as_complex(y.unflatten(-1, (-1, 2)))
     complex_out = {torch.float32: torch.complex64, torch.float64: torch.complex128}.get(out_dtype)
     if complex_out is not None:
         out = torch.empty(pairs.shape, dtype=complex_out, device=pairs.device)
-        torch.mul(pairs, rope[:, None], out=out)
+        torch.mul(pairs, table[:, None], out=out)
         return torch.view_as_real(out).flatten(-2)
-    return torch.view_as_real(pairs * rope[:, None]).flatten(-2).to(out_dtype)
+    return torch.view_as_real(pairs * table[:, None]).flatten(-2).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -325,7 +330,7 @@ def _rms_scaled(x: torch.Tensor, eps_term: torch.Tensor) -> torch.Tensor:
 
 
 class SelfAttention(Projections):
-    def forward(self, x, rope: torch.Tensor, keys: LayerKeySet, fused: "FusedBlock"):
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], keys: LayerKeySet, fused: "FusedBlock"):
         heads = (self.num_heads, -1)
         qkv = fused.qkv(x).unflatten(-1, (3, -1))  # [B, L, 3, dim]: one GEMM
         qk, v = qkv[:, :, :2], qkv[:, :, 2].unflatten(-1, heads)
@@ -597,7 +602,9 @@ class CausalDiT(nn.Module):
         rows, cols = height // ph, width // pw
 
         x = self.patch_embedding(latents.permute(0, 2, 1, 3, 4).to(self.patch_embedding.weight.dtype))
-        x = x.flatten(2).transpose(1, 2)  # [B, F*rows*cols, dim]
+        # [B, F*rows*cols, dim], made contiguous once here: every block then sees (and returns) the same
+        # layout, so a compiled block is traced for one set of strides
+        x = x.flatten(2).transpose(1, 2).contiguous()
 
         dtype = x.dtype
         e = self.time_embedding(timestep_embedding(timesteps, self.config.freq_dim).to(dtype))

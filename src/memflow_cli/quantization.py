@@ -63,6 +63,9 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
 
 
 _SCALED_MM_OK: dict[str, bool] = {}
+_SCALED_MM_BIAS_OK: dict[str, bool] = {}
+# smallest activation scale: a row of zeros gets it (and codes 0) instead of a division by zero
+_MIN_SCALE = float(torch.finfo(torch.float32).tiny)
 
 
 def fp8_compute_path(device: torch.device | str) -> str:
@@ -78,14 +81,25 @@ def fp8_compute_path(device: torch.device | str) -> str:
     return "scaled_mm" if _SCALED_MM_OK[key] else "dequantize"
 
 
-def _scaled_mm_works(device: torch.device) -> bool:
+def scaled_mm_takes_bias(device: torch.device | str) -> bool:
+    """Whether `torch._scaled_mm` with row-wise scales adds a bias in its epilogue on `device` (probed once):
+    then the bias costs no separate kernel."""
+    device = torch.device(device)
+    key = str(device)
+    if key not in _SCALED_MM_BIAS_OK:
+        _SCALED_MM_BIAS_OK[key] = _scaled_mm_works(device, bias=True)
+    return _SCALED_MM_BIAS_OK[key]
+
+
+def _scaled_mm_works(device: torch.device, bias: bool = False) -> bool:
     try:
         a = torch.ones(16, 32, device=device).to(FP8)
         b = torch.ones(16, 32, device=device).to(FP8)
         scale_a = torch.ones(16, 1, device=device)
         scale_b = torch.full((1, 16), 2.0, device=device)
-        out = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16)
-        return bool((out.float() == 64.0).all())
+        extra = {"bias": torch.ones(16, device=device, dtype=torch.bfloat16)} if bias else {}
+        out = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16, **extra)
+        return bool((out.float() == (65.0 if bias else 64.0)).all())
     except (RuntimeError, TypeError, NotImplementedError):
         return False
 
@@ -110,6 +124,9 @@ class Fp8Linear(nn.Module):
         # _scaled_mm needs both matrix sizes to be multiples of 16 and a half-precision output.
         fits = in_features % 16 == 0 and out_features % 16 == 0 and dtype in (torch.bfloat16, torch.float16)
         self.compute = compute if fits else "dequantize"
+        # the bias in _scaled_mm's epilogue (same dtype as the output), where this device's kernel takes it
+        self.bias_in_mm = bool(bias and self.compute == "scaled_mm" and device is not None
+                               and scaled_mm_takes_bias(device))
         self.register_buffer("weight", torch.empty(out_features, in_features, device=device, dtype=FP8))
         self.register_buffer("weight_scale", torch.ones(out_features, device=device, dtype=torch.float32))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
@@ -134,19 +151,29 @@ class Fp8Linear(nn.Module):
         if self.compute == "scaled_mm":
             return self._fp8_matmul(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized(x.dtype), bias)
+        if torch.compiler.is_compiling() or x.dtype == torch.float32:
+            weight = self.dequantized(x.dtype)
+        else:  # half precision: the row scale applied in float32, rounded once into the weight (2 kernels)
+            weight = torch.mul(self.weight.to(x.dtype), self.weight_scale[:, None],
+                               out=torch.empty(self.weight.shape, dtype=x.dtype, device=x.device))
+        return F.linear(x, weight, bias)
 
     def _fp8_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """Dynamic per-token activation quantization and one fp8 GEMM, in few kernels: the row maxima in
+        float32 straight from the input (one reduction), the scale (two tiny ops), the quantized input
+        written straight as fp8 (one kernel; |x / scale| <= 448 by construction, so no clamp), the GEMM
+        with both scales and, where the kernel takes it, the bias in its epilogue."""
         rows = x.reshape(-1, self.in_features)
-        # per-token activation scale, like the weight's per-row one (dynamic: computed from this input)
-        amax = rows.abs().amax(dim=1, keepdim=True).float()
-        x_scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-        # divided in the activation dtype: no float32 copy of a [tokens, features] input (18720 x 8960 in
-        # the FFN of a re-cache); rounding to bf16 before fp8 costs nothing measurable
-        xq = (rows / x_scale.to(rows.dtype)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        amax = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True, dtype=torch.float32)
+        x_scale = (amax * (1.0 / FP8_MAX)).clamp_min_(_MIN_SCALE)
+        if torch.compiler.is_compiling():
+            xq = (rows / x_scale).to(FP8)  # inductor fuses this with the reduction
+        else:
+            xq = torch.div(rows, x_scale, out=torch.empty(rows.shape, dtype=FP8, device=rows.device))
+        fused_bias = self.bias is not None and self.bias_in_mm and self.bias.dtype == x.dtype
         out = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale[None, :],
-                               out_dtype=x.dtype)
-        if self.bias is not None:
+                               bias=self.bias if fused_bias else None, out_dtype=x.dtype)
+        if self.bias is not None and not fused_bias:
             out = out + self.bias.to(x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 

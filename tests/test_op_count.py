@@ -65,3 +65,56 @@ def test_the_counter_sees_glue_it_is_meant_to_see():
         del block.self_attn.forward
     assert heavy["addmm"] == lean["addmm"] + 2 and heavy["cat"] == 1
     assert total(heavy) == total(lean) + 3
+
+
+# ------------------------------------------------------------------------------ the fused projections
+
+
+def _tiny_random(seed=0):
+    torch.manual_seed(seed)
+    model = build_dit(DiTConfig(dim=64, ffn_dim=128, text_dim=16, num_heads=1, num_layers=2, text_len=16))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    return model
+
+
+def _stream(model, chunks=3):
+    from memflow_cli.generator import StreamingGenerator
+
+    gen = StreamingGenerator(model, num_latent_frames=3 * chunks, latent_height=4, latent_width=4, seed=0)
+    gen.set_conditioning(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)))
+    return torch.cat([gen.next_chunk() for _ in range(chunks)], 1)
+
+
+def test_fused_qkv_shares_storage_keeps_names_and_follows_in_place_merges():
+    """q/k/v become views of one fused weight (no second copy, base.pt names kept); an in-place change
+    after a forward (what a LoRA merge does) reaches the fused GEMM: the result is that of a fresh model
+    loaded with the changed weights."""
+    model = _tiny_random()
+    names = list(model.state_dict())
+    before = _stream(model)
+    attn = model.blocks[0].self_attn
+    fused = model.blocks[0].fused.qkv
+    assert attn.q.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
+    assert torch.equal(fused.weight[64:128], attn.k.weight) and list(model.state_dict()) == names
+    with torch.no_grad():
+        attn.k.weight.add_(0.1 * torch.randn_like(attn.k.weight))
+        model.blocks[1].cross_attn.norm_q.weight.mul_(1.5)
+    after = _stream(model)
+    fresh = _tiny_random(seed=1)
+    fresh.load_state_dict(model.state_dict())
+    assert not torch.equal(after, before)
+    assert torch.equal(after, _stream(fresh))
+
+
+def test_fp8_quantization_after_a_forward_re_fuses_the_projections_from_the_fp8_layers():
+    from memflow_cli.quantization import Fp8Linear, quantize_dit
+
+    model = _tiny_random()
+    _stream(model, chunks=1)
+    quantize_dit(model, compute="dequantize")
+    out = _stream(model)
+    assert isinstance(model.blocks[0].fused.qkv, Fp8Linear)
+    fresh = quantize_dit(_tiny_random(), compute="dequantize")
+    assert torch.equal(out, _stream(fresh))

@@ -425,7 +425,27 @@ class FusedBlock:
         self.qk_gain = gains.to(rotation).unflatten(-1, (heads, -1))
         scale_rows = torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.float32, device=device)[:, None]
         self.modulation = block.modulation.detach()[0].float() + scale_rows
-        self.key = block_fingerprint(block, dtype)
+        # what it was derived from, to notice a change cheaply (once per pass, outside the blocks)
+        self.dtype = dtype
+        self.owners = _owners(block)
+        self.watch = [(t, t.data_ptr(), t._version) for t in _sources(block)]
+
+    def is_current(self, block: Block, dtype: torch.dtype) -> bool:
+        """False when a tensor it derives from was modified in place, moved (`.data` replaced, e.g. by
+        `model.to`) or replaced along with its layer (fp8 quantization), or the compute dtype changed."""
+        if dtype != self.dtype or _owners(block) != self.owners:
+            return False
+        for t, ptr, version in self.watch:
+            if t._version != version or t.data_ptr() != ptr:
+                return False
+        return True
+
+
+def _owners(block: Block) -> tuple:
+    """The modules and parameters whose tensors FusedBlock reads, by identity (fast: plain dict lookups)."""
+    attn, cross = block._modules["self_attn"]._modules, block._modules["cross_attn"]._modules
+    return (attn["q"], attn["k"], attn["v"], attn["norm_q"], attn["norm_k"], cross["norm_q"],
+            block._parameters["modulation"])
 
 
 def _sources(block: Block) -> list[torch.Tensor]:
@@ -435,11 +455,6 @@ def _sources(block: Block) -> list[torch.Tensor]:
         out += [t for t in (getattr(layer, n, None) for n in ("weight", "weight_scale", "bias")) if t is not None]
     out += [m.weight for m in (attn.norm_q, attn.norm_k, cross.norm_q) if isinstance(m, RMSNorm)]
     return out
-
-
-def block_fingerprint(block: Block, dtype: torch.dtype) -> tuple:
-    """Changes whenever a tensor FusedBlock derives from is replaced, moved or modified in place."""
-    return (dtype, *((t.data_ptr(), t._version) for t in _sources(block)))
 
 
 def fuse_linears(layers: list[nn.Module]) -> nn.Module:
@@ -483,7 +498,7 @@ class FusedBlocks:
     def prepare(self, blocks, dtype: torch.dtype) -> None:
         changed = False
         for block in blocks:
-            if block.fused is None or block.fused.key != block_fingerprint(block, dtype):
+            if block.fused is None or not block.fused.is_current(block, dtype):
                 block.fused = FusedBlock(block, dtype)
                 changed = True
         if changed or self._modulation is None:

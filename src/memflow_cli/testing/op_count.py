@@ -43,7 +43,7 @@ class _Counting(TorchDispatchMode):
 
 
 def steady_block_ops(dtype: torch.dtype = torch.float32, *, preset: str = "tiny", chunks: int = 9,
-                     latent_size: int = 4, sma: bool = False, model=None) -> Counter:
+                     latent_size: int = 4, sma: bool = False, model=None, fp8: str | None = None) -> Counter:
     """Non-view aten ops of block 0 during the first steady denoising pass of a tiny stream, by op name
     (allocations apart: `ops[ALLOCATIONS]`; `total(ops)` leaves them out)."""
     from memflow_cli.generator import StreamingGenerator, StreamSettings
@@ -55,6 +55,10 @@ def steady_block_ops(dtype: torch.dtype = torch.float32, *, preset: str = "tiny"
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0.0, 0.05)
+        if fp8 is not None:  # "scaled_mm" or "dequantize" (quantization.py): the block's Linears in fp8
+            from memflow_cli.quantization import quantize_dit
+
+            quantize_dit(model, compute=fp8)
     settings = StreamSettings(sma=sma)
     gen = StreamingGenerator(model, settings, num_latent_frames=3 * chunks, latent_height=latent_size,
                              latent_width=latent_size, seed=0, dtype=dtype)

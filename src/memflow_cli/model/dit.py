@@ -9,6 +9,11 @@ cache is re-computed after a prompt switch). The model itself holds no streaming
    memflow_cli.memory, as index writes into fixed buffers: a block's forward has no Python branch on the
    chunk number, so `torch.compile` traces it whole (see memflow_cli.compiled).
 
+A block is kept lean for eager GPU execution (benchmarks/README.md, "DiT glue"; tests/test_op_count.py): it
+computes with `FusedBlock` tensors derived from its parameters before a pass — one q/k/v GEMM whose weight is
+the storage of the named q/k/v layers, the q/k RMSNorm gains folded into the rotation, the modulation of every
+block stacked — so that the parameter names (base.pt, LoRA targets) stay those of the reference.
+
 Shapes: latents [B, F, C, H, W]; tokens [B, F*T_f, dim] in (frame, row, column) order, T_f = (H/2)*(W/2).
 """
 

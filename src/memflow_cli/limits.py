@@ -74,6 +74,20 @@ def check_steps(values: Sequence[Any], where: str) -> tuple[int, ...]:
     return tuple(steps)
 
 
+MAX_LORA_SCALE = 1000.0  # LoRA strengths are about -2 to 2; far beyond, the merged weights overflow to infinity
+
+
+def check_lora_scale(value: Any, where: str) -> float:
+    """A LoRA strength: a finite number of magnitude up to MAX_LORA_SCALE (1e308 would overflow every merged
+    weight to infinity and render a black video)."""
+    number = as_finite(value)
+    if number is None or abs(number) > MAX_LORA_SCALE:
+        shown = describe_number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+        raise InputError(f"{where}: expected a LoRA scale from {-MAX_LORA_SCALE:g} to {MAX_LORA_SCALE:g} "
+                         f"(usually 0 to 2), found {shown}")
+    return number
+
+
 def check_length(seconds: float, where: str, max_hours: float = DEFAULT_MAX_HOURS) -> None:
     """Refuse a video longer than `max_hours` before any plan or tensor of that length exists."""
     if not (as_finite(max_hours) is not None and max_hours > 0):

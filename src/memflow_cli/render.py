@@ -236,7 +236,8 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
     seed = check_seed(seed, "--seed")
     vace_files = [Path(p) for p in (options.control, options.mask, *options.references) if p]
-    protected = [*job_inputs(timeline), *vace_files, *(lora.path for lora in options.loras)]
+    protected = [*job_inputs(timeline), *vace_files, *(lora.path for lora in options.loras),
+                 *([Path(options.video)] if options.video else [])]
     default = default_output(timeline, options.output_dir, seed)
     check_output_path(options.output or default, inputs=protected)  # a valid target first
     picked = choose_output(options.output, default, options.overwrite, make_unique=timeline.format == "prompt")
@@ -979,6 +980,21 @@ class Renderer:
 
     # -- batches -----------------------------------------------------------------------------------
 
+    def _check_batch_outputs(self, items: Sequence[tuple[str, object]], jobs: Sequence[RenderJob]) -> None:
+        """The single-render rule for the whole batch: no file any item writes (video, manifest, partial file,
+        checkpoint, lock) may be a file any item reads (each item's timeline, also one that failed to read,
+        and its LoRAs). Raises InputError (exit 2) before anything renders: the batch is refused as a whole."""
+        inputs: list[Path] = []
+        for name, _ in items:
+            path = Path(str(name).rsplit(" line ", 1)[0])
+            if path.exists():
+                inputs.append(path)
+        for job in jobs:
+            inputs.extend(job_inputs(job.timeline))
+            inputs.extend(lora.file.path for lora in job.loras or ())
+        for job in jobs:
+            check_output_path(job.output, inputs=inputs)
+
     def render_batch(self, items: Sequence[tuple[str, Timeline | MemflowError]]) -> list[BatchResult]:
         """Render every item; a bad or failing item is reported and the others go on.
 
@@ -1005,6 +1021,7 @@ class Renderer:
                 continue
             outputs[key] = name
             jobs.append((i, job))
+        self._check_batch_outputs(items, [job for _, job in jobs])
 
         todo = []
         for i, job in jobs:

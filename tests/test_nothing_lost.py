@@ -1,0 +1,199 @@
+"""Issue 22, third hostile pass: inputs a batch would overwrite, checkpoints that lie, renders that collide,
+non-finite weights, inputs that hang, plans that do not fit, revisions that are paths, quiet failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_run import cli
+from lora_files import layouts, low_rank_delta, write
+from memflow_cli.model.dit import DiTConfig
+
+FIXTURES = Path(__file__).parent / "fixtures"
+pytestmark = pytest.mark.usefixtures("isolated")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@contextmanager
+def deadline(seconds: int):
+    """A hang fails the test instead of blocking the suite."""
+    def fire(*_):
+        raise TimeoutError(f"still running after {seconds} s: the input was opened and blocked")
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def timeline(tmp_path: Path, name: str = "t.json", seconds: float = 0.75) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps({
+        "version": "2.1", "settings": {"resolution": {"width": 32, "height": 32}},
+        "prompts": [{"startTime": 0, "endTime": seconds, "prompts": [{"text": "a red kite over a beach", "weight": 1}]}]}))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# --revision is a commit or a ref name, never a path
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "main/../../x", "a//b", "refs/heads/", "-rf",
+                                 "x y", "main.lock", "memflow=../up"])
+def test_revision_that_is_a_path_is_refused(tmp_path, bad):
+    code, text = cli("render", "--prompt", "a cat", "--revision", bad, "--offline", "-o", tmp_path / "v.mp4")
+    assert code == 2 and "--revision" in text and "commit hash" in flat(text) and "Traceback" not in text, text
+    assert not (tmp_path / "v.mp4").exists()
+    code, text = cli("download", "--wan-revision", bad)
+    assert code == 2 and "commit hash" in flat(text), text
+
+
+def test_good_revisions_pass_the_check():
+    from memflow_cli.hub import check_revision
+
+    for good in ("main", "v1.0", "refs/pr/3", "release/2025-01_b", "a1b2c3d", "0" * 40):
+        assert check_revision(good) == good
+
+
+# ------------------------------------------------------------------------------------------------
+# every input file goes through one check: a FIFO or a device never hangs a render
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+@pytest.mark.parametrize("option", ["timeline", "--control", "--mask", "--reference", "--video", "--lora"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_fifo_or_device_as_any_input_is_refused_without_opening(tiny, tmp_path, option, kind):
+    if kind == "device" and not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    special = Path("/dev/zero")
+    if kind == "fifo":
+        special = tmp_path / "input.mp4"
+        os.mkfifo(special)  # opening it for reading blocks until a writer comes: never, here
+    args = [special] if option == "timeline" else [timeline(tmp_path), option, special]
+    with deadline(60):
+        code, text = cli("render", *args, "--weights-dir", tiny, "-o", tmp_path / "v.mp4", "--quiet")
+    assert code == 2, text
+    assert "pipe, socket or device" in flat(text) and str(special) in flat(text) and "Traceback" not in text
+
+
+def test_weight_file_that_is_a_device_is_refused():
+    from memflow_cli.checkpoints import read_state_dict
+    from memflow_cli.errors import CheckpointError
+
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    with deadline(30), pytest.raises(CheckpointError, match="pipe, socket or device"):
+        read_state_dict("/dev/zero")
+
+
+# ------------------------------------------------------------------------------------------------
+# a batch never overwrites one of its own inputs
+
+
+def test_batch_output_that_is_another_items_input_is_refused(tiny, tmp_path):
+    x = timeline(tmp_path, "x.json")
+    precious = tmp_path / "x.manifest.json"
+    precious.write_text('{"my": "notes"}')  # an input of the batch, and the manifest name of x.json's output
+    code, text = cli("render", x, precious, "--output-dir", tmp_path, "--weights-dir", tiny, "--quiet", "-y")
+    assert code == 2 and "would overwrite the input" in flat(text) and str(precious) in flat(text), text
+    assert precious.read_text() == '{"my": "notes"}' and not (tmp_path / "x.mp4").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# -q: a failing batch still says which items failed and why
+
+
+def test_quiet_batch_names_each_failed_item(tiny, tmp_path):
+    good = timeline(tmp_path, "good.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "2.1", "prompts": []}')
+    code, text = cli("render", bad, good, tmp_path / "missing.json", "--output-dir", tmp_path / "out",
+                     "--weights-dir", tiny, "-q")
+    assert code == 2
+    lines = [line for line in text.splitlines() if line.startswith("failed:")]
+    assert len(lines) == 2, text
+    assert any("bad.json" in line and "prompts" in line for line in lines)
+    assert any("missing.json" in line and "not found" in line for line in lines)
+    assert "2 of 3 item(s) did not complete" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite weights are refused, naming the file, instead of a black video
+
+
+def lora_file(tiny, path: Path, poison: bool = False, gain: float = 1.0) -> Path:
+    delta = low_rank_delta(seed=1, rank=2, config=DiTConfig.from_file(tiny / "config.json"))
+    tensors = {k: v * gain if v.is_floating_point() and "alpha" not in k else v for k, v in layouts(delta)["kohya"].items()}
+    if poison:
+        key = next(k for k in tensors if "lora_up" in k or "lora_B" in k or k.endswith("up.weight"))
+        tensors[key] = tensors[key].clone()
+        tensors[key][0, 0] = float("nan")
+    return write(path, tensors)
+
+
+@pytest.mark.parametrize("scale", ["1e308", "inf", "nan", "-5000"])
+def test_absurd_lora_scale_is_an_input_error(tiny, tmp_path, scale):
+    lora = lora_file(tiny, tmp_path / "style.safetensors")
+    code, text = cli("render", timeline(tmp_path), "--lora", f"{lora}:{scale}", "--weights-dir", tiny,
+                     "-o", tmp_path / "v.mp4", "--quiet")
+    assert code == 2 and "LoRA scale" in flat(text) and "Traceback" not in text, text
+    doc = json.loads(timeline(tmp_path).read_text())
+    doc["settings"]["loras"] = [{"path": str(lora), "scale": 1e308}]
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    code, text = cli("render", tmp_path / "s.json", "--weights-dir", tiny, "-o", tmp_path / "v.mp4", "--quiet")
+    assert code == 2 and "settings.loras[0].scale" in text and "LoRA scale" in flat(text), text
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_lora_with_nan_tensors_is_refused_naming_it(tiny, tmp_path):
+    lora = lora_file(tiny, tmp_path / "poison.safetensors", poison=True)
+    code, text = cli("render", timeline(tmp_path), "--lora", str(lora), "--weights-dir", tiny,
+                     "-o", tmp_path / "v.mp4", "--quiet")
+    assert code != 0 and str(lora) in flat(text) and "NaN" in text and "Traceback" not in text, text
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_lora_scale_that_overflows_the_dtype_is_refused(tiny, tmp_path):
+    lora = lora_file(tiny, tmp_path / "loud.safetensors", gain=100.0)  # delta x 10^4, x 1000 more: beyond fp16
+    code, text = cli("render", timeline(tmp_path), "--lora", f"{lora}:1000", "--weights-dir", tiny, "--dtype", "fp16",
+                     "-o", tmp_path / "v.mp4", "--quiet")
+    assert code != 0 and not (tmp_path / "v.mp4").exists()
+    assert str(lora) in flat(text) and "non-finite" in flat(text) and "Traceback" not in text, text
+
+
+def test_base_weights_with_nan_are_refused_naming_the_file(tiny, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny, weights)
+    (weights / "memflow.lock.json").unlink(missing_ok=True)
+    state = torch.load(weights / "base.pt", weights_only=True)
+
+    def poison(obj):
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                if poison(value):
+                    return True
+            elif isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() > 1:
+                value.view(-1)[0] = float("nan")
+                return True
+        return False
+
+    assert poison(state)
+    torch.save(state, weights / "base.pt")
+    code, text = cli("render", timeline(tmp_path), "--weights-dir", weights, "-o", tmp_path / "v.mp4", "--quiet")
+    assert code == 1 and "base.pt" in text and "NaN" in text and "Traceback" not in text, text
+    assert not (tmp_path / "v.mp4").exists()

@@ -197,3 +197,50 @@ def test_base_weights_with_nan_are_refused_naming_the_file(tiny, tmp_path):
     code, text = cli("render", timeline(tmp_path), "--weights-dir", weights, "-o", tmp_path / "v.mp4", "--quiet")
     assert code == 1 and "base.pt" in text and "NaN" in text and "Traceback" not in text, text
     assert not (tmp_path / "v.mp4").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# a resume checks every field that steers it against the frames actually saved
+
+
+def interrupted_render(tiny, tmp_path, seconds=2.0, k=0):
+    """A render stopped after chunk k: NAME.resume/ holds a checkpoint to continue at chunk k + 1."""
+    from memflow_cli.render import Interrupted, RenderOptions, render
+    from memflow_cli.resume import resume_dir
+    from memflow_cli.timeline import read_timeline
+
+    out = tmp_path / "v.mp4"
+    t = read_timeline(timeline(tmp_path, seconds=seconds))
+
+    def stop(chunk):
+        if chunk.index == k:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        render(t, RenderOptions(output=out, weights_dir=tiny, overlap=False), on_chunk=stop)
+    return out, resume_dir(out)
+
+
+EDITS = [{"next_chunk": 9}, {"next_chunk": 10**30}, {"next_chunk": 3}, {"next_chunk": 2}, {"next_chunk": 0},
+         {"next_chunk": True}, {"frames": 21}, {"next_chunk": 2, "frames": 21}, {"segments": 21},
+         {"next_chunk": 2, "frames": 21, "segments": 21}]  # the last: a consistent record, but the state made 1 chunk
+
+
+def test_resume_with_an_edited_position_is_refused_as_damaged(tiny, tmp_path):
+    out, folder = interrupted_render(tiny, tmp_path)
+    original = (folder / "meta.json").read_text()
+    assert (json.loads(original)["next_chunk"], json.loads(original)["frames"]) == (1, 9)
+    for edit in EDITS:
+        meta = json.loads(original)
+        for key, value in edit.items():
+            if key == "segments":
+                meta["segments"][0]["frames"] = value
+            else:
+                meta[key] = value
+        (folder / "meta.json").write_text(json.dumps(meta))
+        code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--resume", "--quiet")
+        assert code == 2 and "checkpoint" in flat(text) and "Traceback" not in text, (edit, text)
+        assert not out.exists()  # never a short video marked complete
+    (folder / "meta.json").write_text(original)
+    code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--resume", "--quiet")
+    assert code == 0 and json.loads((tmp_path / "v.manifest.json").read_text())["video"]["frames"] == 32, text

@@ -750,7 +750,9 @@ class Renderer:
                 self.reporter.warn(f"--resume: no checkpoint at {folder}; rendering from the start")
             return None
         if self.options.resume:
-            return Checkpoint.load(folder, ident["fingerprint"], ident["settings"], ident["input"].get("sha256"))
+            checkpoint = Checkpoint.load(folder, ident["fingerprint"], ident["settings"], ident["input"].get("sha256"))
+            checkpoint.check_position(job.schedule.num_chunks, job.schedule.total_frames)
+            return checkpoint
         if not self.options.overwrite:
             raise InputError(f"{folder}: an interrupted render of {job.output} can be continued; add --resume to "
                              "continue it, or -y/--overwrite to start over")

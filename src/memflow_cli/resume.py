@@ -250,8 +250,9 @@ class Checkpoint:
         where = f"{folder}/meta.json"
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-            ok = (isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("next_chunk"), int)
-                  and isinstance(meta.get("frames"), int) and isinstance(meta.get("segments"), list)
+            ok = (isinstance(meta, dict) and meta.get("format") == FORMAT and _count(meta.get("next_chunk"))
+                  and _count(meta.get("frames")) and isinstance(meta.get("segments"), list)
+                  and all(isinstance(seg, dict) for seg in meta["segments"])
                   and isinstance(meta.get("state"), dict))
         except (OSError, ValueError, RecursionError):
             ok, meta = False, None
@@ -271,17 +272,54 @@ class Checkpoint:
                               "(or render with -y) to start over")
         return cls(folder, meta)
 
+    def check_position(self, num_chunks: int, total_frames: int) -> None:
+        """Every field that steers the resume against the render's schedule and the segments' record: the chunk
+        to continue at is inside the render (a checkpoint is never taken after the last chunk), the frame count
+        is exactly what the chunks before it produce, and the segments add up to it. Else the checkpoint is
+        refused as damaged (a short video published as complete, or an IndexError, would follow)."""
+        from memflow_cli.schedule import chunk_start_frame
+
+        chunk, frames = self.meta["next_chunk"], self.meta["frames"]
+        counts = [seg.get("frames") if isinstance(seg, dict) else None for seg in self.meta["segments"]]
+        problem = None
+        if not 1 <= chunk < num_chunks:
+            problem = f"next_chunk is {chunk}, but this render has chunks 1 to {num_chunks - 1} to continue at"
+        elif frames != chunk_start_frame(chunk) or frames >= total_frames:
+            problem = f"frames is {frames}, but {chunk} chunk(s) make {chunk_start_frame(chunk)} frames"
+        elif not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in counts) or sum(counts) != frames:
+            problem = f"its segments hold {counts} frames, its record says {frames}"
+        if problem:
+            raise ResumeError(f"{self.folder}/meta.json: a damaged checkpoint ({problem}); remove {self.folder} "
+                              "(or render with -y) to start over")
+
+    def check_restored(self, generator: Any) -> None:
+        """The latents saved agree with the position: the generator restored has made exactly next_chunk chunks."""
+        made = getattr(generator, "chunk_index", None)
+        if made != self.chunk:
+            raise ResumeError(f"{self.folder}: a damaged checkpoint (its state has made {made} chunk(s), its record "
+                              f"says {self.chunk}); remove {self.folder} (or render with -y) to start over")
+
     def restore(self, owners: dict[str, Any], device) -> None:
         try:
             saved = torch.load(self.folder / self.meta["state"]["file"], map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 — any unpickling problem is a damaged checkpoint
             raise ResumeError(f"{self.folder}: cannot read the checkpoint's state ({exc}); remove it to start over") from None
+        missing = [n for n in owners if not isinstance(saved, dict) or not isinstance(saved.get(n), dict)]
+        if missing:
+            raise ResumeError(f"{self.folder}: the checkpoint's state lacks part of this render's state "
+                              f"({', '.join(missing)}); remove it (or render with -y) to start over")
         for name, obj in owners.items():
             restore(obj, saved[name], device)
+        if "generator" in owners:
+            self.check_restored(owners["generator"])
 
     def frames_written(self, width: int, height: int) -> Iterator[np.ndarray]:
         for seg in self.meta["segments"]:
             yield from read_segment(self.folder / seg["file"], width, height)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _difference(meta: dict, settings: dict, input_sha256: str | None) -> str:

@@ -244,3 +244,107 @@ def test_resume_with_an_edited_position_is_refused_as_damaged(tiny, tmp_path):
     (folder / "meta.json").write_text(original)
     code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--resume", "--quiet")
     assert code == 0 and json.loads((tmp_path / "v.manifest.json").read_text())["video"]["frames"] == 32, text
+
+
+# ------------------------------------------------------------------------------------------------
+# NAME.resume/ exists only complete: a failed render never leaves one that blocks the next render
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def hidden(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob(".v.resume.*"))
+
+
+def test_failure_before_a_checkpoint_leaves_nothing_behind(tiny, tmp_path):
+    from memflow_cli.render import RenderOptions, render
+    from memflow_cli.resume import resume_dir
+    from memflow_cli.timeline import read_timeline
+
+    out = tmp_path / "v.mp4"
+
+    def crash(chunk):
+        if chunk.index == 1:
+            raise MemoryError("out of memory while generating")
+
+    with pytest.raises(MemoryError):
+        render(read_timeline(timeline(tmp_path, seconds=2.0)), RenderOptions(output=out, weights_dir=tiny, overlap=False,
+                                                                              checkpoint_every=0), on_chunk=crash)
+    assert not resume_dir(out).exists() and hidden(tmp_path) == []
+    code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--quiet")
+    assert code == 0, text
+
+
+def test_a_save_that_fails_keeps_the_previous_checkpoint_whole(tiny, tmp_path, monkeypatch):
+    import memflow_cli.resume as resume
+    from memflow_cli.render import RenderOptions, render
+    from memflow_cli.timeline import read_timeline
+
+    out = tmp_path / "v.mp4"
+    saves, save = [], torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:
+            Path(path).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(resume.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        render(read_timeline(timeline(tmp_path, seconds=2.75)),
+               RenderOptions(output=out, weights_dir=tiny, overlap=False, checkpoint_every=1e-9))
+    monkeypatch.undo()
+    meta = json.loads((resume.resume_dir(out) / "meta.json").read_text())
+    assert meta["next_chunk"] == 1 and meta["input"] == str(tmp_path / "t.json")  # the first save, complete
+    assert hidden(tmp_path) == []  # neither the half-built checkpoint nor the work folder is left
+    code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--resume", "--quiet")
+    assert code == 0 and json.loads((tmp_path / "v.manifest.json").read_text())["video"]["frames"] == 44, text
+
+
+def test_stale_leftovers_are_cleaned_and_an_old_checkpoint_restored(tiny, tmp_path):
+    from memflow_cli.outputs import _host
+    from memflow_cli.resume import clean_stale, resume_dir
+
+    out = tmp_path / "v.mp4"
+    folder = resume_dir(out)
+    pid = dead_pid()
+    junk = tmp_path / f".v.resume.memflow-{pid}@{_host()}.0badc0de.tmp"
+    junk.mkdir()
+    (junk / "state-000001.pt").write_bytes(b"half")
+    live = tmp_path / f".v.resume.memflow-{os.getpid()}@{_host()}.0123abcd.work"  # ours: a live render's
+    live.mkdir()
+    old = tmp_path / f".v.resume.memflow-{pid}@{_host()}.00c0ffee.old"
+    old.mkdir()
+    (old / "meta.json").write_text("{}")
+    assert clean_stale(folder) == [junk]  # the previous checkpoint is renamed back (a crash between two renames)
+    assert folder.is_dir() and (folder / "meta.json").read_text() == "{}" and live.is_dir()
+    shutil.rmtree(folder)
+    live.rmdir()
+
+    folder.mkdir()  # what an older version left after a failure: an empty or half-written folder
+    (folder / "seg-0000.mkv.part").write_bytes(b"x")
+    code, text = cli("render", timeline(tmp_path), "--weights-dir", tiny, "-o", out)
+    assert code == 0 and "incomplete checkpoint" in flat(text), text
+    assert not folder.exists() and hidden(tmp_path) == []
+
+    (tmp_path / "v2.resume").mkdir()  # a folder of the user's under that name is not ours to remove
+    (tmp_path / "v2.resume" / "notes.txt").write_text("mine")
+    code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", tmp_path / "v2.mp4", "--quiet")
+    assert code == 2 and "not a memflow checkpoint" in flat(text), text
+    assert (tmp_path / "v2.resume" / "notes.txt").exists()
+
+
+def test_checkpoint_of_another_timeline_is_named(tiny, tmp_path):
+    out, folder = interrupted_render(tiny, tmp_path)
+    other = tmp_path / "other.json"
+    doc = json.loads((tmp_path / "t.json").read_text())
+    doc["prompts"][0]["prompts"][0]["text"] = "a green kite"
+    other.write_text(json.dumps(doc))
+    code, text = cli("render", other, "--weights-dir", tiny, "-o", out, "--quiet")
+    assert code == 2 and "an interrupted render of" in flat(text) and str(tmp_path / "t.json") in flat(text), text
+    assert "--resume to continue" not in flat(text) and folder.is_dir()

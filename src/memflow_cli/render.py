@@ -742,9 +742,16 @@ class Renderer:
 
     def _checkpoint_to_resume(self, job: RenderJob, ident: dict):
         """The checkpoint to continue from (--resume), after checking it is this render's and intact."""
-        from memflow_cli.resume import Checkpoint, resume_dir
+        from memflow_cli.resume import Checkpoint, clean_stale, is_incomplete, read_meta, resume_dir
 
         folder = resume_dir(job.output)
+        clean_stale(folder)  # what a killed render left beside it (never a live one's)
+        if folder.is_dir() and is_incomplete(folder):  # no checkpoint: what a failed render of an older version left
+            import shutil
+
+            self.reporter.warn(f"{folder}: an incomplete checkpoint left by a failed render (no readable meta.json); "
+                               "removed it")
+            shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
             if self.options.resume:
                 self.reporter.warn(f"--resume: no checkpoint at {folder}; rendering from the start")
@@ -754,6 +761,18 @@ class Renderer:
             checkpoint.check_position(job.schedule.num_chunks, job.schedule.total_frames)
             return checkpoint
         if not self.options.overwrite:
+            meta = read_meta(folder)
+            if meta is None:
+                raise InputError(f"{folder}: exists and is not a memflow checkpoint (files of another kind in it); "
+                                 "move it away or choose another output name with -o")
+            if meta.get("fingerprint") != ident["fingerprint"]:
+                from memflow_cli.resume import _difference
+
+                of = meta.get("input") or "another input"
+                raise InputError(f"{folder}: holds an interrupted render of {of} that this render cannot continue "
+                                 f"({_difference(meta, ident['settings'], ident['input'].get('sha256'))}); render it "
+                                 "again with its own input and settings and --resume to finish it, choose another "
+                                 "output name with -o, or -y/--overwrite to discard it")
             raise InputError(f"{folder}: an interrupted render of {job.output} can be continued; add --resume to "
                              "continue it, or -y/--overwrite to start over")
         import shutil

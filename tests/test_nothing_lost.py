@@ -348,3 +348,51 @@ def test_checkpoint_of_another_timeline_is_named(tiny, tmp_path):
     code, text = cli("render", other, "--weights-dir", tiny, "-o", out, "--quiet")
     assert code == 2 and "an interrupted render of" in flat(text) and str(tmp_path / "t.json") in flat(text), text
     assert "--resume to continue" not in flat(text) and folder.is_dir()
+
+
+# ------------------------------------------------------------------------------------------------
+# two renders to the same output at once: the second is refused
+
+
+def test_a_second_render_of_the_same_output_is_refused(tiny, tmp_path):
+    from memflow_cli.outputs import _host, lock_path
+
+    out = tmp_path / "v.mp4"
+    lock = lock_path(out)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a render still running
+    try:
+        lock.write_text(f"{holder.pid}@{_host()}\n")
+        code, text = cli("render", timeline(tmp_path), "--weights-dir", tiny, "-o", out, "--quiet")
+        assert code == 2 and "another render" in flat(text) and str(holder.pid) in text, text
+        assert not out.exists() and lock.read_text() == f"{holder.pid}@{_host()}\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    lock.write_text(f"{dead_pid()}@{_host()}\n")  # stale: its render is gone
+    code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--quiet")
+    assert code == 0 and out.exists(), text
+    assert not lock.exists() and not list(tmp_path.glob(".v.*"))  # released, no temporaries
+
+
+def test_the_lock_is_exclusive_between_processes(tmp_path):
+    """Two processes race for one output's lock: exactly one holds it at a time."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from memflow_cli.outputs import output_lock, OutputBusy\n"
+        "tries = Path(sys.argv[2])\n"
+        "def tried():\n"
+        "    with open(tries, 'a') as f: f.write('x')\n"
+        "try:\n"
+        "    with output_lock(sys.argv[1]):\n"
+        "        tried(); print('held', flush=True)\n"
+        "        end = time.time() + 60\n"
+        "        while tries.read_text().count('x') < 2 and time.time() < end: time.sleep(0.05)\n"
+        "except OutputBusy as exc:\n"
+        "    tried(); print('busy', exc, flush=True)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "v.mp4"), str(tmp_path / "tries")],
+                              stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = sorted(p.communicate(timeout=60)[0].split()[0] for p in procs)
+    assert outputs == ["busy", "held"]
+    assert not (tmp_path / ".v.mp4.lock").exists()

@@ -619,10 +619,17 @@ class Renderer:
 
         `on_chunk(chunk)` is called in this thread after each chunk is generated; with `overlap` (the default)
         its frames may still be decoding then (they are written before a checkpoint, a stop or the end).
+        The output is locked while it renders: a second render of the same output is refused (outputs.output_lock).
         """
+        from memflow_cli.outputs import output_lock
+
         started = time.perf_counter()
         if isinstance(job, Timeline):
             job = self.plan(job)
+        with output_lock(job.output):
+            return self._render(job, on_chunk, started)
+
+    def _render(self, job: RenderJob, on_chunk, started: float) -> RenderSummary:
         self.use(job.model)
         if job.loras is None:
             self.check_loras(job)

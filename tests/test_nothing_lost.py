@@ -396,3 +396,40 @@ def test_the_lock_is_exclusive_between_processes(tmp_path):
     outputs = sorted(p.communicate(timeout=60)[0].split()[0] for p in procs)
     assert outputs == ["busy", "held"]
     assert not (tmp_path / ".v.mp4.lock").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# out of memory on the CPU: a message with the resolution and the plan, exit 1, never a traceback
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to "
+                 "allocate 274877906944 bytes."),
+    MemoryError()])
+def test_out_of_memory_is_a_message_naming_the_resolution(tiny, tmp_path, monkeypatch, failure):
+    from memflow_cli.generator import StreamingGenerator
+
+    def allocate(self, *args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(StreamingGenerator, "next_chunk", allocate)
+    out = tmp_path / "v.mp4"
+    code, text = cli("render", timeline(tmp_path), "--weights-dir", tiny, "-o", out, "--resolution", "48x32")
+    assert code == 1 and "Traceback" not in text, text
+    assert "out of memory on the CPU rendering 48x32" in flat(text) and "memory plan needs" in flat(text)
+    if isinstance(failure, RuntimeError):
+        assert "256.0 GiB" in flat(text)
+    assert not out.exists() and not list(tmp_path.glob(".v.*")) and not (tmp_path / "v.resume").exists()
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(tiny, tmp_path, monkeypatch):
+    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.render import RenderOptions, render
+    from memflow_cli.timeline import read_timeline
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(StreamingGenerator, "next_chunk", broken)
+    with pytest.raises(RuntimeError, match="shapes"):
+        render(read_timeline(timeline(tmp_path)), RenderOptions(output=tmp_path / "v.mp4", weights_dir=tiny))

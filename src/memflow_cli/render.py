@@ -11,6 +11,8 @@ Everything that can be checked without weights (timeline, resolution, output pat
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import sys
 import time
@@ -34,6 +36,30 @@ DEFAULT_WIDTH, DEFAULT_HEIGHT = 832, 480  # MemFlow's training resolution
 DEFAULT_SEED = 1  # MemFlow's interactive default
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
+
+
+class OutOfMemory(MemflowError):
+    """The allocator failed during a render (exit code 1): said with the resolution and the memory plan."""
+
+
+_OOM_TEXTS = ("not enough memory", "defaultcpuallocator", "out of memory", "cannot allocate memory",
+              "can't allocate memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError, or a RuntimeError from an allocator (CPU: "DefaultCPUAllocator: not enough memory",
+    CUDA: "CUDA out of memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXTS)
+
+
+def _system_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class Interrupted(MemflowError):
@@ -627,7 +653,33 @@ class Renderer:
         if isinstance(job, Timeline):
             job = self.plan(job)
         with output_lock(job.output):
-            return self._render(job, on_chunk, started)
+            try:
+                return self._render(job, on_chunk, started)
+            except (MemoryError, RuntimeError) as exc:
+                if not out_of_memory(exc):
+                    raise
+                raise self._out_of_memory(job, exc) from None
+
+    def _out_of_memory(self, job: RenderJob, exc: BaseException) -> "OutOfMemory":
+        """The allocator's failure as a message: the resolution, what the memory plan says it needs, the levers."""
+        where = "GPU" if self.device.type == "cuda" else "CPU"
+        needs = ""
+        try:
+            from memflow_cli.low_vram import plan_for
+
+            plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram, overlap=self.overlap)
+            needs = f"; the memory plan needs about {plan.peak_bytes / 2**30:.1f} GiB at this size"
+        except Exception:  # noqa: BLE001 — the plan is a courtesy; the failure itself is the message
+            pass
+        total = _system_memory() if where == "CPU" else None
+        has = f" and this machine has {total / 2**30:.1f} GiB" if total else ""
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        asked = f" (one allocation of {int(asked.group(1)) / 2**30:.1f} GiB failed)" if asked else ""
+        levers = [f"a smaller --resolution than {job.width}x{job.height}"]
+        if self.device.type == "cpu" and job.vae != "lighttae":
+            levers.append("--vae lighttae")
+        return OutOfMemory(f"out of memory on the {where} rendering {job.width}x{job.height}{asked}{needs}{has}. "
+                           f"Try {' or '.join(levers)}; nothing was published for {job.output}")
 
     def _render(self, job: RenderJob, on_chunk, started: float) -> RenderSummary:
         self.use(job.model)

@@ -433,3 +433,93 @@ def test_other_runtime_errors_are_not_called_out_of_memory(tiny, tmp_path, monke
     monkeypatch.setattr(StreamingGenerator, "next_chunk", broken)
     with pytest.raises(RuntimeError, match="shapes"):
         render(read_timeline(timeline(tmp_path)), RenderOptions(output=tmp_path / "v.mp4", weights_dir=tiny))
+
+
+# ------------------------------------------------------------------------------------------------
+# the chunk plan is O(blocks) in memory; a length no file can hold is refused up front
+
+
+def eager_plan(timeline, blend_method="linear"):
+    """The chunk plan as the one-entry-per-chunk loop computed it (the oracle for the lazy plan)."""
+    from memflow_cli.schedule import Blend, Transition, chunk_start_frame, chunks_for_frames, first_chunk_at_or_after
+
+    blocks = sorted(timeline.blocks, key=lambda b: b.start)
+    total = round(timeline.end * 16)
+    count = chunks_for_frames(total)
+    starts = {}
+    for i, block in enumerate(blocks):
+        chunk = 0 if i == 0 else first_chunk_at_or_after(round(block.start * 16))
+        if chunk < count:
+            starts[chunk] = i
+    out, current, active, pending, done = [], None, 0, None, 0
+    for c in range(count):
+        if c in starts:
+            active = starts[c]
+            target = Blend.of(blocks[active], blend_method)
+            if current is None or blocks[active].transition_steps <= 0 or target == current:
+                nxt, pending = target, None
+            else:
+                pending, done = (current, target, blocks[active].transition_steps, blocks[active].interpolation), 0
+        if pending is not None:
+            source, target, steps, method = pending
+            done += 1
+            if done >= steps:
+                nxt, pending = target, None
+            else:
+                nxt = Transition(source, target, done / steps, method)
+        elif c not in starts:
+            nxt = current
+        first = chunk_start_frame(c)
+        out.append((c, first, min(9 if c == 0 else 12, total - first), nxt, nxt != current, active))
+        current = nxt
+    return total, out
+
+
+def test_lazy_plan_equals_the_per_chunk_loop():
+    import random
+
+    from memflow_cli.schedule import plan
+    from memflow_cli.timeline import Block, Timeline, WeightedPrompt
+
+    rng = random.Random(22)
+    for _ in range(200):
+        blocks, t = [], 0.0
+        for _ in range(rng.randint(1, 6)):
+            start = t + rng.choice([0.0, 0.1, 0.5, 1.0, 2.3])  # overlaps of one chunk, gaps, ordinary switches
+            end = start + rng.choice([0.2, 0.7, 1.5, 3.0])
+            texts = rng.sample(["a", "b", "c", "d"], rng.randint(1, 2))
+            blocks.append(Block(start, end, tuple(WeightedPrompt(x, rng.choice([1.0, 2.0])) for x in texts),
+                                rng.choice([0, 0, 1, 2, 3, 7]), rng.choice(["linear", "slerp"])))
+            t = end
+        timeline = Timeline(tuple(blocks))
+        for method in ("linear", "slerp"):
+            schedule = plan(timeline, blend_method=method)
+            total, expected = eager_plan(timeline, method)
+            got = [(c.index, c.first_frame, c.frames, c.conditioning, c.changed, c.block) for c in schedule.chunks]
+            assert schedule.total_frames == total and got == expected
+            assert schedule.switches == [c for c, *_, changed, _ in expected[1:] if changed]
+            assert [c.index for c in schedule.chunks[2:5]] == [e[0] for e in expected[2:5]]
+
+
+def test_a_very_long_plan_takes_no_memory_and_an_impossible_one_is_refused(tmp_path):
+    import tracemalloc
+
+    from memflow_cli.errors import InputError
+    from memflow_cli.schedule import plan
+    from memflow_cli.timeline import Block, Timeline, WeightedPrompt
+
+    prompts = (WeightedPrompt("a", 1.0),)
+    long = Timeline((Block(0.0, 1e8, prompts), Block(5e7, 1e8, (WeightedPrompt("b", 1.0),), 4)))  # 1.6e9 frames
+    tracemalloc.start()
+    schedule = plan(long, max_hours=1e300)
+    assert schedule.num_chunks == 133_333_334 and schedule.chunks[-1].frames == 7 and schedule.switches[:1] == [66_666_667]
+    assert [c.index for c in schedule.chunks[5:8]] == [5, 6, 7] and schedule.blocks == 2
+    assert tracemalloc.get_traced_memory()[1] < 2**20  # a MiB: a plan entry per chunk would be ~20 GB
+    tracemalloc.stop()
+    with pytest.raises(InputError, match="at most 2,147,483,647 frames"):
+        plan(Timeline((Block(0.0, 1e20, prompts),)), max_hours=1e300)
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({"version": "2.1", "prompts": [
+        {"startTime": 0, "endTime": 1e20, "prompts": [{"text": "a slow sunrise", "weight": 1}]}]}))
+    code, text = cli("render", path, "--max-hours", "1e300", "--offline")
+    assert code == 2 and "at most 2,147,483,647 frames" in flat(text) and "Traceback" not in text, text

@@ -247,8 +247,15 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
                 raise InputError(f"{name}: exists and is not a regular file (a device, pipe or socket); choose another output")
     except OSError as exc:
         raise InputError(f"{shown}: cannot use this output path ({exc.strerror or exc})") from None
+    from memflow_cli.resume import resume_dir
+
+    checkpoint = resume_dir(path)  # removed when the render completes (or with -y): never a home for an input
     for source in inputs:
         source = Path(source)
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            if checkpoint.resolve() in Path(source).resolve().parents:
+                raise InputError(f"{shown}: the input {source} is inside {checkpoint}, the checkpoint folder this "
+                                 "render replaces and removes; move the input or choose another output name")
         for name in produced:
             if _same_file(name, source):
                 what = "the video" if name == path else f"its manifest/partial file {name}"

@@ -42,14 +42,14 @@ class OutOfMemory(MemflowError):
     """The allocator failed during a render (exit code 1): said with the resolution and the memory plan."""
 
 
-_OOM_TEXTS = ("not enough memory", "defaultcpuallocator", "out of memory", "cannot allocate memory",
-              "can't allocate memory")
+_OOM_TEXTS = ("not enough memory", "defaultcpuallocator", "cuda out of memory", "cannot allocate memory",
+              "can't allocate memory")  # the allocators' own words (not any error that says "memory")
 
 
 def out_of_memory(exc: BaseException) -> bool:
     """A MemoryError, or a RuntimeError from an allocator (CPU: "DefaultCPUAllocator: not enough memory",
     CUDA: "CUDA out of memory")."""
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXTS)

@@ -261,7 +261,8 @@ class Checkpoint:
         if not ok:
             raise ResumeError(f"{where}: not a readable memflow checkpoint; remove {folder} (or render with -y) to start over")
         if meta.get("fingerprint") != fingerprint:
-            raise ResumeError(f"{folder}: this checkpoint belongs to a different render ({_difference(meta, settings, input_sha256)}); "
+            of = f" of {meta['input']}" if isinstance(meta.get("input"), str) else ""
+            raise ResumeError(f"{folder}: this checkpoint belongs to a different render{of} ({_difference(meta, settings, input_sha256)}); "
                               f"use the same input and settings, or -y to start over")
         for seg in meta["segments"]:
             p = folder / str(seg.get("file", ""))

@@ -124,17 +124,16 @@ def test_batch_output_that_is_another_items_input_is_refused(tiny, tmp_path):
 
 
 def test_quiet_batch_names_each_failed_item(tiny, tmp_path):
-    good = timeline(tmp_path, "good.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": "2.1", "prompts": []}')
-    code, text = cli("render", bad, good, tmp_path / "missing.json", "--output-dir", tmp_path / "out",
+    code, text = cli("render", bad, tmp_path / "missing.json", "--output-dir", tmp_path / "out",
                      "--weights-dir", tiny, "-q")
     assert code == 2
     lines = [line for line in text.splitlines() if line.startswith("failed:")]
     assert len(lines) == 2, text
     assert any("bad.json" in line and "prompts" in line for line in lines)
     assert any("missing.json" in line and "not found" in line for line in lines)
-    assert "2 of 3 item(s) did not complete" in text
+    assert "2 of 2 item(s) did not complete" in text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,7 +276,7 @@ def test_failure_before_a_checkpoint_leaves_nothing_behind(tiny, tmp_path):
             raise RuntimeError("the machine fell over")
 
     with pytest.raises(RuntimeError, match="fell over"):
-        render(read_timeline(timeline(tmp_path, seconds=2.0)), RenderOptions(output=out, weights_dir=tiny, overlap=False,
+        render(read_timeline(timeline(tmp_path, seconds=1.3)), RenderOptions(output=out, weights_dir=tiny, overlap=False,
                                                                               checkpoint_every=0), on_chunk=crash)
     assert not resume_dir(out).exists() and hidden(tmp_path) == []
     code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--quiet")
@@ -301,14 +300,14 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint_whole(tiny, tmp_path, m
 
     monkeypatch.setattr(resume.torch, "save", full_disk)
     with pytest.raises(OSError):
-        render(read_timeline(timeline(tmp_path, seconds=2.75)),
+        render(read_timeline(timeline(tmp_path, seconds=2.0)),
                RenderOptions(output=out, weights_dir=tiny, overlap=False, checkpoint_every=1e-9))
     monkeypatch.undo()
     meta = json.loads((resume.resume_dir(out) / "meta.json").read_text())
     assert meta["next_chunk"] == 1 and meta["input"] == str(tmp_path / "t.json")  # the first save, complete
     assert hidden(tmp_path) == []  # neither the half-built checkpoint nor the work folder is left
     code, text = cli("render", tmp_path / "t.json", "--weights-dir", tiny, "-o", out, "--resume", "--quiet")
-    assert code == 0 and json.loads((tmp_path / "v.manifest.json").read_text())["video"]["frames"] == 44, text
+    assert code == 0 and json.loads((tmp_path / "v.manifest.json").read_text())["video"]["frames"] == 32, text
 
 
 def test_stale_leftovers_are_cleaned_and_an_old_checkpoint_restored(tiny, tmp_path):

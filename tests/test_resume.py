@@ -172,7 +172,7 @@ def test_real_signal_to_a_process_then_resume(tiny, tmp_path, signum):
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 180
-    while not list(resume_dir(out).glob("seg-*.part")) and time.time() < deadline and proc.poll() is None:
+    while not list(tmp_path.glob(".sig.resume.*.work/seg-*.part")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1].decode()
     proc.send_signal(signum)

@@ -30,11 +30,9 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     Returns the raw top-level object for pickles (usually a dict, possibly nested) and a flat
     dict of tensors for safetensors. Raises CheckpointError naming the file on any problem.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: weight file not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: expected a weight file, found a directory")
+    from memflow_cli.input_files import check_input_file
+
+    path = check_input_file(path, "weight file", error=CheckpointError)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -229,7 +227,16 @@ def merge_lora(model: torch.nn.Module, pairs: Mapping[str, Mapping[str, torch.Te
             scale = (rank if alpha is None else alpha) / rank
             merged = linear.weight.float() + scale * (b @ a)
             linear.weight.copy_(merged.to(linear.weight.dtype))
+            if not bool(torch.isfinite(linear.weight).all()):  # one check per merged layer, at load only
+                raise CheckpointError(f"{source}: merging this LoRA makes {name}.weight non-finite (NaN or infinite "
+                                      f"values in the file, or values too large for {str(linear.weight.dtype)[6:]}); "
+                                      "the render would be black. Delete the file and download it again.")
     return len(pairs)
+
+
+def non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity (one `isfinite().all()` each)."""
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def load_dit(
@@ -259,6 +266,11 @@ def load_dit(
     state = generator_state_dict(read_state_dict(base_path), base_path, use_ema=use_ema)
     assign_state_dict(model, state, base_path)
     del state
+    bad = non_finite(model.named_parameters())  # NaN weights render a black video without any error
+    if bad:
+        raise CheckpointError(f"{base_path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({_few(bad)}) "
+                              f"once loaded in {str(dtype)[6:]}; the render would be black. The file is damaged: "
+                              "delete it and download it again.")
     if lora_path is not None:
         merge_lora(model, lora_pairs(read_state_dict(lora_path), lora_path), lora_path, alpha=lora_alpha)
     return model

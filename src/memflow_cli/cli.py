@@ -197,6 +197,11 @@ def render(
         from memflow_cli.models import get_model
 
         model = get_model(model).name  # an unknown name fails here, before any file is read
+    if revision is not None:  # every MODEL=REV is checked (a commit hash or a safe ref name) before any file is read
+        from memflow_cli.models import MODELS, revision_for
+
+        for name in MODELS:
+            revision_for(revision, name)
     given = {"--seconds": seconds, "--segment-seconds": segment_seconds, "--switch-frames": switch_frames,
              "--latent-frames": latent_frames, "--line": line}
 
@@ -268,6 +273,13 @@ def report_batch(results, *, as_json: bool, quiet: bool) -> int:
     elif not quiet:
         out.print(batch_table(results))
     code = batch_exit_code(results)
+    if code and quiet and not as_json:  # no table: each item that did not complete still says why, one line each
+        from rich.markup import escape
+
+        for r in results:
+            if r.status not in ("done", "skipped"):
+                err.print(f"[red]{r.status}:[/red] {escape(r.name)}: {escape(r.message or 'no reason given')}",
+                          highlight=False, soft_wrap=True)
     if code:
         failed = sum(r.status not in ("done", "skipped") for r in results)
         err.print(f"[red]error:[/red] {failed} of {len(results)} item(s) did not complete", highlight=False)
@@ -355,6 +367,7 @@ def download(
     from memflow_cli.models import get_model
 
     spec = get_model(model)
+    hub.check_revision(revision), hub.check_revision(wan_revision, "--wan-revision")
 
     from memflow_cli.decoders import decoder_spec
 

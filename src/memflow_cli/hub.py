@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass, field
@@ -403,6 +404,7 @@ def download(
     the model's mirrors instead of its main repository. `vae` adds the file of that decoder choice (and
     only that one) to the set.
     """
+    check_revision(revision), check_revision(wan_revision, "--wan-revision")
     spec = get_model(model)
     if repo is not None and repo not in spec.repos:
         raise DownloadError(
@@ -457,6 +459,7 @@ def resolve_weights(
     `vae` is the decoder choice: its file joins the set (found, downloaded and verified like the others).
     """
     spec = get_model(model)
+    check_revision(revision), check_revision(wan_revision, "--wan-revision")
     if weights_dir is not None:
         return weights_from_dir(weights_dir, verify_hashes=verify_hashes, model=spec.name, vae=vae)
     offline = offline or offline_from_env()
@@ -600,6 +603,27 @@ def _sources(f: WeightFile, spec) -> list[WeightFile]:
     if f.model is None or spec is None:
         return [f]
     return [f] + [WeightFile(f.role, repo, f.filename, f.required, f.model) for repo in spec.mirrors]
+
+
+_COMMIT = re.compile(r"[0-9a-fA-F]{7,40}")
+_REF_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def check_revision(revision: str | None, where: str = "--revision") -> str | None:
+    """A revision is a commit hash (7 to 40 hex digits) or a safe ref name (branch or tag: letters, digits,
+    `.`, `_`, `-` and `/` between parts; no `..`, no leading or trailing `/`, no empty part, no `.lock` end).
+    Anything else (`../../etc/passwd`) is refused before it reaches a cache path or a URL."""
+    if revision is None:
+        return None
+    text = str(revision)
+    if _COMMIT.fullmatch(text):
+        return text
+    parts = text.split("/")
+    if (not text or len(text) > 255 or ".." in text or text.endswith(".lock") or text.endswith(".")
+            or not all(_REF_PART.fullmatch(part) for part in parts)):
+        raise InputError(f"{where}: expected a commit hash (7 to 40 hex digits) or a branch or tag name (letters, "
+                         f"digits, '.', '_', '-', parts joined by '/', no '..'), got {text!r}")
+    return text
 
 
 def _revision(f: WeightFile, revision: str | None, wan_revision: str | None) -> str | None:

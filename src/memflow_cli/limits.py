@@ -14,6 +14,7 @@ from memflow_cli.errors import InputError
 MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds; larger ones are refused, not reduced (two seeds, one video)
 MAX_TIMESTEP = 1000
 DEFAULT_MAX_HOURS = 24.0  # of video; `--max-hours` raises it
+MAX_FRAMES = 2**31 - 1  # an MP4 (and ffmpeg's frame counters) number frames in 32 bits: 37,282 hours at 16 fps
 MAX_TIMELINE_BYTES = 64 * 2**20  # a timeline of prompts is kilobytes; refuse to slurp a disk image
 
 
@@ -74,6 +75,20 @@ def check_steps(values: Sequence[Any], where: str) -> tuple[int, ...]:
     return tuple(steps)
 
 
+MAX_LORA_SCALE = 1000.0  # LoRA strengths are about -2 to 2; far beyond, the merged weights overflow to infinity
+
+
+def check_lora_scale(value: Any, where: str) -> float:
+    """A LoRA strength: a finite number of magnitude up to MAX_LORA_SCALE (1e308 would overflow every merged
+    weight to infinity and render a black video)."""
+    number = as_finite(value)
+    if number is None or abs(number) > MAX_LORA_SCALE:
+        shown = describe_number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+        raise InputError(f"{where}: expected a LoRA scale from {-MAX_LORA_SCALE:g} to {MAX_LORA_SCALE:g} "
+                         f"(usually 0 to 2), found {shown}")
+    return number
+
+
 def check_length(seconds: float, where: str, max_hours: float = DEFAULT_MAX_HOURS) -> None:
     """Refuse a video longer than `max_hours` before any plan or tensor of that length exists."""
     if not (as_finite(max_hours) is not None and max_hours > 0):
@@ -82,6 +97,11 @@ def check_length(seconds: float, where: str, max_hours: float = DEFAULT_MAX_HOUR
         shown = "an endless video" if as_finite(seconds) is None else f"{seconds / 3600:,.6g} hours of video"
         raise InputError(
             f"{where}: would render {shown}; the limit is {max_hours:g} hours (raise it with --max-hours)"
+        )
+    if seconds * 16 > MAX_FRAMES:  # 16 fps (timeline.FPS): whatever --max-hours allows, one file cannot hold more
+        raise InputError(
+            f"{where}: would render {seconds / 3600:,.6g} hours of video ({seconds * 16:,.4g} frames); one video file "
+            f"holds at most {MAX_FRAMES:,} frames ({MAX_FRAMES / 16 / 3600:,.0f} hours at 16 fps), whatever --max-hours says"
         )
 
 

@@ -253,10 +253,9 @@ class TensorFile:
         self._handle = None
         self._tensors: dict[str, torch.Tensor] | None = None
         suffix = path.suffix.lower()
-        if not path.exists():
-            raise LoraError(f"{path}: LoRA file not found")
-        if path.is_dir():
-            raise LoraError(f"{path}: expected a LoRA file, found a directory")
+        from memflow_cli.input_files import check_input_file
+
+        check_input_file(path, "LoRA file", error=LoraError)
         if suffix == ".safetensors":
             self.shapes = self._safetensors_header()
         elif suffix in PICKLE_SUFFIXES:
@@ -670,6 +669,21 @@ class _Workspace:
             work.view(rows, cols).addmm_(self.ups[:rows, :used], self.downs[:used, :cols])
         if work is not param.data:
             param.data.copy_(work)
+        if not bool(torch.isfinite(param.data).all()):  # one check per merged tensor, at load: never per step
+            raise LoraError(self._non_finite(param, items))
+
+    @staticmethod
+    def _non_finite(param: torch.Tensor, items: list[tuple[Target, TensorFile, float]]) -> str:
+        """Which file made a merged weight NaN or infinite: one whose tensors are, else the scales' overflow."""
+        name = items[0][0].param
+        files = []
+        for target, source, strength in items:
+            if any(not bool(torch.isfinite(source.get(k).float()).all()) for k in target.keys):
+                return (f"{source.path}: holds NaN or infinite values (in {', '.join(target.keys)}); merging it "
+                        f"would make {name} non-finite and the render black")
+            files.append(f"{source.path} at scale {strength:g}")
+        return (f"{'; '.join(files)}: merging makes {name} non-finite (values too large for "
+                f"{str(param.dtype)[6:]}, or NaN in the base weights); lower the scale, or check the files")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -688,11 +702,15 @@ def parse_lora_option(text: str) -> tuple[Path, float]:
             pass
     if not name:
         raise LoraError(f"--lora {text!r}: expected FILE or FILE:SCALE")
-    if not math.isfinite(scale):
-        raise LoraError(f"--lora {text!r}: expected a finite scale, got {scale}")
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise LoraError(f"--lora {text!r}: LoRA file {path} not found")
+    from memflow_cli.limits import check_lora_scale
+
+    try:
+        scale = check_lora_scale(scale, f"--lora {text!r}")
+    except InputError as exc:
+        raise LoraError(str(exc)) from None
+    from memflow_cli.input_files import check_input_file
+
+    path = check_input_file(Path(name).expanduser(), "LoRA file", error=LoraError, shown=f"--lora {text!r}: {name}")
     return path, scale
 
 
@@ -769,5 +787,11 @@ def prepare_loras(specs: Sequence, config) -> tuple[list[UserLora], list[str]]:
         elif mode not in (None, "permanent_merge"):
             warnings.append(f"{where}: unknown merge mode {mode!r}; merged into the weights at load")
         warnings.extend(lora.warnings)
-        loras.append(UserLora(lora, float(spec.scale), mode, where))
+        from memflow_cli.limits import check_lora_scale
+
+        try:
+            scale = check_lora_scale(spec.scale, f"{where}: scale")
+        except InputError as exc:
+            raise LoraError(str(exc)) from None
+        loras.append(UserLora(lora, scale, mode, where))
     return loras, warnings

@@ -123,12 +123,14 @@ def manifest_entry(spec: ModelSpec, weights) -> dict:
 
 def revision_for(text: str | None, model: str) -> str | None:
     """A model's revision from --revision: `REV` (every model's repository) or `memflow=REV,longlive=REV`."""
+    from memflow_cli.hub import check_revision
+
     if not text or "=" not in text:
-        return text or None
+        return check_revision(text or None)
     pins = {}
     for part in text.split(","):
         name, sep, rev = part.partition("=")
         if not sep or not rev.strip():
             raise InputError(f"--revision: expected REV or MODEL=REV[,MODEL=REV], got {text!r}")
-        pins[get_model(name.strip(), "--revision").name] = rev.strip()
+        pins[get_model(name.strip(), "--revision").name] = check_revision(rev.strip(), f"--revision {name.strip()}")
     return pins.get(model)

@@ -114,6 +114,75 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
     return removed
 
 
+def lock_path(output: str | Path) -> Path:
+    """`out.mp4` → `.out.mp4.lock`: held by the render writing `out.mp4` (its PID and host inside)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.lock")
+
+
+class OutputBusy(InputError):
+    """Another render is writing the same output now."""
+
+
+def _lock_holder(path: Path) -> tuple[int, str] | None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    match = re.fullmatch(r"(\d+)@([A-Za-z0-9-]+)", text)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+@contextlib.contextmanager
+def output_lock(output: str | Path):
+    """Hold `.NAME.lock` next to the output while rendering it: a second render of the same output, started
+    while the first runs, is refused (OutputBusy, exit 2) instead of replacing the first one's files. The lock
+    is taken atomically (a complete file linked into place, else O_EXCL), released on exit, and stale when its
+    process (on this host) is gone: a killed render does not block the name."""
+    output = Path(output)
+    path = lock_path(output)
+    mine = f"{os.getpid()}@{_host()}"
+    for _ in range(3):
+        tmp = create_temp(output, ".lock")  # a temporary of the output: cleaned like the others if left
+        try:
+            tmp.write_text(mine + "\n", encoding="utf-8")
+            try:
+                os.link(tmp, path)  # fails if the lock exists: never an empty lock file seen by another render
+                taken = True
+            except FileExistsError:
+                taken = False
+            except OSError:  # no hard links here: exclusive creation instead
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    taken = False
+                else:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(mine + "\n")
+                    taken = True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if taken:
+            break
+        holder = _lock_holder(path)
+        if holder is not None and holder[1] == _host() and holder[0] != os.getpid() and not _alive(holder[0]):
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # stale: its render is gone
+            continue
+        who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
+        raise OutputBusy(f"{output}: another render ({who}) is writing this output now (lock {path}); wait for it "
+                         "to finish or choose another name with -o; if no render is running, delete the lock file")
+    else:
+        raise OutputBusy(f"{output}: cannot take the lock {path}; delete it if no render is running")
+    try:
+        yield path
+    finally:
+        if _lock_holder(path) == (os.getpid(), _host()):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 @contextlib.contextmanager
 def signals_deferred():
     """Hold SIGINT/SIGTERM/SIGHUP until the block ends, so that a step of several renames (or a file creation
@@ -156,7 +225,7 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         found = f"'{path.suffix}'" if path.suffix else "no extension"
         raise InputError(f"{shown}: expected a video file name ending in .mp4 (the writer writes MP4/H.264), found {found}")
-    produced = [path, manifest_path(path), partial_path(path), manifest_path(partial_path(path))]
+    produced = [path, manifest_path(path), partial_path(path), manifest_path(partial_path(path)), lock_path(path)]
     folder = path.parent if str(path.parent) else Path(".")
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -178,8 +247,15 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
                 raise InputError(f"{name}: exists and is not a regular file (a device, pipe or socket); choose another output")
     except OSError as exc:
         raise InputError(f"{shown}: cannot use this output path ({exc.strerror or exc})") from None
+    from memflow_cli.resume import resume_dir
+
+    checkpoint = resume_dir(path)  # removed when the render completes (or with -y): never a home for an input
     for source in inputs:
         source = Path(source)
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            if checkpoint.resolve() in Path(source).resolve().parents:
+                raise InputError(f"{shown}: the input {source} is inside {checkpoint}, the checkpoint folder this "
+                                 "render replaces and removes; move the input or choose another output name")
         for name in produced:
             if _same_file(name, source):
                 what = "the video" if name == path else f"its manifest/partial file {name}"

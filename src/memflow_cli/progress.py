@@ -113,7 +113,7 @@ def conditioning_text(conditioning) -> str:
 def block_text(schedule: Schedule, index: int) -> str:
     """What chunk `index` renders: `block 2/5: a fox trots…` (or the transition in progress)."""
     chunk = schedule.chunks[min(index, schedule.num_chunks - 1)]
-    blocks = max(c.block for c in schedule.chunks) + 1
+    blocks = schedule.blocks  # from the blocks' events: never a walk over every chunk
     return f"block {chunk.block + 1}/{blocks}: {conditioning_text(chunk.conditioning)}"
 
 

@@ -11,6 +11,8 @@ Everything that can be checked without weights (timeline, resolution, output pat
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import sys
 import time
@@ -34,6 +36,30 @@ DEFAULT_WIDTH, DEFAULT_HEIGHT = 832, 480  # MemFlow's training resolution
 DEFAULT_SEED = 1  # MemFlow's interactive default
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
+
+
+class OutOfMemory(MemflowError):
+    """The allocator failed during a render (exit code 1): said with the resolution and the memory plan."""
+
+
+_OOM_TEXTS = ("not enough memory", "defaultcpuallocator", "cuda out of memory", "cannot allocate memory",
+              "can't allocate memory")  # the allocators' own words (not any error that says "memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError, or a RuntimeError from an allocator (CPU: "DefaultCPUAllocator: not enough memory",
+    CUDA: "CUDA out of memory")."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXTS)
+
+
+def _system_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class Interrupted(MemflowError):
@@ -236,7 +262,8 @@ def plan_job(timeline: Timeline, options: RenderOptions | None = None) -> Render
         timeline.settings.seed if timeline.settings.seed is not None else DEFAULT_SEED)
     seed = check_seed(seed, "--seed")
     vace_files = [Path(p) for p in (options.control, options.mask, *options.references) if p]
-    protected = [*job_inputs(timeline), *vace_files, *(lora.path for lora in options.loras)]
+    protected = [*job_inputs(timeline), *vace_files, *(lora.path for lora in options.loras),
+                 *([Path(options.video)] if options.video else [])]
     default = default_output(timeline, options.output_dir, seed)
     check_output_path(options.output or default, inputs=protected)  # a valid target first
     picked = choose_output(options.output, default, options.overwrite, make_unique=timeline.format == "prompt")
@@ -618,10 +645,43 @@ class Renderer:
 
         `on_chunk(chunk)` is called in this thread after each chunk is generated; with `overlap` (the default)
         its frames may still be decoding then (they are written before a checkpoint, a stop or the end).
+        The output is locked while it renders: a second render of the same output is refused (outputs.output_lock).
         """
+        from memflow_cli.outputs import output_lock
+
         started = time.perf_counter()
         if isinstance(job, Timeline):
             job = self.plan(job)
+        with output_lock(job.output):
+            try:
+                return self._render(job, on_chunk, started)
+            except (MemoryError, RuntimeError) as exc:
+                if not out_of_memory(exc):
+                    raise
+                raise self._out_of_memory(job, exc) from None
+
+    def _out_of_memory(self, job: RenderJob, exc: BaseException) -> "OutOfMemory":
+        """The allocator's failure as a message: the resolution, what the memory plan says it needs, the levers."""
+        where = "GPU" if self.device.type == "cuda" else "CPU"
+        needs = ""
+        try:
+            from memflow_cli.low_vram import plan_for
+
+            plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram, overlap=self.overlap)
+            needs = f"; the memory plan needs about {plan.peak_bytes / 2**30:.1f} GiB at this size"
+        except Exception:  # noqa: BLE001 — the plan is a courtesy; the failure itself is the message
+            pass
+        total = _system_memory() if where == "CPU" else None
+        has = f" and this machine has {total / 2**30:.1f} GiB" if total else ""
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        asked = f" (one allocation of {int(asked.group(1)) / 2**30:.1f} GiB failed)" if asked else ""
+        levers = [f"a smaller --resolution than {job.width}x{job.height}"]
+        if self.device.type == "cpu" and job.vae != "lighttae":
+            levers.append("--vae lighttae")
+        return OutOfMemory(f"out of memory on the {where} rendering {job.width}x{job.height}{asked}{needs}{has}. "
+                           f"Try {' or '.join(levers)}; nothing was published for {job.output}")
+
+    def _render(self, job: RenderJob, on_chunk, started: float) -> RenderSummary:
         self.use(job.model)
         if job.loras is None:
             self.check_loras(job)
@@ -741,16 +801,37 @@ class Renderer:
 
     def _checkpoint_to_resume(self, job: RenderJob, ident: dict):
         """The checkpoint to continue from (--resume), after checking it is this render's and intact."""
-        from memflow_cli.resume import Checkpoint, resume_dir
+        from memflow_cli.resume import Checkpoint, clean_stale, is_incomplete, read_meta, resume_dir
 
         folder = resume_dir(job.output)
+        clean_stale(folder)  # what a killed render left beside it (never a live one's)
+        if folder.is_dir() and is_incomplete(folder):  # no checkpoint: what a failed render of an older version left
+            import shutil
+
+            self.reporter.warn(f"{folder}: an incomplete checkpoint left by a failed render (no readable meta.json); "
+                               "removed it")
+            shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
             if self.options.resume:
                 self.reporter.warn(f"--resume: no checkpoint at {folder}; rendering from the start")
             return None
         if self.options.resume:
-            return Checkpoint.load(folder, ident["fingerprint"], ident["settings"], ident["input"].get("sha256"))
+            checkpoint = Checkpoint.load(folder, ident["fingerprint"], ident["settings"], ident["input"].get("sha256"))
+            checkpoint.check_position(job.schedule.num_chunks, job.schedule.total_frames)
+            return checkpoint
         if not self.options.overwrite:
+            meta = read_meta(folder)
+            if meta is None:
+                raise InputError(f"{folder}: exists and is not a memflow checkpoint (files of another kind in it); "
+                                 "move it away or choose another output name with -o")
+            if meta.get("fingerprint") != ident["fingerprint"]:
+                from memflow_cli.resume import _difference
+
+                of = meta.get("input") or "another input"
+                raise InputError(f"{folder}: holds an interrupted render of {of} that this render cannot continue "
+                                 f"({_difference(meta, ident['settings'], ident['input'].get('sha256'))}); render it "
+                                 "again with its own input and settings and --resume to finish it, choose another "
+                                 "output name with -o, or -y/--overwrite to discard it")
             raise InputError(f"{folder}: an interrupted render of {job.output} can be continued; add --resume to "
                              "continue it, or -y/--overwrite to start over")
         import shutil
@@ -979,6 +1060,21 @@ class Renderer:
 
     # -- batches -----------------------------------------------------------------------------------
 
+    def _check_batch_outputs(self, items: Sequence[tuple[str, object]], jobs: Sequence[RenderJob]) -> None:
+        """The single-render rule for the whole batch: no file any item writes (video, manifest, partial file,
+        checkpoint, lock) may be a file any item reads (each item's timeline, also one that failed to read,
+        and its LoRAs). Raises InputError (exit 2) before anything renders: the batch is refused as a whole."""
+        inputs: list[Path] = []
+        for name, _ in items:
+            path = Path(str(name).rsplit(" line ", 1)[0])
+            if path.exists():
+                inputs.append(path)
+        for job in jobs:
+            inputs.extend(job_inputs(job.timeline))
+            inputs.extend(lora.file.path for lora in job.loras or ())
+        for job in jobs:
+            check_output_path(job.output, inputs=inputs)
+
     def render_batch(self, items: Sequence[tuple[str, Timeline | MemflowError]]) -> list[BatchResult]:
         """Render every item; a bad or failing item is reported and the others go on.
 
@@ -1005,6 +1101,7 @@ class Renderer:
                 continue
             outputs[key] = name
             jobs.append((i, job))
+        self._check_batch_outputs(items, [job for _, job in jobs])
 
         todo = []
         for i, job in jobs:

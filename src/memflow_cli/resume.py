@@ -22,11 +22,13 @@ when the render completes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -250,15 +252,17 @@ class Checkpoint:
         where = f"{folder}/meta.json"
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-            ok = (isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("next_chunk"), int)
-                  and isinstance(meta.get("frames"), int) and isinstance(meta.get("segments"), list)
+            ok = (isinstance(meta, dict) and meta.get("format") == FORMAT and _count(meta.get("next_chunk"))
+                  and _count(meta.get("frames")) and isinstance(meta.get("segments"), list)
+                  and all(isinstance(seg, dict) for seg in meta["segments"])
                   and isinstance(meta.get("state"), dict))
         except (OSError, ValueError, RecursionError):
             ok, meta = False, None
         if not ok:
             raise ResumeError(f"{where}: not a readable memflow checkpoint; remove {folder} (or render with -y) to start over")
         if meta.get("fingerprint") != fingerprint:
-            raise ResumeError(f"{folder}: this checkpoint belongs to a different render ({_difference(meta, settings, input_sha256)}); "
+            of = f" of {meta['input']}" if isinstance(meta.get("input"), str) else ""
+            raise ResumeError(f"{folder}: this checkpoint belongs to a different render{of} ({_difference(meta, settings, input_sha256)}); "
                               f"use the same input and settings, or -y to start over")
         for seg in meta["segments"]:
             p = folder / str(seg.get("file", ""))
@@ -271,17 +275,54 @@ class Checkpoint:
                               "(or render with -y) to start over")
         return cls(folder, meta)
 
+    def check_position(self, num_chunks: int, total_frames: int) -> None:
+        """Every field that steers the resume against the render's schedule and the segments' record: the chunk
+        to continue at is inside the render (a checkpoint is never taken after the last chunk), the frame count
+        is exactly what the chunks before it produce, and the segments add up to it. Else the checkpoint is
+        refused as damaged (a short video published as complete, or an IndexError, would follow)."""
+        from memflow_cli.schedule import chunk_start_frame
+
+        chunk, frames = self.meta["next_chunk"], self.meta["frames"]
+        counts = [seg.get("frames") if isinstance(seg, dict) else None for seg in self.meta["segments"]]
+        problem = None
+        if not 1 <= chunk < num_chunks:
+            problem = f"next_chunk is {chunk}, but this render has chunks 1 to {num_chunks - 1} to continue at"
+        elif frames != chunk_start_frame(chunk) or frames >= total_frames:
+            problem = f"frames is {frames}, but {chunk} chunk(s) make {chunk_start_frame(chunk)} frames"
+        elif not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in counts) or sum(counts) != frames:
+            problem = f"its segments hold {counts} frames, its record says {frames}"
+        if problem:
+            raise ResumeError(f"{self.folder}/meta.json: a damaged checkpoint ({problem}); remove {self.folder} "
+                              "(or render with -y) to start over")
+
+    def check_restored(self, generator: Any) -> None:
+        """The latents saved agree with the position: the generator restored has made exactly next_chunk chunks."""
+        made = getattr(generator, "chunk_index", None)
+        if made != self.chunk:
+            raise ResumeError(f"{self.folder}: a damaged checkpoint (its state has made {made} chunk(s), its record "
+                              f"says {self.chunk}); remove {self.folder} (or render with -y) to start over")
+
     def restore(self, owners: dict[str, Any], device) -> None:
         try:
             saved = torch.load(self.folder / self.meta["state"]["file"], map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 — any unpickling problem is a damaged checkpoint
             raise ResumeError(f"{self.folder}: cannot read the checkpoint's state ({exc}); remove it to start over") from None
+        missing = [n for n in owners if not isinstance(saved, dict) or not isinstance(saved.get(n), dict)]
+        if missing:
+            raise ResumeError(f"{self.folder}: the checkpoint's state lacks part of this render's state "
+                              f"({', '.join(missing)}); remove it (or render with -y) to start over")
         for name, obj in owners.items():
             restore(obj, saved[name], device)
+        if "generator" in owners:
+            self.check_restored(owners["generator"])
 
     def frames_written(self, width: int, height: int) -> Iterator[np.ndarray]:
         for seg in self.meta["segments"]:
             yield from read_segment(self.folder / seg["file"], width, height)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _difference(meta: dict, settings: dict, input_sha256: str | None) -> str:
@@ -292,17 +333,102 @@ def _difference(meta: dict, settings: dict, input_sha256: str | None) -> str:
     return "; ".join(diffs[:4]) or "different weights"
 
 
+# ------------------------------------------------------------------------------------------------
+# The checkpoint folder: it exists only complete (built aside, then renamed into place)
+
+_SIBLING = re.compile(r"\.memflow-(\d+)@([A-Za-z0-9-]+)\.[0-9a-f]+\.(work|tmp|old)$")
+_OURS = re.compile(r"(seg-\d+\.mkv(\.part)?|state-\d+\.pt|\.(state|meta)\..*\.tmp|meta\.json)$")
+
+
+def _sibling(folder: Path, kind: str) -> Path:
+    """A hidden name next to NAME.resume/ that records this process: `.NAME.resume.memflow-PID@HOST.RANDOM.kind`."""
+    from memflow_cli.outputs import _host
+
+    return folder.with_name(f".{folder.name}.memflow-{os.getpid()}@{_host()}.{secrets.token_hex(4)}.{kind}")
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def clean_stale(folder: str | Path) -> list[Path]:
+    """Remove what a render that is gone (killed, out of memory, power cut) left beside NAME.resume/: its work
+    folder, a checkpoint it was building, the previous checkpoint it was replacing. A live render's are kept.
+    If the crash came between the two renames of a swap, the previous checkpoint is put back first."""
+    from memflow_cli.outputs import _alive, _host
+
+    folder = Path(folder)
+    prefix = f".{folder.name}."
+    removed = []
+    try:
+        entries = sorted(os.scandir(folder.parent if str(folder.parent) else "."), key=lambda e: e.name)
+    except OSError:
+        return removed
+    for entry in entries:
+        match = entry.name.startswith(prefix) and _SIBLING.fullmatch(entry.name[len(prefix) - 1:])
+        if not match or match.group(2) != _host():
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        path = Path(entry.path)
+        if match.group(3) == "old" and not folder.exists():
+            with contextlib.suppress(OSError):
+                os.replace(path, folder)  # the last complete checkpoint, back under its name
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def is_incomplete(folder: Path) -> bool:
+    """NAME.resume/ without a readable meta.json whose every entry is a file a checkpoint holds: what an earlier
+    version left after a failure. It is no checkpoint, and removing it loses nothing."""
+    if read_meta(folder) is not None:
+        return False
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return all(_OURS.fullmatch(name) for name in names)
+
+
+def read_meta(folder: Path) -> dict | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
 class CheckpointRecorder:
-    """Owns NAME.resume/ during a render: tees frames into segments, saves state at chunk boundaries."""
+    """Owns NAME.resume/ during a render: tees frames into segments, saves state at chunk boundaries.
+
+    The open segment is written in a hidden work folder beside NAME.resume/. A save builds the whole new
+    checkpoint in a hidden folder (the segments hard-linked, or copied where links are not possible, then the
+    state and meta.json), fsyncs it and renames it into place: the previous checkpoint is renamed aside first and
+    removed after. So NAME.resume/ is always a complete, readable checkpoint or absent; a failure removes the
+    hidden folders, and a later render removes those of a process that is gone (`clean_stale`).
+    """
 
     def __init__(self, folder: Path, identity: dict, width: int, height: int, fps: int, every: float,
                  resumed: Checkpoint | None = None, clock=time.monotonic):
         self.folder, self.width, self.height, self.fps, self.every, self.clock = folder, width, height, fps, every, clock
         self.base = {"format": FORMAT, "fingerprint": identity["fingerprint"], "settings": identity["settings"],
-                     "input_sha256": identity["input"].get("sha256"), "output": str(folder)}
+                     "input_sha256": identity["input"].get("sha256"), "input": identity["input"].get("path"),
+                     "output": str(folder)}
         self.segments: list[dict] = list(resumed.meta["segments"]) if resumed else []
-        self._state_file = resumed.meta["state"]["file"] if resumed else None
-        folder.mkdir(parents=True, exist_ok=True)
+        self._new: set[str] = set()  # segments in the work folder, not yet in a checkpoint
+        self.work: Path | None = None
         self._segment: SegmentWriter | None = None
         self._last = clock()
         self.saves = 0
@@ -311,49 +437,78 @@ class CheckpointRecorder:
 
     def write(self, frames: np.ndarray) -> None:
         if self._segment is None:
-            self._segment = SegmentWriter(self.folder / f"seg-{len(self.segments):04d}.mkv", self.width, self.height, self.fps)
+            if self.work is None:
+                self.work = _sibling(self.folder, "work")
+                self.work.mkdir()
+            self._segment = SegmentWriter(self.work / f"seg-{len(self.segments):04d}.mkv", self.width, self.height, self.fps)
         self._segment.write(frames)
 
     def due(self) -> bool:
         return self.every > 0 and self.clock() - self._last >= self.every
 
     def save(self, owners: dict[str, Any], next_chunk: int, frames: int, timings: dict) -> None:
-        """State after `next_chunk - 1` chunks and `frames` frames; atomic: meta.json is replaced last."""
+        """State after `next_chunk - 1` chunks and `frames` frames, as a new complete checkpoint put in place."""
+        from memflow_cli.outputs import signals_deferred
+
         started = time.perf_counter()
         if self._segment is not None:
             path = self._segment.close()
+            _fsync(path)
             self.segments.append({"file": path.name, "frames": self._segment.frames, "size": path.stat().st_size})
+            self._new.add(path.name)
             self._segment = None
-        state = {name: snapshot(obj) for name, obj in owners.items()}
-        name = f"state-{next_chunk:06d}.pt"
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
+        build = _sibling(self.folder, "tmp")
         try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.folder / name)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        path = self.folder / name
-        meta = {**self.base, "next_chunk": next_chunk, "frames": frames, "segments": self.segments,
-                "state": {"file": name, "size": path.stat().st_size, "sha256": sha256_file(path)},
-                "timings_s": {k: round(v, 4) for k, v in timings.items()}}
-        fd, tmp = tempfile.mkstemp(prefix=".meta.", suffix=".tmp", dir=self.folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(tmp, self.folder / "meta.json")
-        if self._state_file and self._state_file != name:
-            (self.folder / self._state_file).unlink(missing_ok=True)
-        self._state_file = name
+            build.mkdir()
+            for seg in self.segments:
+                source = (self.work if seg["file"] in self._new else self.folder) / seg["file"]
+                try:
+                    os.link(source, build / seg["file"])
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile(source, build / seg["file"])
+                    _fsync(build / seg["file"])
+            state = {name: snapshot(obj) for name, obj in owners.items()}
+            name = f"state-{next_chunk:06d}.pt"
+            torch.save(state, build / name)
+            _fsync(build / name)
+            path = build / name
+            meta = {**self.base, "next_chunk": next_chunk, "frames": frames, "segments": self.segments,
+                    "state": {"file": name, "size": path.stat().st_size, "sha256": sha256_file(path)},
+                    "timings_s": {k: round(v, 4) for k, v in timings.items()}}
+            with open(build / "meta.json", "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync(build, directory=True)
+            old = _sibling(self.folder, "old")
+            with signals_deferred():  # the two renames are never cut in half by Ctrl-C
+                if self.folder.exists():
+                    os.replace(self.folder, old)
+                os.replace(build, self.folder)
+            _fsync(self.folder.parent if str(self.folder.parent) else Path("."), directory=True)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        for seg in self._new:  # now in the checkpoint; the work folder's links are not needed any more
+            with contextlib.suppress(OSError):
+                (self.work / seg).unlink()
+        self._new.clear()
         self._last = self.clock()
         self.saves += 1
         self.seconds += time.perf_counter() - started
-        self.bytes = path.stat().st_size + sum(s["size"] for s in self.segments)
+        self.bytes = (self.folder / name).stat().st_size + sum(s["size"] for s in self.segments)
 
     def abandon_open_segment(self) -> None:
-        """After a failure or an unsaved stop: the open segment is not part of any checkpoint."""
+        """After a failure or a stop: frames not in a checkpoint are dropped with the work folder; the last
+        complete checkpoint (if any) stays as it is."""
         if self._segment is not None:
             self._segment.abandon()
             self._segment = None
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
+            self._new.clear()
 
     def remove(self) -> None:
         """The render completed: the checkpoint has served its purpose."""

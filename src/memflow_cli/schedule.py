@@ -13,6 +13,8 @@ change" is a plain comparison, and `conditioning.py` can cache one tensor per di
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -97,9 +99,112 @@ class ChunkPlan:
 
 
 @dataclass(frozen=True)
+class _Event:
+    """A block taking effect at chunk `start`: straight to `target`, or (with a `source`) a transition of
+    `steps` chunks from the conditioning in use then."""
+
+    start: int
+    block: int
+    target: Blend
+    source: "Conditioning | None" = None
+    steps: int = 0
+    method: str = "linear"
+
+    def conditioning(self, index: int) -> Conditioning:
+        if self.source is None:
+            return self.target
+        done = index - self.start + 1
+        return self.target if done >= self.steps else Transition(self.source, self.target, done / self.steps, self.method)
+
+
+class Chunks(Sequence):
+    """The chunk plans of a schedule, computed on demand from the blocks' events: O(blocks) memory whatever
+    the length (a 10^20-second timeline must not build a plan entry per chunk). Indexing, slicing (a lazy view),
+    iteration and len work like a tuple's."""
+
+    def __init__(self, count: int, total: int, events: tuple[_Event, ...]):
+        self._count, self._total, self._events = count, total, events
+        self._starts = [e.start for e in events]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _event(self, index: int) -> _Event:
+        return self._events[bisect.bisect_right(self._starts, index) - 1]
+
+    def conditioning(self, index: int) -> Conditioning:
+        return self._event(index).conditioning(index)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return _View(self, range(self._count)[index])
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"chunk indices are integers, not {type(index).__name__}")
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(f"chunk {index} of {self._count}")
+        event = self._event(index)
+        current = event.conditioning(index)
+        changed = index == 0 or current != self.conditioning(index - 1)
+        first = chunk_start_frame(index)
+        kept = min(FIRST_CHUNK_FRAMES if index == 0 else CHUNK_FRAMES, self._total - first)
+        return ChunkPlan(index, first, kept, current, changed, event.block)
+
+    def __iter__(self):
+        return (self[i] for i in range(self._count))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return NotImplemented if not isinstance(other, Sequence) else False
+        return all(a == b for a, b in zip(self, other))
+
+    def __hash__(self):
+        return hash((self._count, self._total, self._events))
+
+    def __repr__(self) -> str:
+        return f"Chunks({self._count} chunks)"
+
+    def switches(self) -> list[int]:
+        """Chunks after the first where the conditioning changes: only event starts and transition chunks can."""
+        found = []
+        for n, event in enumerate(self._events):
+            end = self._starts[n + 1] if n + 1 < len(self._events) else self._count
+            last = min(end, event.start + max(event.steps, 1))
+            found.extend(c for c in range(max(event.start, 1), last) if self.conditioning(c) != self.conditioning(c - 1))
+        return found
+
+    @property
+    def blocks(self) -> int:
+        """How many blocks the chunks use (the highest block index in effect + 1)."""
+        return max(e.block for e in self._events) + 1
+
+
+class _View(Sequence):
+    """chunks[a:b]: the plans of a range of chunks, computed as they are read."""
+
+    def __init__(self, chunks: Chunks, indices: range):
+        self._chunks, self._indices = chunks, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return _View(self._chunks, self._indices[index])
+        return self._chunks[self._indices[index]]
+
+    def __iter__(self):
+        return (self._chunks[i] for i in self._indices)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+
+@dataclass(frozen=True)
 class Schedule:
     total_frames: int
-    chunks: tuple[ChunkPlan, ...]
+    chunks: Chunks
     fps: int = FPS
 
     @property
@@ -117,7 +222,12 @@ class Schedule:
     @property
     def switches(self) -> list[int]:
         """Indices of chunks (after the first) where the conditioning changes."""
-        return [c.index for c in self.chunks[1:] if c.changed]
+        return self.chunks.switches()
+
+    @property
+    def blocks(self) -> int:
+        """How many timeline blocks take effect (the last one in use is block `blocks - 1`)."""
+        return self.chunks.blocks
 
 
 def plan(timeline: Timeline, *, blend_method: str = "linear", max_hours: float = DEFAULT_MAX_HOURS) -> Schedule:
@@ -125,7 +235,7 @@ def plan(timeline: Timeline, *, blend_method: str = "linear", max_hours: float =
 
     `blend_method` is how a block's own prompts are mixed when it has exactly two ("linear" or "slerp");
     transitions between blocks use each block's `interpolation`. A timeline longer than `max_hours` of
-    video is refused before a single chunk is planned.
+    video is refused before a single chunk is planned; the plan itself is O(blocks) in memory (`Chunks`).
     """
     check_length(timeline.end, timeline.source, max_hours)
     blocks = sorted(timeline.blocks, key=lambda b: b.start)
@@ -140,37 +250,18 @@ def plan(timeline: Timeline, *, blend_method: str = "linear", max_hours: float =
         if chunk < count:
             starts[chunk] = i
 
-    chunks: list[ChunkPlan] = []
-    current: Conditioning | None = None
-    active = 0
-    pending: tuple[Conditioning, Blend, int, str] | None = None  # (source, target, steps, method)
-    done = 0  # transition steps taken so far
-    for c in range(count):
-        if c in starts:
-            active = starts[c]
-            block = blocks[active]
-            target = Blend.of(block, blend_method)
-            if current is None or block.transition_steps <= 0 or target == current:
-                current_next: Conditioning = target
-                pending = None
-            else:
-                pending = (current, target, block.transition_steps, block.interpolation)
-                done = 0
-        if pending is not None:
-            source, target, steps, method = pending
-            done += 1
-            if done >= steps:
-                current_next = target  # reaches the target exactly on the N-th chunk
-                pending = None
-            else:
-                current_next = Transition(source, target, done / steps, method)
-        elif c not in starts:
-            current_next = current  # gaps and the rest of a block keep the blend in use
-        first = chunk_start_frame(c)
-        kept = min(FIRST_CHUNK_FRAMES if c == 0 else CHUNK_FRAMES, total - first)
-        chunks.append(ChunkPlan(c, first, kept, current_next, current_next != current, active))
-        current = current_next
-    return Schedule(total, tuple(chunks))
+    # One event per chunk where a block takes effect; between events the conditioning is the event's
+    # (a transition reaches its target exactly on its N-th chunk, gaps keep the blend in use).
+    events: list[_Event] = []
+    for chunk in sorted(starts):
+        block = blocks[starts[chunk]]
+        target = Blend.of(block, blend_method)
+        current = events[-1].conditioning(chunk - 1) if events else None
+        if current is None or block.transition_steps <= 0 or target == current:
+            events.append(_Event(chunk, starts[chunk], target))
+        else:
+            events.append(_Event(chunk, starts[chunk], target, current, block.transition_steps, block.interpolation))
+    return Schedule(total, Chunks(count, total, tuple(events)))
 
 
 def _short(text: str, limit: int = 48) -> str:

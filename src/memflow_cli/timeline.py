@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -207,16 +206,9 @@ def prompt_timeline(text: str, seconds: float = DEFAULT_SEGMENT_SECONDS) -> Time
 def _read_regular_file(path: Path, where: str) -> bytes:
     """The bytes of a regular file of sane size. A FIFO would block forever and /dev/zero never ends, so
     anything but a regular file is refused before it is opened."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{where}: file not found") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{where}: cannot read the file ({getattr(exc, 'strerror', None) or exc})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{where}: expected a timeline file, found a directory")
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{where}: expected a regular timeline file, found a pipe, socket or device")
+    from memflow_cli.input_files import check_input_file
+
+    info = check_input_file(path, "timeline file", shown=where).stat()
     if info.st_size > MAX_TIMELINE_BYTES:
         raise InputError(
             f"{where}: expected a timeline file of at most {MAX_TIMELINE_BYTES // 2**20} MiB, found {info.st_size:,} bytes"
@@ -476,8 +468,11 @@ class _Reader:
             raise self.fail(f"{path}.{name_key}", "the path or file name of a LoRA file", name)
         if scale is None:
             scale = 1.0
-        if not _is_number(scale):
-            raise self.fail(f"{path}.scale" if name_key == "path" else f"{path}.weight", "a finite number", scale)
+        from memflow_cli.limits import MAX_LORA_SCALE
+
+        if not _is_number(scale) or abs(scale) > MAX_LORA_SCALE:
+            raise self.fail(f"{path}.scale" if name_key == "path" else f"{path}.weight",
+                            f"a LoRA scale from {-MAX_LORA_SCALE:g} to {MAX_LORA_SCALE:g}", scale)
         if sha256 is not None and not (isinstance(sha256, str) and len(sha256.strip()) == 64
                                        and all(c in "0123456789abcdefABCDEF" for c in sha256.strip())):
             raise self.fail(f"{path}.sha256", "a sha256 of 64 hex digits", sha256)

@@ -324,14 +324,9 @@ def _ffmpeg() -> str:
 
 
 def _check_readable(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found")
-    if path.is_dir():
-        raise InputError(f"{path}: {what} is a directory; expected a file")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: cannot read the {what} (permission denied)")
-    return path
+    from memflow_cli.input_files import check_input_file
+
+    return check_input_file(path, what)
 
 
 def _fit_filter(width: int, height: int) -> str:

@@ -85,10 +85,9 @@ def _check_path(path: Path) -> None:
         if not path.parent.is_dir():
             raise InputError(f"{path}: the folder {path.parent} of this image sequence does not exist")
         return
-    if not path.exists():
-        raise InputError(f"{path}: file not found; expected an input video")
-    if not path.is_dir() and not path.is_file():
-        raise InputError(f"{path}: not a regular file; expected an input video")
+    from memflow_cli.input_files import check_input_file
+
+    check_input_file(path, "file", folder_ok=True)  # a folder of images is an input video too
 
 
 def _resample_filter() -> str:

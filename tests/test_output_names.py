@@ -124,18 +124,28 @@ def test_switch_frames_warning_is_printed(tmp_path):
 # -- help ------------------------------------------------------------------------------------------
 
 
-def test_help_is_clean_and_complete():
-    for command in ("render", "download", "info", "bench"):
-        code, text = cli(command, "-h")
-        assert code == 0 and "Usage" in text, command
-        assert "<bool>" not in text and "list[" not in text, (command, text)
-        _, long_text = cli(command, "--help")
-        assert long_text == text
-    group = typer.main.get_command(app)
+def _commands(group, path=()):
+    """Every command and subcommand group, as argument paths: ("render",), ("lora",), ("lora", "inspect"), …"""
     for name, command in group.commands.items():
+        yield (*path, name), command
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+
+
+def test_help_is_clean_and_complete():
+    found = dict(_commands(typer.main.get_command(app)))
+    assert {("render",), ("lora",), ("lora", "inspect")} <= set(found)
+    for path, command in found.items():
+        code, text = cli(*path, "-h")
+        assert code == 0 and "Usage" in text, path
+        # flags show no value, lists no Python type, required arguments no braces (`{file}`)
+        assert "<bool>" not in text and "list[" not in text and "{" not in text, (path, text)
+        _, long_text = cli(*path, "--help")
+        assert long_text == text
         for param in command.params:
             if isinstance(param, typer.core.TyperOption):
-                assert param.help, f"memflow {name} {param.opts[0]} has no description"
+                assert param.help, f"memflow {' '.join(path)} {param.opts[0]} has no description"
+    assert "lora inspect [OPTIONS] FILE " in cli("lora", "inspect", "-h")[1]
 
 
 def test_one_spelling_set_for_dtype(monkeypatch):

@@ -28,7 +28,14 @@ def _plain_flags(params):
             param.metavar = ""
         if param.param_type_name == "argument" and param.nargs != 1:
             param.display_type_rich = lambda ctx: "<path>..."
+        if param.param_type_name == "argument" and param.required and hasattr(param, "_usage_display_name"):
+            # typer writes a required argument `{FILE}` in the usage line: plain `FILE`, as click and man pages do
+            param._usage_display_name = functools.partial(_usage_name, param)
     return params
+
+
+def _usage_name(param) -> str:
+    return (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
 
 
 class _Command(TyperCommand):
@@ -530,14 +537,15 @@ def bench(
         out.print(report_table(report))
 
 
-lora_app = typer.Typer(no_args_is_help=True, help="User LoRAs: see what a file holds and whether it fits.")
+lora_app = typer.Typer(no_args_is_help=True, cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+                       help="User LoRAs: see what a file holds and whether it fits.")
 app.add_typer(lora_app, name="lora")
 
 
-@lora_app.command("inspect")
+@lora_app.command("inspect", cls=_Command)
 @_errors
 def lora_inspect(
-    file: Path = typer.Argument(..., help="A LoRA file (.safetensors; .pt/.pth/.ckpt/.bin are read weights-only)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="A LoRA file (.safetensors; .pt/.pth/.ckpt/.bin are read weights-only)."),
     config: Optional[Path] = typer.Option(None, "--config", help="The DiT's config.json (default: Wan2.1-T2V-1.3B)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ):

@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from memflow_cli import __version__
-from memflow_cli.errors import InputError, MemflowError
+from memflow_cli.errors import InputError, MemflowError, counted
 
 def _plain_flags(params):
     """Flags take no value: show none (typer prints `<bool>` for them, --help included); a list of paths
@@ -277,7 +277,7 @@ def report_batch(results, *, as_json: bool, quiet: bool) -> int:
     code = batch_exit_code(results)
     if code:
         failed = sum(r.status not in ("done", "skipped") for r in results)
-        err.print(f"[red]error:[/red] {failed} of {len(results)} item(s) did not complete", highlight=False)
+        err.print(f"[red]error:[/red] {failed} of {counted(len(results), 'item')} did not complete", highlight=False)
     return code
 
 
@@ -331,15 +331,10 @@ def batch_items(paths, *, line=None, **read_options) -> list:
     items = []
     for f in files:
         try:
-            timelines = read_timelines(f, **read_options)
+            timelines = read_timelines(f, line=line, **read_options)  # with --line, only that line is read
         except MemflowError as exc:
             items.append((str(f), exc))
             continue
-        if line is not None:
-            if not 1 <= line <= len(timelines):
-                items.append((str(f), InputError(f"{f}: --line {line} does not exist; expected 1 to {len(timelines)}")))
-                continue
-            timelines = [timelines[line - 1]]
         items.extend((t.source, t) for t in timelines)
     return items
 

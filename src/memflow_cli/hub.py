@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from memflow_cli.errors import CheckpointError, InputError, MemflowError
+from memflow_cli.errors import CheckpointError, InputError, MemflowError, counted
 from memflow_cli.models import DEFAULT_MODEL, MODELS, WAN_REPO, get_model
 
 MEMFLOW_REPO = MODELS["memflow"].repo
@@ -520,7 +520,7 @@ def no_network_error(reason: NoNetwork, downloader: Downloader, cache_dir: Path,
     """One message naming every file we would have needed, instead of one file per failed attempt."""
     missing = [f"{f.repo}/{f.filename}" for f in (files if files is not None else FILES)
                if f.required and downloader.cached(f, _revision(f, revision, wan_revision)) is None]
-    what = (f"{len(missing)} weight file(s) are not in the cache {cache_dir}: {', '.join(missing)}" if missing
+    what = (f"{counted(len(missing), 'weight file')} {'is' if len(missing) == 1 else 'are'} not in the cache {cache_dir}: {', '.join(missing)}" if missing
             else f"the files in the cache {cache_dir} cannot be checked against the hub")
     return NoNetwork(f"{reason}; {what}; {remedy}")
 

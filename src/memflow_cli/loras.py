@@ -33,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from memflow_cli.errors import CheckpointError, InputError
+from memflow_cli.errors import CheckpointError, InputError, counted
 from memflow_cli.hub import sha256_file
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -204,7 +204,7 @@ class LoraFile:
             return f"{self.path}: {self.problem}"
         if self.unmatched:
             looks = FORMAT_NAMES.get(self.format, "an unrecognised layout")
-            return (f"{self.path}: {len(self.unmatched)} keys fit nothing in the Wan2.1 DiT and would be lost (the file "
+            return (f"{self.path}: {counted(len(self.unmatched), 'key')} fit{'s' if len(self.unmatched) == 1 else ''} nothing in the Wan2.1 DiT and would be lost (the file "
                     f"looks like {looks}): {_few(self.unmatched, 4)}")
         if not self.targets:
             return f"{self.path}: contains no LoRA weights for the video transformer"
@@ -446,7 +446,7 @@ def _inspect(path: Path, source: TensorFile, model: ModelTargets) -> LoraFile:
     result.format = _format_of(parsed)
 
     if unsupported:
-        kinds = ", ".join(f"{k} ({n} tensors)" for k, n in unsupported.items())
+        kinds = ", ".join(f"{k} ({counted(n, 'tensor')})" for k, n in unsupported.items())
         result.problem = f"uses {kinds}, an adapter type memflow does not merge; expected a plain LoRA (lora_down/lora_up or lora_A/lora_B)"
         return result
     if not parsed:

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from memflow_cli.errors import CheckpointError, InputError, MemflowError
+from memflow_cli.errors import CheckpointError, InputError, MemflowError, counted
 from memflow_cli.hub import sha256_file
 from memflow_cli.manifest import figures, identity, input_path, is_complete_render, provenance, read_manifest
 from memflow_cli.output_names import choose_output, prompt_output, refusal
@@ -393,7 +393,7 @@ class Renderer:
         from memflow_cli.prompts import PromptEncoder
 
         t = time.perf_counter()
-        self.reporter.stage(f"encoding {len(todo)} prompt(s)")
+        self.reporter.stage(f"encoding {counted(len(todo), 'prompt')}")
         from memflow_cli.low_vram import text_encoder_file
 
         quantization = self._quantization or ("fp8" if self.options.low_vram else self.options.quantization)
@@ -481,7 +481,7 @@ class Renderer:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
             if loras:
-                self.reporter.stage(f"merging {len(loras)} LoRA(s)")
+                self.reporter.stage(f"merging {counted(len(loras), 'LoRA')}")
             self._model = load_generator(self.config, weights, self.device, self.dtype, quantization,
                                          lora_alpha=spec.lora_alpha, user_loras=[(lora.file, lora.scale) for lora in loras])
             self._quantization = quantization

@@ -177,6 +177,11 @@ def test_missing_weights_offline_is_clear(tmp_path):
     code, text = cli("render", FIXTURES / "scope_v1.json", "--offline", "-o", tmp_path / "x.mp4")
     assert code == 1 and "memflow download" in text and "Traceback" not in text
     assert not (tmp_path / "x.mp4").exists()
+    # …and how to try it without the weights: the README's smoke run, whose commands exist
+    assert "python -m memflow_cli.testing.tiny_weights /tmp/tiny" in text
+    assert "memflow render timelines/smoke.json --weights-dir /tmp/tiny" in text
+    readme = (REPO / "README.md").read_text()
+    assert "memflow_cli.testing.tiny_weights /tmp/tiny" in readme and "timelines/smoke.json --weights-dir /tmp/tiny" in readme
 
 
 def test_corrupt_weights_caught_by_lock(tiny, tmp_path):
@@ -292,12 +297,15 @@ def test_no_network_fails_fast_naming_every_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
-    for args in (["download", "--quiet"], ["render", FIXTURES / "scope_v1.json", "-o", tmp_path / "x.mp4", "-q"]):
+    for args in (["download", "--quiet"], ["render", FIXTURES / "scope_v1.json", "-o", tmp_path / "x.mp4", "-q"],
+                 ["download", "--quiet", "--vae", "lighttae"]):
         code, text = cli(*args)
         assert code == 1 and "Traceback" not in text
         assert "cannot resolve the host name huggingface.co" in text
         assert "base.pt" in text and "Wan2.1_VAE.pth" in text and "google/umt5-xxl/tokenizer.json" in text
-        assert ("--weights-dir" in text) == (args[0] == "render")  # download has no --weights-dir
+        assert ("--weights-dir" in text.split("without the real weights")[0]) == (args[0] == "render")  # download has none
+        assert ("lighttaew2_1.pth" in text) == ("lighttae" in args)  # the decoder asked for is among the missing
+        assert "timelines/smoke.json --weights-dir /tmp/tiny" in text
     assert not (tmp_path / "x.mp4").exists()
 
 

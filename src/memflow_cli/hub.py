@@ -484,8 +484,9 @@ def resolve_weights(
                                 vae=vae)
         except NoNetwork as exc:
             raise NoNetwork(
-                f"{exc}; or run `memflow download` on a machine with a network and copy the Hugging Face cache "
-                "(or a folder with the same file layout, given with --weights-dir DIR) here"
+                f"{str(exc).removesuffix(' ' + SMOKE_HINT)}; or run `memflow download` on a machine with a network and "
+                "copy the Hugging Face cache (or a folder with the same file layout, given with --weights-dir DIR) here. "
+                + SMOKE_HINT
             ) from None
         return paths
     extra = decoder_file(vae)
@@ -501,7 +502,8 @@ def resolve_weights(
         download_hint = "memflow download" + ("" if spec.name == DEFAULT_MODEL else f" --model {spec.name}")
         raise CheckpointError(
             f"weights missing from the Hugging Face cache {hub_cache()}: {names}. Offline mode is on "
-            f"(--offline or HF_HUB_OFFLINE); run `{download_hint}` with a network connection first, or pass --weights-dir DIR, a folder holding these files"
+            f"(--offline or HF_HUB_OFFLINE); run `{download_hint}` with a network connection first, or pass --weights-dir DIR, a folder holding these files. "
+            + SMOKE_HINT
         )
     lock = lock or new_lock()
     unrecorded = [f for f in files if f.filename not in lock["files"]]
@@ -515,14 +517,20 @@ def resolve_weights(
     return _paths(found, "hf-cache", lock, spec.name)
 
 
+# The README's "Smoke run without the real weights": where a user without the weights can still try everything.
+SMOKE_HINT = ("To try memflow without the real weights (the README's smoke run): `python -m memflow_cli.testing.tiny_weights "
+              "/tmp/tiny`, then `memflow render timelines/smoke.json --weights-dir /tmp/tiny`")
+
+
 def no_network_error(reason: NoNetwork, downloader: Downloader, cache_dir: Path, revision: str | None,
                      wan_revision: str | None, remedy: str, files=None) -> NoNetwork:
     """One message naming every file we would have needed, instead of one file per failed attempt."""
     missing = [f"{f.repo}/{f.filename}" for f in (files if files is not None else FILES)
-               if f.required and downloader.cached(f, _revision(f, revision, wan_revision)) is None]
+               if (f.required or f in DECODER_FILES.values())  # a decoder file is in `files` when it was asked for
+               and downloader.cached(f, _revision(f, revision, wan_revision)) is None]
     what = (f"{counted(len(missing), 'weight file')} {'is' if len(missing) == 1 else 'are'} not in the cache {cache_dir}: {', '.join(missing)}" if missing
             else f"the files in the cache {cache_dir} cannot be checked against the hub")
-    return NoNetwork(f"{reason}; {what}; {remedy}")
+    return NoNetwork(f"{reason}; {what}; {remedy}. {SMOKE_HINT}")
 
 
 def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False, model: str = DEFAULT_MODEL,

@@ -128,3 +128,40 @@ def test_summary_names_the_stages_and_says_when_prompts_were_cached():
     assert stage_labels(fresh)["encode"] == "prompt encoding"
     overlapped = SimpleNamespace(prompt_cache={}, timings={"generate": 2.0, "queue_wait": 0.5})
     assert list(stage_labels(overlapped))[-2:] == ["queue_wait", "total"]
+
+
+def test_middle_ellipsis_keeps_the_file_name():
+    from memflow_cli.progress import middle_ellipsis
+
+    path = "/tmp/newcomer/repository/renders/out/scene-12.mp4"
+    assert middle_ellipsis(path, 80) == path
+    short = middle_ellipsis(path, 24)
+    assert len(short) == 24 and short.endswith("/scene-12.mp4") and short.startswith("/tmp/newco…") and "…" in short
+    tiny = middle_ellipsis(path, 9)  # narrower than the name: cut in the middle of it
+    assert len(tiny) == 9 and tiny.startswith("/tmp") and tiny.endswith(".mp4")
+    assert middle_ellipsis("no-slashes-at-all-here", 10) == "no-s…-here"
+
+
+def _rendered(table, width=80) -> str:
+    console = Console(file=io.StringIO(), width=width, no_color=True)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def test_batch_and_summary_tables_at_80_columns_keep_what_tells_rows_apart():
+    """Rows whose paths share a long start (`/tmp/newcomer/repo…`) stay distinct: the path is cut in the middle."""
+    from memflow_cli.progress import batch_table, summary_table
+    from memflow_cli.render import BatchResult, RenderSummary
+
+    base = "/tmp/newcomer/repository-with-a-long-name/timelines/scenes"
+    results = [BatchResult(f"{base}/scene-{i}.json", "failed", f"{base}/out/scene-{i}.mp4", message="bad")
+               for i in range(3)]
+    text = _rendered(batch_table(results))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for i in range(3):
+        assert f"scene-{i}.json" in text and f"scene-{i}.mp4" in text, text
+    summary = RenderSummary(f"{base}/out/scene-1.mp4", True, 48, 48, 3.0, 5, 64, 64, 1, "cpu", "float32", "sdpa",
+                            timings={"total": 1.0}, manifest=f"{base}/out/scene-1.manifest.json",
+                            prompt_cache={"path": "/root/.cache/memflow-cli/prompt-embeddings-of-a-long-name"})
+    text = _rendered(summary_table(summary))
+    assert "scene-1.manifest.json" in text and "prompt-embeddings-of-a-long-name" in text, text

@@ -446,11 +446,13 @@ def info(
         return
     from rich.table import Table
 
+    from memflow_cli.progress import PathCell
+
     t = Table(show_header=False, title="memflow info")
     t.add_column(style="bold")
     t.add_column()
     for key in ("memflow_cli", "python", "torch", "cuda", "huggingface_hub", "ffmpeg", "device", "gpu", "attention", "fp8", "weights", "prompt_cache"):
-        t.add_row(key.replace("_", " "), str(data[key]))
+        t.add_row(key.replace("_", " "), PathCell(str(data[key])) if key in ("weights", "prompt_cache") else str(data[key]))
     if data["gpu_memory_bytes"]:
         t.add_row("gpu memory", f"{data['gpu_memory_bytes'] / 2**30:.1f} GiB")
     out.print(t)
@@ -459,14 +461,14 @@ def info(
         files.add_column(col)
     for f in data["files"]:
         status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
-        files.add_row(f["model"], f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
+        files.add_row(f["model"], PathCell(f"{f['repo']}/{f['file']}"), hub.human_size(f["size"]) if f["present"] else "", status)
     out.print(files)
     decoders = Table(title="decoders (--vae)")
     for col in ("--vae", "file", "status"):
         decoders.add_column(col)
     for d in data["decoders"]:
         status = "[green]present[/green]" if d["present"] else f"[dim]missing: memflow download --vae {d['vae']}[/dim]"
-        decoders.add_row(d["vae"], f"{d['repo']}/{d['file']}", status)
+        decoders.add_row(d["vae"], PathCell(f"{d['repo']}/{d['file']}"), status)
     out.print(decoders)
     if plan is not None:
         from memflow_cli.memory_plan import plan_table as memory_table

@@ -310,6 +310,49 @@ class BenchProgress:
             self.bar.stop()
 
 
+def middle_ellipsis(text: str, width: int) -> str:
+    """`text` in at most `width` cells, cut in the middle: the file name (after the last `/`) stays whole when
+    it fits, since that is what tells rows apart (`/tmp/newcomer/re…/scene-12.mp4`)."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    name = text[text.rstrip("/").rfind("/"):] if "/" in text.rstrip("/") else ""
+    if name and cell_len(name) + 4 <= width:  # keep a little of the start too: where it is
+        head = width - 1 - cell_len(name)
+        return text[:head] + "…" + name
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+class PathCell:
+    """A table cell holding a path or a name: shortened in the middle to the column's width, never at the end.
+
+    Every table with paths uses it (batch, summary, `memflow info`), so at 80 columns the part of a path that
+    tells rows apart, the file name, stays visible."""
+
+    def __init__(self, text: str, style: str = "", min_width: int = 12):
+        self.text, self.style, self.min_width = str(text), style, min_width
+
+    def __rich_measure__(self, console, options):
+        from rich.cells import cell_len
+        from rich.measure import Measurement
+
+        full = cell_len(self.text)
+        return Measurement(min(full, self.min_width), full)
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        yield Text(middle_ellipsis(self.text, options.max_width), style=self.style, no_wrap=True, overflow="ignore",
+                   end="")
+
+    def __str__(self) -> str:
+        return self.text
+
+
 def _mib(n):
     return "–" if n is None else f"{n / 2**20:,.0f} MiB"
 
@@ -353,8 +396,8 @@ def summary_table(summary: "RenderSummary"):
     t.add_row("peak GPU memory", _mib(summary.peak_gpu_memory_bytes))
     t.add_row("peak RSS", _mib(summary.peak_rss_bytes))
     if summary.prompt_cache.get("path"):
-        t.add_row("prompt cache", summary.prompt_cache["path"])
-    t.add_row("manifest", summary.manifest)
+        t.add_row("prompt cache", PathCell(summary.prompt_cache["path"]))
+    t.add_row("manifest", PathCell(summary.manifest))
     return t
 
 
@@ -362,13 +405,15 @@ def batch_table(results):
     """One row per batch item: what it is, where it went, frames, time, FPS and how it ended."""
     from rich.table import Table
 
-    t = Table(title=f"batch: {len(results)} item(s)")
+    from memflow_cli.errors import counted
+
+    t = Table(title=f"batch: {counted(len(results), 'item')}")
     for col in ("item", "output", "frames", "time", "FPS", "status"):
         t.add_column(col, justify="right" if col in ("frames", "time", "FPS") else "left")
     colours = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow"}
     for r in results:
         s = r.summary
-        t.add_row(r.name, r.output or "", str(s.frames) if s else "", f"{s.timings.get('total', 0.0):.1f} s" if s else "",
+        t.add_row(PathCell(r.name), PathCell(r.output or ""), str(s.frames) if s else "", f"{s.timings.get('total', 0.0):.1f} s" if s else "",
                   f"{s.fps_end_to_end:.2f}" if s and s.frames else "",
                   f"[{colours.get(r.status, 'white')}]{r.status}[/]" + (f": {r.message}" if r.message else ""))
     return t

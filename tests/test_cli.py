@@ -73,12 +73,25 @@ def test_prompt_names_json_summary_and_manifest(tiny, tmp_path, monkeypatch):
     assert taken.read_bytes() == b"an earlier try" and probe(out)["frames"] == 16
     summary = json.loads(text[text.index("{"):])
     manifest = json.loads((tmp_path / "a-cat-walks-in-the-city-at-night-1-2.manifest.json").read_text())
-    assert summary == {**manifest, "manifest": summary["manifest"]}  # --json prints the manifest's keys
+    assert summary == {**manifest, "manifest": summary["manifest"], "skipped": False}  # the manifest's keys
     assert Path(summary["manifest"]).name == "a-cat-walks-in-the-city-at-night-1-2.manifest.json"
     assert manifest["video"]["frames"] == 16 and manifest["video"]["complete"] and manifest["fps"]["generation"] > 0
     assert set(manifest["timings_s"]) >= {"load", "encode", "generate", "decode", "write", "total"}
     assert manifest["command"] == shlex.join(argv)
     assert manifest["input"]["path"] is None and manifest["prompt_cache"]["computed"] == 1
+
+
+def test_an_already_rendered_output_is_reported_as_skipped(tiny, tmp_path):
+    """Rendering the same thing again skips it and says so: no `0.00 FPS`, `"skipped": true` in --json."""
+    args = ("render", "--prompt", "a koi pond", "--seconds", "1", "--weights-dir", tiny, "--resolution", "32x32",
+            "-o", tmp_path / "koi.mp4")
+    code, text = cli(*args, "--json", "-q")
+    assert code == 0 and json.loads(text[text.index("{"):])["skipped"] is False
+    code, text = cli(*args, "--json", "-q")
+    data = json.loads(text[text.index("{"):])
+    assert code == 0 and data["skipped"] is True and data["video"]["complete"]
+    code, text = cli(*args)
+    assert code == 0 and "skipped (already rendered" in text and "FPS" not in text, text
 
 
 def test_manifest_records_how_the_render_was_asked(tiny, tmp_path, monkeypatch):

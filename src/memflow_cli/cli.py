@@ -255,7 +255,7 @@ def render(
         summary = Renderer(options, reporter).render(item)
         if as_json:  # the manifest itself: one set of key names for files and scripts
             data = read_manifest(summary.manifest) or summary.to_dict()
-            print(json.dumps({**data, "manifest": summary.manifest}, indent=2))
+            print(json.dumps({**data, "manifest": summary.manifest, "skipped": summary.skipped}, indent=2))
         elif not quiet:
             out.print(summary_table(summary))
         return

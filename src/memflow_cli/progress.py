@@ -381,7 +381,8 @@ def summary_table(summary: "RenderSummary"):
     t.add_row("chunks", str(summary.chunks))
     t.add_row("device", f"{summary.device}, {summary.dtype}, {summary.attention}")
     t.add_row("decoder", getattr(summary, "vae", "wan"))
-    for stage, label in stage_labels(summary).items():
+    skipped = getattr(summary, "skipped", False)
+    for stage, label in ({} if skipped else stage_labels(summary)).items():
         t.add_row(f"time {label}", f"{summary.timings.get(stage, 0.0):.2f} s")
         compiled = getattr(summary, "compile", None)
         if stage == "generate" and compiled:
@@ -389,8 +390,11 @@ def summary_table(summary: "RenderSummary"):
                     else f"{compiled['mode']}, {compiled['compiled_calls']} compiled block calls" if compiled["compiled_calls"]
                     else "nothing ran compiled: the video ended before the steady state (chunk 8)")
             t.add_row("  of which compiling", f"{compiled['compile_seconds']:.2f} s ({what})")
-    t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
-    t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
+    if skipped:  # nothing was rendered: no times or speed to report
+        t.add_row("status", "skipped (already rendered: same input, settings and weights; -y renders it again)")
+    else:
+        t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
+        t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
     if summary.planned_peak_gpu_memory_bytes is not None:
         t.add_row("peak GPU memory planned", _mib(summary.planned_peak_gpu_memory_bytes))
     t.add_row("peak GPU memory", _mib(summary.peak_gpu_memory_bytes))
@@ -414,7 +418,7 @@ def batch_table(results):
     for r in results:
         s = r.summary
         t.add_row(PathCell(r.name), PathCell(r.output or ""), str(s.frames) if s else "", f"{s.timings.get('total', 0.0):.1f} s" if s else "",
-                  f"{s.fps_end_to_end:.2f}" if s and s.frames else "",
+                  f"{s.fps_end_to_end:.2f}" if s and s.frames and not s.skipped else "",
                   f"[{colours.get(r.status, 'white')}]{r.status}[/]" + (f": {r.message}" if r.message else ""))
     return t
 

@@ -170,7 +170,7 @@ class BatchResult:
         """For --json: the item's manifest (same key names as the file next to the video) as its summary."""
         manifest = self.summary.manifest if self.summary and self.summary.manifest else None
         return {"item": self.name, "status": self.status, "output": self.output, "message": self.message,
-                "exit_code": self.exit_code, "manifest": manifest,
+                "exit_code": self.exit_code, "skipped": self.status == "skipped", "manifest": manifest,
                 "summary": read_manifest(manifest) if manifest else None}
 
 

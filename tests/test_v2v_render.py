@@ -77,11 +77,12 @@ def test_prompt_with_video_takes_the_videos_length_and_the_manifest_records_the_
 def test_timeline_settings_strength_controller_and_exact_length(tiny, tmp_path, clip):
     t = timeline(tmp_path, end=1.25, inputMode="video", noiseScale=0.4, noiseController=True)
     out = tmp_path / "ctl.mp4"
-    code, text = cli("render", t, "--video", clip, "--weights-dir", tiny, "-o", out, "--quiet")
+    code, text = cli("render", t, "--video", clip, "--weights-dir", tiny, "-o", out)
     assert code == 0, text
     assert probe(out)["frames"] == 20  # round(1.25 * 16), from a 30-frame input
+    assert re.search(r"30 frames at 16 fps .*; uses 20 of (its|about) 30 frames", text), text  # both lengths said
     v = json.loads((tmp_path / "ctl.manifest.json").read_text())["input"]["video"]
-    assert v["strength"] == 0.4 and v["noise_controller"] is True and v["frames_used"] == 20
+    assert v["strength"] == 0.4 and v["noise_controller"] is True and v["frames_used"] == 20 and v["frames"] == 30
     # random frames move a lot: m = 1, so every chunk gets 0.9 * 0.6 + 0.1 * 0.4
     assert v["chunk_strengths"] == pytest.approx([0.58, 0.58])
 

@@ -788,7 +788,7 @@ class Renderer:
             raise CheckpointError(f"{self.weights.vae}: this VAE file has no encoder weights; video-to-video "
                                   "needs the full Wan2.1_VAE.pth") from None
         v = job.video
-        self.reporter.stage(f"video-to-video: {v.info.describe()}; using {v.frames} frames, fit {v.fit}, strength "
+        self.reporter.stage(f"video-to-video: {v.info.describe()}; {v.info.uses(v.frames)}, fit {v.fit}, strength "
                             f"{v.strength:g}" + (" with the noise controller" if v.noise_controller else ""))
         timings = summary.timings
         timings.update(read=0.0, vae_encode=0.0)

@@ -165,3 +165,34 @@ def test_batch_and_summary_tables_at_80_columns_keep_what_tells_rows_apart():
                             prompt_cache={"path": "/root/.cache/memflow-cli/prompt-embeddings-of-a-long-name"})
     text = _rendered(summary_table(summary))
     assert "scene-1.manifest.json" in text and "prompt-embeddings-of-a-long-name" in text, text
+
+
+def test_after_a_resume_progress_continues_from_the_resumed_chunk():
+    """Resumed at chunk 3 of 5 (21 frames already in the video): numbering, bar and FPS go on from there."""
+    schedule = plan(read_timeline(REPO / "timelines" / "smoke.json"))
+    done_frames = sum(c.frames for c in schedule.chunks[:2])
+    clock, stream = SlowClock(), io.StringIO()
+    reporter = PlainReporter(stream, every_chunks=10, every_seconds=30, clock=clock)
+    reporter.start(schedule, 2, done_frames)
+    frames = done_frames
+    for chunk in schedule.chunks[2:]:
+        clock.now += 2.0
+        frames += chunk.frames
+        reporter.chunk(chunk, frames, 1.0)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "rendering 48 frames (0:00:03 at 16 fps) in 5 chunks, from chunk 3 on"
+    assert lines[1].startswith("chunk 3: block ")
+    # the first chunk of this run gets its line; FPS counts this run's frames (12 in 2 s), not the resumed 21
+    assert lines[2] == "chunk 3/5  33/48 frames  68.8% · 6.00 fps · ETA 0:00:04"
+    assert lines[-1].startswith("chunk 5/5  48/48 frames  100.0% · 4.50 fps")
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=160)
+    bar = RichReporter(console, clock=SlowClock())
+    bar.start(schedule, 2, done_frames)
+    try:
+        shown = Console(file=io.StringIO(), width=160, record=True)
+        shown.print(Group(*bar.progress.get_renderables()))
+    finally:
+        bar.stop()
+    text = shown.export_text()
+    assert "21/48 frames" in text and "chunk 2/5" in text and "43.8%" in text

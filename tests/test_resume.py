@@ -1,5 +1,6 @@
 """Exact resume: an interrupted render continued with --resume gives the uninterrupted render's frames."""
 
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import torch
 from memflow_cli.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import CausalDiT, DiTConfig
 from memflow_cli.render import Interrupted, RenderOptions, render
+from memflow_cli.progress import PlainReporter
 from memflow_cli.resume import ResumeError, resume_dir, restore, snapshot
 from memflow_cli.timeline import read_timeline
 from memflow_cli.video import probe
@@ -86,8 +88,12 @@ def test_interrupt_then_resume_is_identical(tiny, tmp_path, reference, k, signum
         render(timeline, options(tiny, out))
     assert "--resume" in str(refused.value)
 
-    summary = render(timeline, options(tiny, out, resume=True))
+    log = io.StringIO()
+    summary = render(timeline, options(tiny, out, resume=True), reporter=PlainReporter(log))
     assert summary.complete and summary.frames == len(reference)
+    # progress goes on from the resumed chunk (1-based, as the stage line says), not from chunk 1
+    assert f"continuing with chunk {k + 2} of 9" in log.getvalue() and f"in 9 chunks, from chunk {k + 2} on" in log.getvalue()
+    assert f"chunk {k + 2}/9  {9 + 12 * (k + 1)}/{len(reference)} frames" in log.getvalue(), log.getvalue()
     assert frames(out) == reference
     assert not resume_dir(out).exists() and not (tmp_path / "v.partial.mp4").exists()
 

@@ -27,7 +27,8 @@ class Reporter:
     def show_plan(self, plan) -> None: ...
     def memory_plan(self, plan) -> None: ...
     def item(self, index: int, count: int, name: str) -> None: ...
-    def start(self, schedule: "Schedule") -> None: ...
+    def start(self, schedule: "Schedule", done_chunks: int = 0, done_frames: int = 0) -> None:
+        """Streaming begins; after a resume `done_chunks` / `done_frames` are already in the video."""
     def chunk(self, chunk: "ChunkPlan", frames_done: int, generation_fps: float) -> None: ...
     def stop(self) -> None: ...
 
@@ -46,15 +47,16 @@ class Pace:
     over the time since streaming began, generation, decoding and encoding included.
     """
 
-    def __init__(self, total_chunks: int, total_frames: int, *, window: int = 8, clock=time.monotonic):
+    def __init__(self, total_chunks: int, total_frames: int, *, window: int = 8, clock=time.monotonic,
+                 done_chunks: int = 0, done_frames: int = 0):
         self.total_chunks, self.total_frames = total_chunks, total_frames
         self.clock = clock
         self.window = window
         self.started = clock()
         self.last = self.started
         self.durations: list[float] = []
-        self.chunks = 0
-        self.frames = 0
+        self.chunks = done_chunks  # after a resume: counted as done, not as rendered in this run's time
+        self.frames = self.first_frames = done_frames
 
     def tick(self, chunks_done: int, frames_done: int) -> None:
         now = self.clock()
@@ -76,7 +78,7 @@ class Pace:
     @property
     def fps(self) -> float:
         elapsed = self.last - self.started
-        return self.frames / elapsed if elapsed > 0 else 0.0
+        return (self.frames - self.first_frames) / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> float | None:
         """Seconds left, counted down between chunks; None until a chunk was timed."""
@@ -170,13 +172,15 @@ class PlainReporter(Reporter):
         if count > 1:
             self._print(f"item {index + 1} of {count}: {name}")
 
-    def start(self, schedule: Schedule) -> None:
+    def start(self, schedule: Schedule, done_chunks: int = 0, done_frames: int = 0) -> None:
         self.schedule = schedule
-        self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock)
-        self._line_at, self._line_chunks, self._block = self.clock(), 0, None
+        self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock, done_chunks=done_chunks,
+                         done_frames=done_frames)
+        self._line_at, self._line_chunks, self._block = self.clock(), done_chunks, None
+        self._first = done_chunks
         self._print(f"rendering {schedule.total_frames} frames ({clock_text(schedule.seconds)} at {schedule.fps} fps) "
-                    f"in {schedule.num_chunks} chunks")
-        self._announce(0)
+                    f"in {schedule.num_chunks} chunks" + (f", from chunk {done_chunks + 1} on" if done_chunks else ""))
+        self._announce(done_chunks)
 
     def _announce(self, index: int) -> None:
         if index < self.schedule.num_chunks and self.schedule.chunks[index].block != self._block:
@@ -186,7 +190,7 @@ class PlainReporter(Reporter):
     def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None:
         self.pace.tick(chunk.index + 1, frames_done)
         now = self.clock()
-        first, last = chunk.index == 0, chunk.index + 1 == self.schedule.num_chunks
+        first, last = chunk.index == self._first, chunk.index + 1 == self.schedule.num_chunks
         due = (chunk.index + 1 - self._line_chunks >= self.every_chunks and now - self._line_at >= self.every_seconds)
         if first or last or due:
             self._print(self.line())
@@ -231,11 +235,12 @@ class RichReporter(Reporter):
         if count > 1:
             self.console.print(f"[bold]{name}[/bold] ({index + 1} of {count})", highlight=False)
 
-    def start(self, schedule: Schedule) -> None:
+    def start(self, schedule: Schedule, done_chunks: int = 0, done_frames: int = 0) -> None:
         from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
-        pace = self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock)
+        pace = self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock, done_chunks=done_chunks,
+                                done_frames=done_frames)
 
         class EtaColumn(ProgressColumn):
             def render(self, task) -> Text:
@@ -257,8 +262,9 @@ class RichReporter(Reporter):
             console=self.console, transient=False, get_time=self.clock,
         )
         self.progress.start()
-        self.task = self.progress.add_task("render", total=schedule.total_frames, fps=fps_text(0.0),
-                                           chunk=f"0/{schedule.num_chunks}", block=block_text(schedule, 0))
+        self.task = self.progress.add_task("render", total=schedule.total_frames, completed=done_frames, fps=fps_text(0.0),
+                                           chunk=f"{done_chunks}/{schedule.num_chunks}",
+                                           block=block_text(schedule, done_chunks))
 
     def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None:
         self.pace.tick(chunk.index + 1, frames_done)

@@ -710,10 +710,11 @@ class Renderer:
                                           f"{checkpoint.frames}; remove it (or render with -y) to start over")
                     start = checkpoint.chunk
                     summary.timings["resume"] = time.perf_counter() - t
-                    self.reporter.stage(f"resumed at frame {summary.frames} of {summary.total_frames} (chunk {start})")
+                    self.reporter.stage(f"resumed at frame {summary.frames} of {summary.total_frames}: continuing with "
+                                        f"chunk {start + 1} of {job.schedule.num_chunks}")  # 1-based, as the progress
                 recorder = CheckpointRecorder(resume_dir(job.output), ident, job.width, job.height, FPS,
                                               self.options.checkpoint_every, resumed=checkpoint)
-                self.reporter.start(job.schedule)
+                self.reporter.start(job.schedule, start, summary.frames)  # after a resume: from where it was
                 self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
                              contexts, source)
                 if stop.requested:

@@ -247,3 +247,19 @@ def test_a_longlive_export_is_ours_no_warning_and_keeps_its_steps():
     assert t.settings.pipeline_id == "longlive" and t.settings.denoising_steps == (1000, 750, 500, 250)
     assert not any("pipeline" in w for w in t.warnings)
     assert [w for w in t.warnings if not w.startswith("ignored")] == []
+
+
+def test_a_gap_between_blocks_is_warned_once_saying_what_fills_it(tmp_path):
+    f = tmp_path / "gappy.json"
+    f.write_text(json.dumps(_scope([_block(0, 1, "a cat"), _block(2, 3, "a dog"), _block(4.5, 5, "a hare")])))
+    (t,) = read_timelines(f)
+    gaps = [w for w in t.warnings if "gap" in w]
+    assert gaps == ["2 gaps between blocks (1–2 s, 3–4.5 s): the blend before each gap continues through it until "
+                    "the next block starts"]
+    late = tmp_path / "late.json"
+    late.write_text(json.dumps(_scope([_block(1, 2, "a cat")])))
+    (t,) = read_timelines(late)
+    assert any("nothing before 1 s: the first block (prompts[0]) starts the video" in w for w in t.warnings)
+    joined = tmp_path / "joined.json"  # touching blocks, and a sliver under a frame: no warning
+    joined.write_text(json.dumps(_scope([_block(0, 1, "a cat"), _block(1.01, 2, "a dog")])))
+    assert read_timelines(joined)[0].warnings == ()

@@ -410,7 +410,25 @@ class _Reader:
                     f"{before.start:g}–{before.end:g} s); expected blocks that do not overlap"
                 )
         _check_duration(max(b.end for b in blocks), f"{self.where}: {blocks[-1].where}")
+        self.note_gaps(blocks)
         return tuple(blocks)
+
+    def note_gaps(self, blocks: list[Block]) -> None:
+        """One warning for every stretch no block covers (at least a frame long), saying what fills it: the
+        blend in use goes on (timelines.md §2), and the first block also covers the time before it."""
+        gaps = [(before.end, after.start) for before, after in zip(blocks, blocks[1:])
+                if round(after.start * FPS) > round(before.end * FPS)]
+        lead = round(blocks[0].start * FPS) > 0
+        if not gaps and not lead:
+            return
+        shown = [f"{a:g}–{b:g} s" for a, b in gaps[:4]] + ([f"… ({len(gaps)} in all)"] if len(gaps) > 4 else [])
+        parts = []
+        if gaps:
+            parts.append(f"{counted(len(gaps), 'gap')} between blocks ({', '.join(shown)}): the blend before each gap "
+                         "continues through it until the next block starts")
+        if lead:
+            parts.append(f"nothing before {blocks[0].start:g} s: the first block ({blocks[0].where}) starts the video")
+        self.notes.append("; ".join(parts))
 
     # -- settings -------------------------------------------------------------------------------
 

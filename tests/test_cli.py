@@ -336,3 +336,19 @@ def test_tiny_weights_write_the_longlive_layout_too(tiny):
     code, text = cli("info", "--weights-dir", tiny, "--json")
     rows = {(f["model"], f["file"]): f["present"] for f in json.loads(text)["files"]}
     assert rows[("longlive", "models/longlive_base.pt")] and rows[("memflow", "base.pt")] and rows[("shared", "config.json")]
+
+
+def test_folders_that_do_not_exist_are_usage_errors(tmp_path):
+    """--weights-dir and --lora-dir naming no folder: exit 2 naming the option and the path, nothing written."""
+    missing = tmp_path / "nonexistent"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("not a folder")
+    timeline = FIXTURES / "scope_v1.json"
+    code, text = cli("render", timeline, "--weights-dir", missing, "-o", tmp_path / "x.mp4", "-q")
+    assert code == 2 and f"--weights-dir {missing}: no such folder" in text and "smoke.json" in text, text
+    code, text = cli("info", "--weights-dir", missing)
+    assert code == 2 and f"--weights-dir {missing}: no such folder" in text
+    for folder, why in ((missing, "no such folder"), (a_file, "is not a folder")):
+        code, text = cli("render", timeline, "--lora-dir", folder, "-o", tmp_path / "x.mp4", "-q")
+        assert code == 2 and f"--lora-dir {folder}: {why}" in text and "Traceback" not in text, text
+    assert not list(tmp_path.glob("*.mp4"))

@@ -156,8 +156,9 @@ def test_full_disk_is_refused_before_downloading(env):
 
 def test_weights_dir_layout_and_lock(tmp_path):
     root = tmp_path / "w"
-    with pytest.raises(CheckpointError, match="weights folder not found"):
+    with pytest.raises(InputError, match="--weights-dir .*/w: no such folder") as info:
         hub.weights_from_dir(root)
+    assert info.value.exit_code == 2
     for f in FILES:
         if f.required:
             (root / f.filename).parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def test_switch_frames_moved_to_chunk_starts_are_announced():
 def test_switch_frames_warning_is_printed(tmp_path):
     code, text = cli("render", FIXTURES / "prompts.jsonl", "--line", "1", "--switch-frames", "40,81",
                      "--latent-frames", "120", "--weights-dir", tmp_path / "nowhere", "-o", tmp_path / "x.mp4")
-    assert code == 1 and "warning" in text and "40 → 42" in text  # warned, then the missing weights stop it
+    assert code == 2 and "warning" in text and "40 → 42" in text  # warned, then the missing weights folder stops it
 
 
 # -- help ------------------------------------------------------------------------------------------

@@ -207,8 +207,12 @@ def render(
     given = {"--seconds": seconds, "--segment-seconds": segment_seconds, "--switch-frames": switch_frames,
              "--latent-frames": latent_frames, "--line": line}
 
+    from memflow_cli.hub import check_folder_option
     from memflow_cli.loras import lora_search_dirs, parse_lora_option
     from memflow_cli.timeline import LoraSpec
+
+    for folder in lora_dir:  # (--weights-dir is checked where the weights are looked up: after the inputs)
+        check_folder_option(folder.expanduser(), "--lora-dir")
 
     extra_loras = tuple(LoraSpec(*parse_lora_option(text), where=f"--lora {text}") for text in lora)
     if prompt is not None:
@@ -401,6 +405,8 @@ def info(
     from memflow_cli.quantization import describe_fp8_path
     from memflow_cli.prompts import default_cache_dir
 
+    if weights_dir is not None:
+        hub.check_folder_option(weights_dir.expanduser(), "--weights-dir")
     plan = None
     if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None:
         from memflow_cli.memory_plan import plan_memory

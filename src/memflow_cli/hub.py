@@ -533,12 +533,22 @@ def no_network_error(reason: NoNetwork, downloader: Downloader, cache_dir: Path,
     return NoNetwork(f"{reason}; {what}; {remedy}. {SMOKE_HINT}")
 
 
+def check_folder_option(path: Path, option: str) -> None:
+    """A folder named by an option (--weights-dir, --lora-dir) must exist: a usage error (exit 2) otherwise."""
+    if path.is_dir():
+        return
+    what = "is not a folder" if path.exists() else "no such folder"
+    hint = {"--weights-dir": "; expected a folder with the layout of `memflow download` (or leave --weights-dir out "
+                             "to use the Hugging Face cache). " + SMOKE_HINT,
+            "--lora-dir": "; expected a folder holding the timeline's LoRA files"}.get(option, "")
+    raise InputError(f"{option} {path}: {what}{hint}")
+
+
 def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False, model: str = DEFAULT_MODEL,
                      vae: str = "wan") -> WeightPaths:
     spec = get_model(model)
     root = Path(weights_dir).expanduser()
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: weights folder not found")
+    check_folder_option(root, "--weights-dir")
     extra = decoder_file(vae)
     if extra and not (root / extra.filename).is_file():
         raise InputError(

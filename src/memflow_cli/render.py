@@ -536,7 +536,11 @@ class Renderer:
         if self._checked_memory:
             return
         self._checked_memory = True
-        self.reporter.memory_plan(plan)
+        if self.device.type == "cuda" or self.options.low_vram or job.quantization:
+            self.reporter.memory_plan(plan)  # the table, where it decides something (GPU memory) or was asked about
+        elif plan.peak_bytes >= 0.01 * 2**30:  # on the CPU one line: the parts are in `memflow info --resolution`
+            self.reporter.stage(f"memory plan: a peak of about {plan.peak_bytes / 2**30:.2f} GiB (`memflow info "
+                                f"--resolution {plan.width}x{plan.height}` lists the parts)")
         from memflow_cli import memory_plan
 
         memory_plan.check_fits(plan, memory_plan.free_device_memory(self.device), str(self.device))

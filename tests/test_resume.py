@@ -197,3 +197,60 @@ def test_real_signal_to_a_process_then_resume(tiny, tmp_path, signum):
     plain = tmp_path / "plain.mp4"
     subprocess.run([*cmd[:-3], "-o", str(plain), "--quiet"], cwd=tmp_path, check=True, capture_output=True, timeout=600)
     assert frames(out) == frames(plain)
+
+
+def test_a_second_ctrl_c_stops_at_once_keeping_what_is_written(tiny, tmp_path, reference, monkeypatch):
+    """First Ctrl-C: generation stops after the chunk, what is generated is still decoded. A second one while that
+    decode hangs (a 25 s decode at 832x480 on a CPU) stops at once: the chunk being decoded is dropped, the
+    partial file is a valid video of what was written, the checkpoint matches it, and --resume completes."""
+    import threading
+
+    from memflow_cli.decoders import WanVideoAutoencoder
+
+    gate, stuck, calls = threading.Event(), threading.Event(), [0]
+    made = WanVideoAutoencoder.stream_decoder
+
+    def stream_decoder(self, **kw):
+        inner = made(self, **kw)
+        real = inner.decode
+
+        def decode(latents):
+            calls[0] += 1
+            if calls[0] == 5:  # chunk 4's decode never ends by itself
+                stuck.set()
+                gate.wait(120)
+            return real(latents)
+
+        inner.decode = decode
+        return inner
+
+    def second_ctrl_c():
+        stuck.wait(60)
+        time.sleep(0.3)  # the loop is waiting for that decode
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def first_ctrl_c(chunk):
+        if chunk.index == 4:
+            threading.Thread(target=second_ctrl_c, daemon=True).start()
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(WanVideoAutoencoder, "stream_decoder", stream_decoder)
+    out = tmp_path / "v.mp4"
+    try:
+        with pytest.raises(Interrupted) as info:  # a checkpoint after every chunk: the last is after chunk 3
+            render(scene(tmp_path), options(tiny, out, checkpoint_every=1e-9), on_chunk=first_ctrl_c)
+        assert not gate.is_set()  # it did not wait for the hung decode
+    finally:
+        gate.set()
+    partial = tmp_path / "v.partial.mp4"
+    kept = 9 + 12 * 3  # chunks 0-3; chunk 4 was being decoded
+    assert info.value.exit_code == 130 and info.value.summary.frames == kept
+    for t in [t for t in threading.enumerate() if t.name == "memflow-decode"]:
+        t.join(30)  # the abandoned decode ends on its own and writes nothing
+    assert probe(partial)["frames"] == kept and frames(partial) == reference[:kept]
+    manifest = json.loads((tmp_path / "v.partial.manifest.json").read_text())
+    assert manifest["video"]["frames"] == kept and not manifest["video"]["complete"]
+    meta = json.loads((resume_dir(out) / "meta.json").read_text())
+    assert (meta["next_chunk"], meta["frames"]) == (4, kept)
+    assert render(scene(tmp_path), options(tiny, out, resume=True)).complete
+    assert frames(out) == reference

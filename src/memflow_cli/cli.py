@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -602,8 +603,12 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 def main() -> None:
+    code = 0
     try:
         app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        raise
     finally:
         # The command has decided how it ends (its message and exit code are out). A signal arriving while
         # Python shuts down (atexit handlers, finalizers) must not print a traceback over that.
@@ -616,6 +621,16 @@ def main() -> None:
                 signal.signal(s, signal.SIG_IGN)
             except (ValueError, OSError):
                 pass
+        # A second Ctrl-C left a decode running on its thread (its frames are not written): leave now, as
+        # Python's shutdown would end that thread inside a torch op and abort (exit code 134 instead of 130).
+        stage = sys.modules.get("memflow_cli.decode_stage")
+        if stage is not None and stage.abandoned_decodes_running():
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001 — the terminal may be gone
+                    pass
+            os._exit(code)
 
 
 if __name__ == "__main__":

@@ -695,7 +695,8 @@ class Renderer:
         existed = job.output.exists()
         writer = recorder = None
         stop = StopRequest(lambda signum: self.reporter.warn(
-            f"{name(signum)}: stopping after this chunk (keeping what is rendered; Ctrl-C again to stop at once)"))
+            f"{name(signum)}: stopping after this chunk; the chunks generated are decoded and kept "
+            "(Ctrl-C again to stop at once, keeping only what is written)"))
         try:
             writer = VideoWriter(job.output, job.width, job.height, FPS, manifest=manifest_for)
             summary.encoder = writer.encoder
@@ -887,8 +888,8 @@ class Renderer:
                     self._overlapped_loop(job, conditioner, generator, summary, on_chunk, start, recorder, owners,
                                           stop, contexts, inputs, stage, laps, add_generation)
                 except KeyboardInterrupt:
-                    if stop.requested:  # a second signal while stopping: stop at once, drop what is queued
-                        stage.close(drain=False)
+                    if stop.requested:  # a second Ctrl-C while stopping: at once; what is written is kept
+                        stage.abandon()
                     raise
         finally:
             timings["queue_wait"] = stage.waited

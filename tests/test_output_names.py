@@ -156,3 +156,18 @@ def test_one_spelling_set_for_dtype(monkeypatch):
         assert "bf16, fp16 or fp32" in text and "bfloat16" not in text
     code, text = cli("bench", "--dtype", "int8")
     assert code == 2 and "expected one of bf16, fp16, fp32" in text
+
+
+def test_what_a_render_leaves_next_to_its_video_is_ignored_by_git():
+    """Outputs, manifests, partial files and resume checkpoints (a 260 MB folder) never show up in `git status`."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    repo = Path(__file__).parent.parent
+    names = ["x.mp4", "x.partial.mp4", "x.manifest.json", "x.resume/meta.json", "out/x.resume/seg-0000.mkv"]
+    found = subprocess.run([git, "check-ignore", "--no-index", *names], cwd=repo, capture_output=True, text=True)
+    assert sorted(found.stdout.split()) == sorted(names), found

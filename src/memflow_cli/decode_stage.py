@@ -261,7 +261,7 @@ class DecodeStage:
                 return
             del item
 
-    def _process(self, item: _Item) -> Written:
+    def _process(self, item: _Item) -> None:
         if self._stream is None:
             started = time.perf_counter()
             frames = self._frames(item).cpu().numpy()

@@ -51,7 +51,7 @@ def test_batch_equals_single_renders_and_skips_on_rerun(tiny, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()}
     code, data, text = cli_json("render", tmp_path / "in", "--output-dir", tmp_path / "batch", *common)
     assert code == 0, text
-    assert [r["status"] for r in data] == ["skipped"] * 3
+    assert [r["status"] for r in data] == ["skipped"] * 3 and all(r["skipped"] is True for r in data)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()} == before
 
     # a changed setting is a different render: the existing outputs are refused without --force

@@ -73,12 +73,25 @@ def test_prompt_names_json_summary_and_manifest(tiny, tmp_path, monkeypatch):
     assert taken.read_bytes() == b"an earlier try" and probe(out)["frames"] == 16
     summary = json.loads(text[text.index("{"):])
     manifest = json.loads((tmp_path / "a-cat-walks-in-the-city-at-night-1-2.manifest.json").read_text())
-    assert summary == {**manifest, "manifest": summary["manifest"]}  # --json prints the manifest's keys
+    assert summary == {**manifest, "manifest": summary["manifest"], "skipped": False}  # the manifest's keys
     assert Path(summary["manifest"]).name == "a-cat-walks-in-the-city-at-night-1-2.manifest.json"
     assert manifest["video"]["frames"] == 16 and manifest["video"]["complete"] and manifest["fps"]["generation"] > 0
     assert set(manifest["timings_s"]) >= {"load", "encode", "generate", "decode", "write", "total"}
     assert manifest["command"] == shlex.join(argv)
     assert manifest["input"]["path"] is None and manifest["prompt_cache"]["computed"] == 1
+
+
+def test_an_already_rendered_output_is_reported_as_skipped(tiny, tmp_path):
+    """Rendering the same thing again skips it and says so: no `0.00 FPS`, `"skipped": true` in --json."""
+    args = ("render", "--prompt", "a koi pond", "--seconds", "1", "--weights-dir", tiny, "--resolution", "32x32",
+            "-o", tmp_path / "koi.mp4")
+    code, text = cli(*args, "--json", "-q")
+    assert code == 0 and json.loads(text[text.index("{"):])["skipped"] is False
+    code, text = cli(*args, "--json", "-q")
+    data = json.loads(text[text.index("{"):])
+    assert code == 0 and data["skipped"] is True and data["video"]["complete"]
+    code, text = cli(*args)
+    assert code == 0 and "skipped (already rendered" in text and "FPS" not in text, text
 
 
 def test_manifest_records_how_the_render_was_asked(tiny, tmp_path, monkeypatch):
@@ -177,6 +190,11 @@ def test_missing_weights_offline_is_clear(tmp_path):
     code, text = cli("render", FIXTURES / "scope_v1.json", "--offline", "-o", tmp_path / "x.mp4")
     assert code == 1 and "memflow download" in text and "Traceback" not in text
     assert not (tmp_path / "x.mp4").exists()
+    # …and how to try it without the weights: the README's smoke run, whose commands exist
+    assert "python -m memflow_cli.testing.tiny_weights /tmp/tiny" in text
+    assert "memflow render timelines/smoke.json --weights-dir /tmp/tiny" in text
+    readme = (REPO / "README.md").read_text()
+    assert "memflow_cli.testing.tiny_weights /tmp/tiny" in readme and "timelines/smoke.json --weights-dir /tmp/tiny" in readme
 
 
 def test_corrupt_weights_caught_by_lock(tiny, tmp_path):
@@ -292,12 +310,15 @@ def test_no_network_fails_fast_naming_every_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
-    for args in (["download", "--quiet"], ["render", FIXTURES / "scope_v1.json", "-o", tmp_path / "x.mp4", "-q"]):
+    for args in (["download", "--quiet"], ["render", FIXTURES / "scope_v1.json", "-o", tmp_path / "x.mp4", "-q"],
+                 ["download", "--quiet", "--vae", "lighttae"]):
         code, text = cli(*args)
         assert code == 1 and "Traceback" not in text
         assert "cannot resolve the host name huggingface.co" in text
         assert "base.pt" in text and "Wan2.1_VAE.pth" in text and "google/umt5-xxl/tokenizer.json" in text
-        assert ("--weights-dir" in text) == (args[0] == "render")  # download has no --weights-dir
+        assert ("--weights-dir" in text.split("without the real weights")[0]) == (args[0] == "render")  # download has none
+        assert ("lighttaew2_1.pth" in text) == ("lighttae" in args)  # the decoder asked for is among the missing
+        assert "timelines/smoke.json --weights-dir /tmp/tiny" in text
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -315,3 +336,19 @@ def test_tiny_weights_write_the_longlive_layout_too(tiny):
     code, text = cli("info", "--weights-dir", tiny, "--json")
     rows = {(f["model"], f["file"]): f["present"] for f in json.loads(text)["files"]}
     assert rows[("longlive", "models/longlive_base.pt")] and rows[("memflow", "base.pt")] and rows[("shared", "config.json")]
+
+
+def test_folders_that_do_not_exist_are_usage_errors(tmp_path):
+    """--weights-dir and --lora-dir naming no folder: exit 2 naming the option and the path, nothing written."""
+    missing = tmp_path / "nonexistent"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("not a folder")
+    timeline = FIXTURES / "scope_v1.json"
+    code, text = cli("render", timeline, "--weights-dir", missing, "-o", tmp_path / "x.mp4", "-q")
+    assert code == 2 and f"--weights-dir {missing}: no such folder" in text and "smoke.json" in text, text
+    code, text = cli("info", "--weights-dir", missing)
+    assert code == 2 and f"--weights-dir {missing}: no such folder" in text
+    for folder, why in ((missing, "no such folder"), (a_file, "is not a folder")):
+        code, text = cli("render", timeline, "--lora-dir", folder, "-o", tmp_path / "x.mp4", "-q")
+        assert code == 2 and f"--lora-dir {folder}: {why}" in text and "Traceback" not in text, text
+    assert not list(tmp_path.glob("*.mp4"))

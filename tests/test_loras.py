@@ -252,6 +252,27 @@ def test_a_stable_diffusion_text_encoder_lora_says_so(tmp_path):
     assert "UNet" in _error(write(tmp_path / "sd2.safetensors", t))
 
 
+def test_inspect_shows_rank_and_alpha_of_a_refused_file(tmp_path):
+    """`memflow lora inspect` on a file render refuses (another model size, another network) still shows the rank
+    and alpha its tensors hold, not `–` and `none`; exit 2 as before."""
+    from cli_run import cli
+
+    k = "lora_unet_blocks_0_self_attn_q"
+    big = write(tmp_path / "big.safetensors", {f"{k}.lora_down.weight": torch.zeros(8, 5120),
+                                               f"{k}.lora_up.weight": torch.zeros(5120, 8), f"{k}.alpha": torch.tensor(6.0)})
+    lora = inspect_lora(big, CONFIG)
+    assert lora.error() and (lora.ranks, lora.alphas) == ([8], [6.0])
+    assert lora.describe()["ranks"] == [8] and lora.describe()["alphas"] == [6.0]
+    code, text = cli("lora", "inspect", big)
+    assert code == 2 and "14B" in text
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3}
+    assert rows["rank"] == "8" and rows["alpha"] == "6", rows
+    sd = {f"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768),
+          f"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(3072, 4)}
+    lora = inspect_lora(write(tmp_path / "sd.safetensors", sd), CONFIG)
+    assert lora.error() and lora.ranks == [4] and lora.alphas == []  # no alpha in the file: none shown
+
+
 def test_full_checkpoints_and_garbage_are_clear_errors(tmp_path):
     model = tiny_model()
     full = write(tmp_path / "model.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()})

@@ -2,6 +2,7 @@
 the memory plan before the render, the stop when it cannot fit, `memflow info --resolution`."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,14 @@ def test_fp8_and_low_vram_renders_reach_the_exact_length(tiny, tmp_path, extra):
     assert manifest["settings"]["quantization"] == "fp8" and manifest["video"]["frames"] == 8
     # --low-vram takes the tiny decoder when its file is there (the tiny weights have it); fp8 alone keeps wan
     assert manifest["decoder"]["vae"] == ("lighttae" if "--low-vram" in extra else "wan")
+
+
+def test_a_plain_cpu_render_shows_one_line_of_memory_plan_not_the_table(tiny, tmp_path):
+    code, text = cli("render", "--prompt", "a red kite over the dunes", "--seconds", "0.5", "--weights-dir", tiny,
+                     "--resolution", "32x32", "-o", tmp_path / "v.mp4")
+    assert code == 0, text
+    assert "memory plan 32x32" not in text and "planned peak" not in text and "KV cache" not in text
+    assert re.search(r"memory plan: a peak of about \d+\.\d\d GiB \(`memflow info --resolution 32x32`", text), text
 
 
 def test_scope_file_asking_for_fp8_renders_with_fp8(tiny, tmp_path):

@@ -118,24 +118,34 @@ def test_switch_frames_moved_to_chunk_starts_are_announced():
 def test_switch_frames_warning_is_printed(tmp_path):
     code, text = cli("render", FIXTURES / "prompts.jsonl", "--line", "1", "--switch-frames", "40,81",
                      "--latent-frames", "120", "--weights-dir", tmp_path / "nowhere", "-o", tmp_path / "x.mp4")
-    assert code == 1 and "warning" in text and "40 → 42" in text  # warned, then the missing weights stop it
+    assert code == 2 and "warning" in text and "40 → 42" in text  # warned, then the missing weights folder stops it
 
 
 # -- help ------------------------------------------------------------------------------------------
 
 
-def test_help_is_clean_and_complete():
-    for command in ("render", "download", "info", "bench"):
-        code, text = cli(command, "-h")
-        assert code == 0 and "Usage" in text, command
-        assert "<bool>" not in text and "list[" not in text, (command, text)
-        _, long_text = cli(command, "--help")
-        assert long_text == text
-    group = typer.main.get_command(app)
+def _commands(group, path=()):
+    """Every command and subcommand group, as argument paths: ("render",), ("lora",), ("lora", "inspect"), …"""
     for name, command in group.commands.items():
+        yield (*path, name), command
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+
+
+def test_help_is_clean_and_complete():
+    found = dict(_commands(typer.main.get_command(app)))
+    assert {("render",), ("lora",), ("lora", "inspect")} <= set(found)
+    for path, command in found.items():
+        code, text = cli(*path, "-h")
+        assert code == 0 and "Usage" in text, path
+        # flags show no value, lists no Python type, required arguments no braces (`{file}`)
+        assert "<bool>" not in text and "list[" not in text and "{" not in text, (path, text)
+        _, long_text = cli(*path, "--help")
+        assert long_text == text
         for param in command.params:
             if isinstance(param, typer.core.TyperOption):
-                assert param.help, f"memflow {name} {param.opts[0]} has no description"
+                assert param.help, f"memflow {' '.join(path)} {param.opts[0]} has no description"
+    assert "lora inspect [OPTIONS] FILE " in cli("lora", "inspect", "-h")[1]
 
 
 def test_one_spelling_set_for_dtype(monkeypatch):
@@ -146,3 +156,18 @@ def test_one_spelling_set_for_dtype(monkeypatch):
         assert "bf16, fp16 or fp32" in text and "bfloat16" not in text
     code, text = cli("bench", "--dtype", "int8")
     assert code == 2 and "expected one of bf16, fp16, fp32" in text
+
+
+def test_what_a_render_leaves_next_to_its_video_is_ignored_by_git():
+    """Outputs, manifests, partial files and resume checkpoints (a 260 MB folder) never show up in `git status`."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    repo = Path(__file__).parent.parent
+    names = ["x.mp4", "x.partial.mp4", "x.manifest.json", "x.resume/meta.json", "out/x.resume/seg-0000.mkv"]
+    found = subprocess.run([git, "check-ignore", "--no-index", *names], cwd=repo, capture_output=True, text=True)
+    assert sorted(found.stdout.split()) == sorted(names), found

@@ -128,3 +128,71 @@ def test_summary_names_the_stages_and_says_when_prompts_were_cached():
     assert stage_labels(fresh)["encode"] == "prompt encoding"
     overlapped = SimpleNamespace(prompt_cache={}, timings={"generate": 2.0, "queue_wait": 0.5})
     assert list(stage_labels(overlapped))[-2:] == ["queue_wait", "total"]
+
+
+def test_middle_ellipsis_keeps_the_file_name():
+    from memflow_cli.progress import middle_ellipsis
+
+    path = "/tmp/newcomer/repository/renders/out/scene-12.mp4"
+    assert middle_ellipsis(path, 80) == path
+    short = middle_ellipsis(path, 24)
+    assert len(short) == 24 and short.endswith("/scene-12.mp4") and short.startswith("/tmp/newco…") and "…" in short
+    tiny = middle_ellipsis(path, 9)  # narrower than the name: cut in the middle of it
+    assert len(tiny) == 9 and tiny.startswith("/tmp") and tiny.endswith(".mp4")
+    assert middle_ellipsis("no-slashes-at-all-here", 10) == "no-s…-here"
+
+
+def _rendered(table, width=80) -> str:
+    console = Console(file=io.StringIO(), width=width, no_color=True)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def test_batch_and_summary_tables_at_80_columns_keep_what_tells_rows_apart():
+    """Rows whose paths share a long start (`/tmp/newcomer/repo…`) stay distinct: the path is cut in the middle."""
+    from memflow_cli.progress import batch_table, summary_table
+    from memflow_cli.render import BatchResult, RenderSummary
+
+    base = "/tmp/newcomer/repository-with-a-long-name/timelines/scenes"
+    results = [BatchResult(f"{base}/scene-{i}.json", "failed", f"{base}/out/scene-{i}.mp4", message="bad")
+               for i in range(3)]
+    text = _rendered(batch_table(results))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for i in range(3):
+        assert f"scene-{i}.json" in text and f"scene-{i}.mp4" in text, text
+    summary = RenderSummary(f"{base}/out/scene-1.mp4", True, 48, 48, 3.0, 5, 64, 64, 1, "cpu", "float32", "sdpa",
+                            timings={"total": 1.0}, manifest=f"{base}/out/scene-1.manifest.json",
+                            prompt_cache={"path": "/root/.cache/memflow-cli/prompt-embeddings-of-a-long-name"})
+    text = _rendered(summary_table(summary))
+    assert "scene-1.manifest.json" in text and "prompt-embeddings-of-a-long-name" in text, text
+
+
+def test_after_a_resume_progress_continues_from_the_resumed_chunk():
+    """Resumed at chunk 3 of 5 (21 frames already in the video): numbering, bar and FPS go on from there."""
+    schedule = plan(read_timeline(REPO / "timelines" / "smoke.json"))
+    done_frames = sum(c.frames for c in schedule.chunks[:2])
+    clock, stream = SlowClock(), io.StringIO()
+    reporter = PlainReporter(stream, every_chunks=10, every_seconds=30, clock=clock)
+    reporter.start(schedule, 2, done_frames)
+    frames = done_frames
+    for chunk in schedule.chunks[2:]:
+        clock.now += 2.0
+        frames += chunk.frames
+        reporter.chunk(chunk, frames, 1.0)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "rendering 48 frames (0:00:03 at 16 fps) in 5 chunks, from chunk 3 on"
+    assert lines[1].startswith("chunk 3: block ")
+    # the first chunk of this run gets its line; FPS counts this run's frames (12 in 2 s), not the resumed 21
+    assert lines[2] == "chunk 3/5  33/48 frames  68.8% · 6.00 fps · ETA 0:00:04"
+    assert lines[-1].startswith("chunk 5/5  48/48 frames  100.0% · 4.50 fps")
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=160)
+    bar = RichReporter(console, clock=SlowClock())
+    bar.start(schedule, 2, done_frames)
+    try:
+        shown = Console(file=io.StringIO(), width=160, record=True)
+        shown.print(Group(*bar.progress.get_renderables()))
+    finally:
+        bar.stop()
+    text = shown.export_text()
+    assert "21/48 frames" in text and "chunk 2/5" in text and "43.8%" in text

@@ -1,5 +1,6 @@
 """Exact resume: an interrupted render continued with --resume gives the uninterrupted render's frames."""
 
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import torch
 from memflow_cli.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import CausalDiT, DiTConfig
 from memflow_cli.render import Interrupted, RenderOptions, render
+from memflow_cli.progress import PlainReporter
 from memflow_cli.resume import ResumeError, resume_dir, restore, snapshot
 from memflow_cli.timeline import read_timeline
 from memflow_cli.video import probe
@@ -86,8 +88,12 @@ def test_interrupt_then_resume_is_identical(tiny, tmp_path, reference, k, signum
         render(timeline, options(tiny, out))
     assert "--resume" in str(refused.value)
 
-    summary = render(timeline, options(tiny, out, resume=True))
+    log = io.StringIO()
+    summary = render(timeline, options(tiny, out, resume=True), reporter=PlainReporter(log))
     assert summary.complete and summary.frames == len(reference)
+    # progress goes on from the resumed chunk (1-based, as the stage line says), not from chunk 1
+    assert f"continuing with chunk {k + 2} of 9" in log.getvalue() and f"in 9 chunks, from chunk {k + 2} on" in log.getvalue()
+    assert f"chunk {k + 2}/9  {9 + 12 * (k + 1)}/{len(reference)} frames" in log.getvalue(), log.getvalue()
     assert frames(out) == reference
     assert not resume_dir(out).exists() and not (tmp_path / "v.partial.mp4").exists()
 
@@ -127,6 +133,8 @@ def test_mismatched_or_damaged_checkpoint_is_refused(tiny, tmp_path):
     with pytest.raises(ResumeError) as info:
         render(timeline, RenderOptions(output=out, weights_dir=tiny, width=32, height=32, seed=99, resume=True))
     assert "seed" in str(info.value) and "99" in str(info.value)
+    # only what differs: the steps read back from meta.json as a list are not "[1000, …] then, (1000, …) now"
+    assert str(info.value).count(" then, ") == 1 and "steps" not in str(info.value)
     state = next(resume_dir(out).glob("state-*.pt"))
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(ResumeError) as info:
@@ -189,3 +197,60 @@ def test_real_signal_to_a_process_then_resume(tiny, tmp_path, signum):
     plain = tmp_path / "plain.mp4"
     subprocess.run([*cmd[:-3], "-o", str(plain), "--quiet"], cwd=tmp_path, check=True, capture_output=True, timeout=600)
     assert frames(out) == frames(plain)
+
+
+def test_a_second_ctrl_c_stops_at_once_keeping_what_is_written(tiny, tmp_path, reference, monkeypatch):
+    """First Ctrl-C: generation stops after the chunk, what is generated is still decoded. A second one while that
+    decode hangs (a 25 s decode at 832x480 on a CPU) stops at once: the chunk being decoded is dropped, the
+    partial file is a valid video of what was written, the checkpoint matches it, and --resume completes."""
+    import threading
+
+    from memflow_cli.decoders import WanVideoAutoencoder
+
+    gate, stuck, calls = threading.Event(), threading.Event(), [0]
+    made = WanVideoAutoencoder.stream_decoder
+
+    def stream_decoder(self, **kw):
+        inner = made(self, **kw)
+        real = inner.decode
+
+        def decode(latents):
+            calls[0] += 1
+            if calls[0] == 5:  # chunk 4's decode never ends by itself
+                stuck.set()
+                gate.wait(120)
+            return real(latents)
+
+        inner.decode = decode
+        return inner
+
+    def second_ctrl_c():
+        stuck.wait(60)
+        time.sleep(0.3)  # the loop is waiting for that decode
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def first_ctrl_c(chunk):
+        if chunk.index == 4:
+            threading.Thread(target=second_ctrl_c, daemon=True).start()
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(WanVideoAutoencoder, "stream_decoder", stream_decoder)
+    out = tmp_path / "v.mp4"
+    try:
+        with pytest.raises(Interrupted) as info:  # a checkpoint after every chunk: the last is after chunk 3
+            render(scene(tmp_path), options(tiny, out, checkpoint_every=1e-9), on_chunk=first_ctrl_c)
+        assert not gate.is_set()  # it did not wait for the hung decode
+    finally:
+        gate.set()
+    partial = tmp_path / "v.partial.mp4"
+    kept = 9 + 12 * 3  # chunks 0-3; chunk 4 was being decoded
+    assert info.value.exit_code == 130 and info.value.summary.frames == kept
+    for t in [t for t in threading.enumerate() if t.name == "memflow-decode"]:
+        t.join(30)  # the abandoned decode ends on its own and writes nothing
+    assert probe(partial)["frames"] == kept and frames(partial) == reference[:kept]
+    manifest = json.loads((tmp_path / "v.partial.manifest.json").read_text())
+    assert manifest["video"]["frames"] == kept and not manifest["video"]["complete"]
+    meta = json.loads((resume_dir(out) / "meta.json").read_text())
+    assert (meta["next_chunk"], meta["frames"]) == (4, kept)
+    assert render(scene(tmp_path), options(tiny, out, resume=True)).complete
+    assert frames(out) == reference

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -90,3 +91,83 @@ def test_signals_in_a_real_process(tiny, tmp_path, signum, second):
     assert manifest["video"]["complete"] is False and manifest["video"]["frames"] == frames
     assert f"kept {partial} and its manifest" in " ".join(stderr.split())
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# A render whose third decode runs for ever inside torch ops (a 25 s decode at 832x480 on a CPU, made endless).
+HUNG_DECODE = r"""
+import sys
+
+import torch
+
+from memflow_cli.decoders import WanVideoAutoencoder
+
+made = WanVideoAutoencoder.stream_decoder
+
+
+def stream_decoder(self, **kw):
+    inner, calls = made(self, **kw), [0]
+    real = inner.decode
+
+    def decode(latents):
+        calls[0] += 1
+        if calls[0] == 3:
+            print("decode hangs", file=sys.stderr, flush=True)
+            a = torch.randn(128, 128)
+            while True:
+                a = torch.tanh(a @ a)
+        return real(latents)
+
+    inner.decode = decode
+    return inner
+
+
+WanVideoAutoencoder.stream_decoder = stream_decoder
+from memflow_cli.cli import main
+
+sys.argv = ["memflow", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_second_ctrl_c_stops_at_once_in_a_real_process(tiny, tmp_path):
+    """The first Ctrl-C waits for what is generated to be decoded; the second does not wait for a decode under
+    way: exit 130 at once (not an abort as Python shuts down around the running decode), the partial file holds
+    the chunks written before it."""
+    out = tmp_path / "hung.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_DECODE, "render", "--prompt", "a red dog runs", "--seconds", "5",
+         "--weights-dir", str(tiny), "--resolution", "32x32", "-o", str(out)],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1", "MEMFLOW_CACHE": str(tmp_path / "emb"),
+                           "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    seen = []
+
+    def wait_for(text):
+        for line in proc.stderr:
+            seen.append(line)
+            if text in line:
+                return
+        raise AssertionError("".join(seen))
+
+    watchdog = threading.Timer(120, proc.kill)  # a hang fails the test instead of blocking it
+    watchdog.start()
+    try:
+        wait_for("decode hangs")
+        proc.send_signal(signal.SIGINT)
+        wait_for("stopping after this chunk")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        seen.extend(proc.stderr)  # to the end: the process has exited
+        proc.wait()
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    stderr = " ".join("".join(seen).split())
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "terminate called" not in stderr
+    partial = tmp_path / "hung.partial.mp4"
+    assert probe(partial)["frames"] == 9 + 12  # chunks 0 and 1; chunk 2's decode was abandoned
+    assert json.loads((tmp_path / "hung.partial.manifest.json").read_text())["video"]["frames"] == 21
+    assert "stopped after 21 of 80 frames" in stderr

@@ -70,6 +70,50 @@ def test_memflow_jsonl_one_timeline_per_line():
         read_timeline(FIXTURES / "prompts.jsonl", line=5)
 
 
+def test_line_reads_only_that_line(tmp_path):
+    """--line N checks line N alone: a broken line elsewhere (bad JSON, a blank prompt) does not stop it."""
+    f = tmp_path / "mixed.jsonl"
+    f.write_text('{"prompts": ["a cat", "a dog"]}\n\n{"prompts": ["a hare"]}\n{"prompts": [""]}\n{not json\n')
+    (t,) = read_timelines(f, line=2, segment_seconds=1.0)  # the 2nd prompt list (blank lines do not count)
+    assert t.blocks[0].prompts[0].text == "a hare" and t.source.endswith("line 3")
+    with pytest.raises(InputError, match="line 4: prompts\\[0\\]"):  # the chosen line is still checked
+        read_timelines(f, line=3)
+    with pytest.raises(InputError, match="not valid JSON at line 5"):
+        read_timelines(f, line=4)
+    with pytest.raises(InputError, match=r"line 9 does not exist; the file holds 4 prompt lists, expected 1 to 4"):
+        read_timelines(f, line=9)
+    with pytest.raises(InputError, match=r"line 0 does not exist"):
+        read_timelines(f, line=0)
+    with pytest.raises(InputError, match="not valid JSON at line 5"):  # without --line every line is checked
+        read_timelines(f)
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompts": ["a cat"]}\n')
+    with pytest.raises(InputError, match=r"the file holds 1 prompt list, expected 1 to 1"):
+        read_timelines(one, line=2)
+
+
+def test_cli_line_renders_despite_other_bad_lines(tmp_path):
+    from cli_run import cli
+
+    f = tmp_path / "mixed.jsonl"
+    f.write_text('{"prompts": ["a cat"]}\n{"prompts": [""]}\n')
+    code, text = cli("render", f, "--line", "1", "--weights-dir", tmp_path / "nowhere", "-o", tmp_path / "x.mp4")
+    assert "prompts[0]" not in text and "nowhere" in text  # got past reading, stopped at the missing weights
+    code, text = cli("render", f, "--line", "3", "--weights-dir", tmp_path / "nowhere", "-o", tmp_path / "x.mp4")
+    assert code == 2 and "line 3 does not exist" in text
+
+
+def test_counts_in_messages_are_singular_or_plural():
+    from memflow_cli.errors import counted
+
+    assert [counted(n, "switch frame") for n in (0, 1, 2)] == ["0 switch frames", "1 switch frame", "2 switch frames"]
+    assert counted(1, "LoRA") == "1 LoRA" and counted(3, "child", "children") == "3 children"
+    with pytest.raises(InputError, match="expected 1 switch frame for 2 prompts .*found 2"):
+        segment_times(2, None, [40, 80], 240, "x")
+    with pytest.raises(InputError, match="expected 0 switch frames for 1 prompt "):
+        segment_times(1, None, [40], 240, "x")
+
+
 def test_default_segment_is_ten_seconds(tmp_path):
     f = tmp_path / "one.jsonl"
     f.write_text(json.dumps({"prompts": ["a cat", "a dog"]}) + "\n")
@@ -203,3 +247,19 @@ def test_a_longlive_export_is_ours_no_warning_and_keeps_its_steps():
     assert t.settings.pipeline_id == "longlive" and t.settings.denoising_steps == (1000, 750, 500, 250)
     assert not any("pipeline" in w for w in t.warnings)
     assert [w for w in t.warnings if not w.startswith("ignored")] == []
+
+
+def test_a_gap_between_blocks_is_warned_once_saying_what_fills_it(tmp_path):
+    f = tmp_path / "gappy.json"
+    f.write_text(json.dumps(_scope([_block(0, 1, "a cat"), _block(2, 3, "a dog"), _block(4.5, 5, "a hare")])))
+    (t,) = read_timelines(f)
+    gaps = [w for w in t.warnings if "gap" in w]
+    assert gaps == ["2 gaps between blocks (1–2 s, 3–4.5 s): the blend before each gap continues through it until "
+                    "the next block starts"]
+    late = tmp_path / "late.json"
+    late.write_text(json.dumps(_scope([_block(1, 2, "a cat")])))
+    (t,) = read_timelines(late)
+    assert any("nothing before 1 s: the first block (prompts[0]) starts the video" in w for w in t.warnings)
+    joined = tmp_path / "joined.json"  # touching blocks, and a sliver under a frame: no warning
+    joined.write_text(json.dumps(_scope([_block(0, 1, "a cat"), _block(1.01, 2, "a dog")])))
+    assert read_timelines(joined)[0].warnings == ()

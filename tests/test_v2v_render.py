@@ -77,11 +77,12 @@ def test_prompt_with_video_takes_the_videos_length_and_the_manifest_records_the_
 def test_timeline_settings_strength_controller_and_exact_length(tiny, tmp_path, clip):
     t = timeline(tmp_path, end=1.25, inputMode="video", noiseScale=0.4, noiseController=True)
     out = tmp_path / "ctl.mp4"
-    code, text = cli("render", t, "--video", clip, "--weights-dir", tiny, "-o", out, "--quiet")
+    code, text = cli("render", t, "--video", clip, "--weights-dir", tiny, "-o", out)
     assert code == 0, text
     assert probe(out)["frames"] == 20  # round(1.25 * 16), from a 30-frame input
+    assert re.search(r"30 frames at 16 fps .*; uses 20 of (its|about) 30 frames", text), text  # both lengths said
     v = json.loads((tmp_path / "ctl.manifest.json").read_text())["input"]["video"]
-    assert v["strength"] == 0.4 and v["noise_controller"] is True and v["frames_used"] == 20
+    assert v["strength"] == 0.4 and v["noise_controller"] is True and v["frames_used"] == 20 and v["frames"] == 30
     # random frames move a lot: m = 1, so every chunk gets 0.9 * 0.6 + 0.1 * 0.4
     assert v["chunk_strengths"] == pytest.approx([0.58, 0.58])
 
@@ -150,3 +151,24 @@ def test_video_source_starts_at_a_chunk(tmp_path):
     source = VideoSource(path, 16, 16)
     assert [frame_ids(c) for c in source.chunks(2)] == [list(range(21, 30)) + [29, 29, 29]]
     assert [len(c) for c in source.chunks(1)] == [12, 12]
+
+
+def test_the_readme_video_example_needs_no_system_ffmpeg(tmp_path):
+    """The README's video-to-video example makes its clip with the bundled ffmpeg; run its lines (shorter clip)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Video-to-video"):]
+    block = section[section.index("```bash") + 7: section.index("```", section.index("```bash") + 7)]
+    lines = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert not any(line.startswith("ffmpeg ") for line in lines), "a system ffmpeg may not be installed"
+    setup = [line for line in lines if "FFMPEG" in line]
+    assert len(setup) == 2, block
+    script = "\n".join(setup).replace(".venv/bin/python", sys.executable).replace("-t 6", "-t 0.5")
+    import shutil
+
+    subprocess.run([shutil.which("bash"), "-ec", script], cwd=tmp_path, check=True, capture_output=True,
+                   env={"PATH": "/nonexistent"})  # nothing from the system: not even an ffmpeg on PATH
+    assert probe(tmp_path / "walk.mp4")["frames"] >= 8

@@ -61,6 +61,18 @@ def test_probe_counts_frames_after_resampling_to_16_fps(clips):
     assert probe_video(clips["ramp30"], limit=20).frames == 20
 
 
+def test_a_probe_that_stops_early_still_knows_the_clip_length(tmp_path):
+    """A render of 20 frames from a 30-frame clip decodes 20 of them, but says both: "uses 20 of its 30"."""
+    clip = write_clip(tmp_path / "r.mkv", gray_ramp(30))
+    first = probe_video(clip, limit=20)  # not decoded past frame 20: the length comes from the container
+    assert first.frames == 20 and not first.counted_all and first.clip_frames == 30
+    assert first.uses(20) == "uses 20 of about 30 frames" and "about 30 frames at 16 fps" in first.describe()
+    full = probe_video(clip)  # counted to the end (and remembered)
+    assert full.counted_all and full.clip_frames == 30 and full.uses(30) == "uses all 30 frames"
+    again = probe_video(clip, limit=20)
+    assert again.frames == 20 and again.uses(20) == "uses 20 of its 30 frames" and "30 frames" in again.describe()
+
+
 def test_chunks_follow_the_text_to_video_grid_and_repeat_the_last_frame(clips):
     source = VideoSource(clips["ramp30"], 16, 16)
     chunks = list(source.chunks())

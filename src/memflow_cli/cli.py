@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from memflow_cli import __version__
-from memflow_cli.errors import InputError, MemflowError
+from memflow_cli.errors import InputError, MemflowError, counted
 
 def _plain_flags(params):
     """Flags take no value: show none (typer prints `<bool>` for them, --help included); a list of paths
@@ -28,7 +29,14 @@ def _plain_flags(params):
             param.metavar = ""
         if param.param_type_name == "argument" and param.nargs != 1:
             param.display_type_rich = lambda ctx: "<path>..."
+        if param.param_type_name == "argument" and param.required and hasattr(param, "_usage_display_name"):
+            # typer writes a required argument `{FILE}` in the usage line: plain `FILE`, as click and man pages do
+            param._usage_display_name = functools.partial(_usage_name, param)
     return params
+
+
+def _usage_name(param) -> str:
+    return (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
 
 
 class _Command(TyperCommand):
@@ -205,8 +213,12 @@ def render(
     given = {"--seconds": seconds, "--segment-seconds": segment_seconds, "--switch-frames": switch_frames,
              "--latent-frames": latent_frames, "--line": line}
 
+    from memflow_cli.hub import check_folder_option
     from memflow_cli.loras import lora_search_dirs, parse_lora_option
     from memflow_cli.timeline import LoraSpec
+
+    for folder in lora_dir:  # (--weights-dir is checked where the weights are looked up: after the inputs)
+        check_folder_option(folder.expanduser(), "--lora-dir")
 
     extra_loras = tuple(LoraSpec(*parse_lora_option(text), where=f"--lora {text}") for text in lora)
     if prompt is not None:
@@ -253,7 +265,7 @@ def render(
         summary = Renderer(options, reporter).render(item)
         if as_json:  # the manifest itself: one set of key names for files and scripts
             data = read_manifest(summary.manifest) or summary.to_dict()
-            print(json.dumps({**data, "manifest": summary.manifest}, indent=2))
+            print(json.dumps({**data, "manifest": summary.manifest, "skipped": summary.skipped}, indent=2))
         elif not quiet:
             out.print(summary_table(summary))
         return
@@ -282,7 +294,7 @@ def report_batch(results, *, as_json: bool, quiet: bool) -> int:
                           highlight=False, soft_wrap=True)
     if code:
         failed = sum(r.status not in ("done", "skipped") for r in results)
-        err.print(f"[red]error:[/red] {failed} of {len(results)} item(s) did not complete", highlight=False)
+        err.print(f"[red]error:[/red] {failed} of {counted(len(results), 'item')} did not complete", highlight=False)
     return code
 
 
@@ -336,15 +348,10 @@ def batch_items(paths, *, line=None, **read_options) -> list:
     items = []
     for f in files:
         try:
-            timelines = read_timelines(f, **read_options)
+            timelines = read_timelines(f, line=line, **read_options)  # with --line, only that line is read
         except MemflowError as exc:
             items.append((str(f), exc))
             continue
-        if line is not None:
-            if not 1 <= line <= len(timelines):
-                items.append((str(f), InputError(f"{f}: --line {line} does not exist; expected 1 to {len(timelines)}")))
-                continue
-            timelines = [timelines[line - 1]]
         items.extend((t.source, t) for t in timelines)
     return items
 
@@ -412,6 +419,8 @@ def info(
     from memflow_cli.quantization import describe_fp8_path
     from memflow_cli.prompts import default_cache_dir
 
+    if weights_dir is not None:
+        hub.check_folder_option(weights_dir.expanduser(), "--weights-dir")
     plan = None
     if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None:
         from memflow_cli.memory_plan import plan_memory
@@ -457,11 +466,13 @@ def info(
         return
     from rich.table import Table
 
+    from memflow_cli.progress import PathCell
+
     t = Table(show_header=False, title="memflow info")
     t.add_column(style="bold")
     t.add_column()
     for key in ("memflow_cli", "python", "torch", "cuda", "huggingface_hub", "ffmpeg", "device", "gpu", "attention", "fp8", "weights", "prompt_cache"):
-        t.add_row(key.replace("_", " "), str(data[key]))
+        t.add_row(key.replace("_", " "), PathCell(str(data[key])) if key in ("weights", "prompt_cache") else str(data[key]))
     if data["gpu_memory_bytes"]:
         t.add_row("gpu memory", f"{data['gpu_memory_bytes'] / 2**30:.1f} GiB")
     out.print(t)
@@ -470,14 +481,14 @@ def info(
         files.add_column(col)
     for f in data["files"]:
         status = "[green]present[/green]" if f["present"] else ("[red]missing[/red]" if f["required"] else "[dim]missing (optional)[/dim]")
-        files.add_row(f["model"], f"{f['repo']}/{f['file']}", hub.human_size(f["size"]) if f["present"] else "", status)
+        files.add_row(f["model"], PathCell(f"{f['repo']}/{f['file']}"), hub.human_size(f["size"]) if f["present"] else "", status)
     out.print(files)
     decoders = Table(title="decoders (--vae)")
     for col in ("--vae", "file", "status"):
         decoders.add_column(col)
     for d in data["decoders"]:
         status = "[green]present[/green]" if d["present"] else f"[dim]missing: memflow download --vae {d['vae']}[/dim]"
-        decoders.add_row(d["vae"], f"{d['repo']}/{d['file']}", status)
+        decoders.add_row(d["vae"], PathCell(f"{d['repo']}/{d['file']}"), status)
     out.print(decoders)
     if plan is not None:
         from memflow_cli.memory_plan import plan_table as memory_table
@@ -543,14 +554,15 @@ def bench(
         out.print(report_table(report))
 
 
-lora_app = typer.Typer(no_args_is_help=True, help="User LoRAs: see what a file holds and whether it fits.")
+lora_app = typer.Typer(no_args_is_help=True, cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+                       help="User LoRAs: see what a file holds and whether it fits.")
 app.add_typer(lora_app, name="lora")
 
 
-@lora_app.command("inspect")
+@lora_app.command("inspect", cls=_Command)
 @_errors
 def lora_inspect(
-    file: Path = typer.Argument(..., help="A LoRA file (.safetensors; .pt/.pth/.ckpt/.bin are read weights-only)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="A LoRA file (.safetensors; .pt/.pth/.ckpt/.bin are read weights-only)."),
     config: Optional[Path] = typer.Option(None, "--config", help="The DiT's config.json (default: Wan2.1-T2V-1.3B)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ):
@@ -604,8 +616,12 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 def main() -> None:
+    code = 0
     try:
         app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        raise
     finally:
         # The command has decided how it ends (its message and exit code are out). A signal arriving while
         # Python shuts down (atexit handlers, finalizers) must not print a traceback over that.
@@ -618,6 +634,16 @@ def main() -> None:
                 signal.signal(s, signal.SIG_IGN)
             except (ValueError, OSError):
                 pass
+        # A second Ctrl-C left a decode running on its thread (its frames are not written): leave now, as
+        # Python's shutdown would end that thread inside a torch op and abort (exit code 134 instead of 130).
+        stage = sys.modules.get("memflow_cli.decode_stage")
+        if stage is not None and stage.abandoned_decodes_running():
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001 — the terminal may be gone
+                    pass
+            os._exit(code)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ Rules the render relies on:
   written: what a checkpoint needs);
 - leaving the `with` block: normally, the stage drains; on KeyboardInterrupt it drains too (the partial file
   keeps every chunk generated, as when decoding in the loop), unless the interrupt came while draining (a
-  second Ctrl-C: stop at once); on any other error it drops what is queued.
+  second Ctrl-C: stop at once, `abandon`); on any other error it drops what is queued.
+- `abandon()` (a second Ctrl-C) stops at once: what is queued is dropped and the chunk being decoded is never
+  written (its decode cannot be cut short; the worker finishes it on its own and ends without touching the
+  sinks), so the sinks hold whole chunks only and can be closed right away.
 - `on_written(Written)` is called in the loop's thread (from `put`, `drain` and `collect`), in order, with the
   chunk's tag, its frame count and the stage's own timings: decode (CUDA events on the side stream, else the
   wall clock of the worker) and write (the worker's wall clock). `waited` is how long the loop was blocked.
@@ -60,6 +63,19 @@ class _Item:
     ready: Any = None  # torch.cuda.Event recorded on the loop's stream after the latents
 
 
+_ABANDONED: list[threading.Thread] = []  # workers left to finish a decode that will never be written
+
+
+def abandoned_decodes_running() -> bool:
+    """A decode abandoned by a second Ctrl-C is still computing: Python's own shutdown would kill its thread
+    inside a torch op (the C++ runtime then aborts), so the command leaves with os._exit (cli.main)."""
+    return any(t.is_alive() for t in _ABANDONED)
+
+
+class _Abandoned(Exception):
+    """The stage was abandoned while this chunk decoded: it is not written."""
+
+
 class DecodeStage:
     """A bounded, ordered decode → write stage on a worker thread (see the module's docstring)."""
 
@@ -83,6 +99,8 @@ class DecodeStage:
         self._closing = False  # no more items: the worker ends once the queue is empty
         self._cancelled = False  # drop what is queued: the worker ends after its current item
         self._hurried = False
+        self._abandoned = False  # abandon(): the worker writes nothing more (checked under _sink_lock)
+        self._sink_lock = threading.Lock()
         self._stream = None
         self._first = True
         if self.device.type == "cuda":
@@ -157,12 +175,23 @@ class DecodeStage:
             try:
                 self._wait(lambda: self._open == 0, raise_failure=False)
             except KeyboardInterrupt:
-                pass
+                self.abandon()
             self._stop(cancel=True)
+            self._report_quietly()
+        elif issubclass(kind, KeyboardInterrupt) and self._hurried:
+            self.abandon()  # interrupted while draining: a second Ctrl-C, stop at once
             self._report_quietly()
         else:
             self._stop(cancel=True)
             self._report_quietly()
+
+    def abandon(self) -> None:
+        """Stop at once (a second Ctrl-C): drop what is queued and never write the chunk being decoded; returns
+        without waiting for the worker, whose decode ends on its own. The sinks can be closed right after."""
+        with self._sink_lock:  # a write under way finishes first: the sinks only ever get whole chunks
+            self._abandoned = True
+        _ABANDONED.append(self._thread)
+        self._stop(cancel=True)
 
     @property
     def alive(self) -> bool:
@@ -204,7 +233,7 @@ class DecodeStage:
                 self._cancelled = True
                 self._queue.clear()
             self._cond.notify_all()
-        while self._thread is not threading.current_thread():
+        while self._thread is not threading.current_thread() and not self._abandoned:
             try:  # the item being decoded finishes (it cannot be cut short, and it is bounded): wait it out
                 self._thread.join()
                 break
@@ -221,7 +250,9 @@ class DecodeStage:
                 item = self._queue.popleft()
             try:
                 with torch.no_grad():  # grad mode is per thread: the loop's does not reach this one
-                    written = self._process(item)
+                    self._process(item)
+            except _Abandoned:
+                return
             except BaseException as exc:  # noqa: BLE001 — handed to the loop's thread, raised there
                 with self._cond:
                     self._error = exc
@@ -229,13 +260,8 @@ class DecodeStage:
                     self._cond.notify_all()
                 return
             del item
-            with self._cond:
-                self._done.append(written)
-                self._open -= 1
-                self.written += 1
-                self._cond.notify_all()
 
-    def _process(self, item: _Item) -> Written:
+    def _process(self, item: _Item) -> None:
         if self._stream is None:
             started = time.perf_counter()
             frames = self._frames(item).cpu().numpy()
@@ -244,10 +270,17 @@ class DecodeStage:
         else:
             frames, decode_s = self._process_cuda(item)
             decoded = time.perf_counter()
-        for sink in self.sinks:
-            sink(frames)
-        now = time.perf_counter()
-        return Written(item.tag, len(frames), decode_s, now - decoded, now)
+        with self._sink_lock:  # written and counted as one step: abandon() sees both or neither
+            if self._abandoned:
+                raise _Abandoned
+            for sink in self.sinks:
+                sink(frames)
+            now = time.perf_counter()
+            with self._cond:
+                self._done.append(Written(item.tag, len(frames), decode_s, now - decoded, now))
+                self._open -= 1
+                self.written += 1
+                self._cond.notify_all()
 
     def _frames(self, item: _Item) -> torch.Tensor:
         frames = self.convert(self.decoder.decode(item.latents))

@@ -15,3 +15,9 @@ class InputError(MemflowError):
     """A timeline or option is invalid. Exit code 2, like a usage error."""
 
     exit_code = 2
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 switch frame`, `2 switch frames`, `0 items`: a count and its noun, for every message built from a count
+    (irregular plurals given: `counted(n, "was", "were")`-style words are the caller's)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from memflow_cli.errors import CheckpointError, InputError, MemflowError
+from memflow_cli.errors import CheckpointError, InputError, MemflowError, counted
 from memflow_cli.models import DEFAULT_MODEL, MODELS, WAN_REPO, get_model
 
 MEMFLOW_REPO = MODELS["memflow"].repo
@@ -487,8 +487,9 @@ def resolve_weights(
                                 vae=vae)
         except NoNetwork as exc:
             raise NoNetwork(
-                f"{exc}; or run `memflow download` on a machine with a network and copy the Hugging Face cache "
-                "(or a folder with the same file layout, given with --weights-dir DIR) here"
+                f"{str(exc).removesuffix(' ' + SMOKE_HINT)}; or run `memflow download` on a machine with a network and "
+                "copy the Hugging Face cache (or a folder with the same file layout, given with --weights-dir DIR) here. "
+                + SMOKE_HINT
             ) from None
         return paths
     extra = decoder_file(vae)
@@ -504,7 +505,8 @@ def resolve_weights(
         download_hint = "memflow download" + ("" if spec.name == DEFAULT_MODEL else f" --model {spec.name}")
         raise CheckpointError(
             f"weights missing from the Hugging Face cache {hub_cache()}: {names}. Offline mode is on "
-            f"(--offline or HF_HUB_OFFLINE); run `{download_hint}` with a network connection first, or pass --weights-dir DIR, a folder holding these files"
+            f"(--offline or HF_HUB_OFFLINE); run `{download_hint}` with a network connection first, or pass --weights-dir DIR, a folder holding these files. "
+            + SMOKE_HINT
         )
     lock = lock or new_lock()
     unrecorded = [f for f in files if f.filename not in lock["files"]]
@@ -518,22 +520,38 @@ def resolve_weights(
     return _paths(found, "hf-cache", lock, spec.name)
 
 
+# The README's "Smoke run without the real weights": where a user without the weights can still try everything.
+SMOKE_HINT = ("To try memflow without the real weights (the README's smoke run): `python -m memflow_cli.testing.tiny_weights "
+              "/tmp/tiny`, then `memflow render timelines/smoke.json --weights-dir /tmp/tiny`")
+
+
 def no_network_error(reason: NoNetwork, downloader: Downloader, cache_dir: Path, revision: str | None,
                      wan_revision: str | None, remedy: str, files=None) -> NoNetwork:
     """One message naming every file we would have needed, instead of one file per failed attempt."""
     missing = [f"{f.repo}/{f.filename}" for f in (files if files is not None else FILES)
-               if f.required and downloader.cached(f, _revision(f, revision, wan_revision)) is None]
-    what = (f"{len(missing)} weight file(s) are not in the cache {cache_dir}: {', '.join(missing)}" if missing
+               if (f.required or f in DECODER_FILES.values())  # a decoder file is in `files` when it was asked for
+               and downloader.cached(f, _revision(f, revision, wan_revision)) is None]
+    what = (f"{counted(len(missing), 'weight file')} {'is' if len(missing) == 1 else 'are'} not in the cache {cache_dir}: {', '.join(missing)}" if missing
             else f"the files in the cache {cache_dir} cannot be checked against the hub")
-    return NoNetwork(f"{reason}; {what}; {remedy}")
+    return NoNetwork(f"{reason}; {what}; {remedy}. {SMOKE_HINT}")
+
+
+def check_folder_option(path: Path, option: str) -> None:
+    """A folder named by an option (--weights-dir, --lora-dir) must exist: a usage error (exit 2) otherwise."""
+    if path.is_dir():
+        return
+    what = "is not a folder" if path.exists() else "no such folder"
+    hint = {"--weights-dir": "; expected a folder with the layout of `memflow download` (or leave --weights-dir out "
+                             "to use the Hugging Face cache). " + SMOKE_HINT,
+            "--lora-dir": "; expected a folder holding the timeline's LoRA files"}.get(option, "")
+    raise InputError(f"{option} {path}: {what}{hint}")
 
 
 def weights_from_dir(weights_dir: str | Path, *, verify_hashes: bool = False, model: str = DEFAULT_MODEL,
                      vae: str = "wan") -> WeightPaths:
     spec = get_model(model)
     root = Path(weights_dir).expanduser()
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: weights folder not found")
+    check_folder_option(root, "--weights-dir")
     extra = decoder_file(vae)
     if extra and not (root / extra.filename).is_file():
         raise InputError(

@@ -33,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from memflow_cli.errors import CheckpointError, InputError
+from memflow_cli.errors import CheckpointError, InputError, counted
 from memflow_cli.hub import sha256_file
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -166,16 +166,22 @@ class LoraFile:
     sha256: str | None = None
     for_other_size: bool = False  # the problem is the model size (depends on the config, not on the file alone)
     alpha_source: str | None = None  # PEFT's adapter_config.json when the alpha came from there
+    # read from the file's own names and shapes, whether or not they fit the model: shown for a refused file too
+    file_ranks: list[int] = field(default_factory=list)
+    file_alphas: list[float] = field(default_factory=list)
 
     # -- summaries ---------------------------------------------------------------------------------
 
     @property
     def ranks(self) -> list[int]:
-        return sorted({t.rank for t in self.targets if t.rank is not None})
+        """Of the layers it changes; for a file that fits nothing (refused), what its own tensors say."""
+        merged = sorted({t.rank for t in self.targets if t.rank is not None})
+        return merged if self.targets else list(self.file_ranks)
 
     @property
     def alphas(self) -> list[float]:
-        return sorted({t.alpha for t in self.targets if t.alpha is not None})
+        merged = sorted({t.alpha for t in self.targets if t.alpha is not None})
+        return merged if self.targets else list(self.file_alphas)
 
     @property
     def scales(self) -> list[float]:
@@ -204,7 +210,7 @@ class LoraFile:
             return f"{self.path}: {self.problem}"
         if self.unmatched:
             looks = FORMAT_NAMES.get(self.format, "an unrecognised layout")
-            return (f"{self.path}: {len(self.unmatched)} keys fit nothing in the Wan2.1 DiT and would be lost (the file "
+            return (f"{self.path}: {counted(len(self.unmatched), 'key')} fit{'s' if len(self.unmatched) == 1 else ''} nothing in the Wan2.1 DiT and would be lost (the file "
                     f"looks like {looks}): {_few(self.unmatched, 4)}")
         if not self.targets:
             return f"{self.path}: contains no LoRA weights for the video transformer"
@@ -434,6 +440,7 @@ def _inspect(path: Path, source: TensorFile, model: ModelTargets) -> LoraFile:
     if not shapes:
         result.problem = "contains no tensors; expected a LoRA file"
         return result
+    result.file_ranks, result.file_alphas = _readable_ranks(shapes, source)
     parsed, unsupported, plain = [], Counter(), []
     for key in shapes:
         kind = next((what for suffix, what in UNSUPPORTED_SUFFIXES.items() if key.endswith(suffix)), None)
@@ -445,7 +452,7 @@ def _inspect(path: Path, source: TensorFile, model: ModelTargets) -> LoraFile:
     result.format = _format_of(parsed)
 
     if unsupported:
-        kinds = ", ".join(f"{k} ({n} tensors)" for k, n in unsupported.items())
+        kinds = ", ".join(f"{k} ({counted(n, 'tensor')})" for k, n in unsupported.items())
         result.problem = f"uses {kinds}, an adapter type memflow does not merge; expected a plain LoRA (lora_down/lora_up or lora_A/lora_B)"
         return result
     if not parsed:
@@ -486,6 +493,23 @@ def _inspect(path: Path, source: TensorFile, model: ModelTargets) -> LoraFile:
         result.targets = [t if t.kind != "lora" or t.alpha is not None else replace(t, alpha=peft_alpha)
                           for t in result.targets]
     return result
+
+
+def _readable_ranks(shapes: dict, source: TensorFile) -> tuple[list[int], list[float]]:
+    """Ranks (a down matrix's first side) and alphas (one-number tensors) by key name alone, for any model."""
+    ranks, alphas = set(), set()
+    for key, shape in shapes.items():
+        role = (_split_role(key) or ("", ""))[1]
+        if role == "down" and len(shape) >= 2:
+            ranks.add(int(shape[0]))
+        elif role == "alpha" and math.prod(shape) == 1:
+            try:
+                value = float(source.get(key).float().reshape(-1)[0])
+            except Exception:  # noqa: BLE001 — an unreadable alpha is shown as absent, never a traceback
+                continue
+            if math.isfinite(value):
+                alphas.add(value)
+    return sorted(ranks), sorted(alphas)
 
 
 def _peft_config_alpha(path: Path, result: LoraFile) -> float | None:

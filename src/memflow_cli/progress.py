@@ -27,7 +27,8 @@ class Reporter:
     def show_plan(self, plan) -> None: ...
     def memory_plan(self, plan) -> None: ...
     def item(self, index: int, count: int, name: str) -> None: ...
-    def start(self, schedule: "Schedule") -> None: ...
+    def start(self, schedule: "Schedule", done_chunks: int = 0, done_frames: int = 0) -> None:
+        """Streaming begins; after a resume `done_chunks` / `done_frames` are already in the video."""
     def chunk(self, chunk: "ChunkPlan", frames_done: int, generation_fps: float) -> None: ...
     def stop(self) -> None: ...
 
@@ -46,15 +47,16 @@ class Pace:
     over the time since streaming began, generation, decoding and encoding included.
     """
 
-    def __init__(self, total_chunks: int, total_frames: int, *, window: int = 8, clock=time.monotonic):
+    def __init__(self, total_chunks: int, total_frames: int, *, window: int = 8, clock=time.monotonic,
+                 done_chunks: int = 0, done_frames: int = 0):
         self.total_chunks, self.total_frames = total_chunks, total_frames
         self.clock = clock
         self.window = window
         self.started = clock()
         self.last = self.started
         self.durations: list[float] = []
-        self.chunks = 0
-        self.frames = 0
+        self.chunks = done_chunks  # after a resume: counted as done, not as rendered in this run's time
+        self.frames = self.first_frames = done_frames
 
     def tick(self, chunks_done: int, frames_done: int) -> None:
         now = self.clock()
@@ -76,7 +78,7 @@ class Pace:
     @property
     def fps(self) -> float:
         elapsed = self.last - self.started
-        return self.frames / elapsed if elapsed > 0 else 0.0
+        return (self.frames - self.first_frames) / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> float | None:
         """Seconds left, counted down between chunks; None until a chunk was timed."""
@@ -170,13 +172,15 @@ class PlainReporter(Reporter):
         if count > 1:
             self._print(f"item {index + 1} of {count}: {name}")
 
-    def start(self, schedule: Schedule) -> None:
+    def start(self, schedule: Schedule, done_chunks: int = 0, done_frames: int = 0) -> None:
         self.schedule = schedule
-        self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock)
-        self._line_at, self._line_chunks, self._block = self.clock(), 0, None
+        self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock, done_chunks=done_chunks,
+                         done_frames=done_frames)
+        self._line_at, self._line_chunks, self._block = self.clock(), done_chunks, None
+        self._first = done_chunks
         self._print(f"rendering {schedule.total_frames} frames ({clock_text(schedule.seconds)} at {schedule.fps} fps) "
-                    f"in {schedule.num_chunks} chunks")
-        self._announce(0)
+                    f"in {schedule.num_chunks} chunks" + (f", from chunk {done_chunks + 1} on" if done_chunks else ""))
+        self._announce(done_chunks)
 
     def _announce(self, index: int) -> None:
         if index < self.schedule.num_chunks and self.schedule.chunks[index].block != self._block:
@@ -186,7 +190,7 @@ class PlainReporter(Reporter):
     def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None:
         self.pace.tick(chunk.index + 1, frames_done)
         now = self.clock()
-        first, last = chunk.index == 0, chunk.index + 1 == self.schedule.num_chunks
+        first, last = chunk.index == self._first, chunk.index + 1 == self.schedule.num_chunks
         due = (chunk.index + 1 - self._line_chunks >= self.every_chunks and now - self._line_at >= self.every_seconds)
         if first or last or due:
             self._print(self.line())
@@ -231,11 +235,12 @@ class RichReporter(Reporter):
         if count > 1:
             self.console.print(f"[bold]{name}[/bold] ({index + 1} of {count})", highlight=False)
 
-    def start(self, schedule: Schedule) -> None:
+    def start(self, schedule: Schedule, done_chunks: int = 0, done_frames: int = 0) -> None:
         from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
-        pace = self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock)
+        pace = self.pace = Pace(schedule.num_chunks, schedule.total_frames, clock=self.clock, done_chunks=done_chunks,
+                                done_frames=done_frames)
 
         class EtaColumn(ProgressColumn):
             def render(self, task) -> Text:
@@ -257,8 +262,9 @@ class RichReporter(Reporter):
             console=self.console, transient=False, get_time=self.clock,
         )
         self.progress.start()
-        self.task = self.progress.add_task("render", total=schedule.total_frames, fps=fps_text(0.0),
-                                           chunk=f"0/{schedule.num_chunks}", block=block_text(schedule, 0))
+        self.task = self.progress.add_task("render", total=schedule.total_frames, completed=done_frames, fps=fps_text(0.0),
+                                           chunk=f"{done_chunks}/{schedule.num_chunks}",
+                                           block=block_text(schedule, done_chunks))
 
     def chunk(self, chunk: ChunkPlan, frames_done: int, generation_fps: float) -> None:
         self.pace.tick(chunk.index + 1, frames_done)
@@ -310,6 +316,49 @@ class BenchProgress:
             self.bar.stop()
 
 
+def middle_ellipsis(text: str, width: int) -> str:
+    """`text` in at most `width` cells, cut in the middle: the file name (after the last `/`) stays whole when
+    it fits, since that is what tells rows apart (`/tmp/newcomer/re…/scene-12.mp4`)."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    name = text[text.rstrip("/").rfind("/"):] if "/" in text.rstrip("/") else ""
+    if name and cell_len(name) + 4 <= width:  # keep a little of the start too: where it is
+        head = width - 1 - cell_len(name)
+        return text[:head] + "…" + name
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+class PathCell:
+    """A table cell holding a path or a name: shortened in the middle to the column's width, never at the end.
+
+    Every table with paths uses it (batch, summary, `memflow info`), so at 80 columns the part of a path that
+    tells rows apart, the file name, stays visible."""
+
+    def __init__(self, text: str, style: str = "", min_width: int = 12):
+        self.text, self.style, self.min_width = str(text), style, min_width
+
+    def __rich_measure__(self, console, options):
+        from rich.cells import cell_len
+        from rich.measure import Measurement
+
+        full = cell_len(self.text)
+        return Measurement(min(full, self.min_width), full)
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        yield Text(middle_ellipsis(self.text, options.max_width), style=self.style, no_wrap=True, overflow="ignore",
+                   end="")
+
+    def __str__(self) -> str:
+        return self.text
+
+
 def _mib(n):
     return "–" if n is None else f"{n / 2**20:,.0f} MiB"
 
@@ -338,7 +387,8 @@ def summary_table(summary: "RenderSummary"):
     t.add_row("chunks", str(summary.chunks))
     t.add_row("device", f"{summary.device}, {summary.dtype}, {summary.attention}")
     t.add_row("decoder", getattr(summary, "vae", "wan"))
-    for stage, label in stage_labels(summary).items():
+    skipped = getattr(summary, "skipped", False)
+    for stage, label in ({} if skipped else stage_labels(summary)).items():
         t.add_row(f"time {label}", f"{summary.timings.get(stage, 0.0):.2f} s")
         compiled = getattr(summary, "compile", None)
         if stage == "generate" and compiled:
@@ -346,15 +396,18 @@ def summary_table(summary: "RenderSummary"):
                     else f"{compiled['mode']}, {compiled['compiled_calls']} compiled block calls" if compiled["compiled_calls"]
                     else "nothing ran compiled: the video ended before the steady state (chunk 8)")
             t.add_row("  of which compiling", f"{compiled['compile_seconds']:.2f} s ({what})")
-    t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
-    t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
+    if skipped:  # nothing was rendered: no times or speed to report
+        t.add_row("status", "skipped (already rendered: same input, settings and weights; -y renders it again)")
+    else:
+        t.add_row("FPS end-to-end", f"{summary.fps_end_to_end:.2f}")
+        t.add_row("FPS generation", f"{summary.fps_generation:.2f}")
     if summary.planned_peak_gpu_memory_bytes is not None:
         t.add_row("peak GPU memory planned", _mib(summary.planned_peak_gpu_memory_bytes))
     t.add_row("peak GPU memory", _mib(summary.peak_gpu_memory_bytes))
     t.add_row("peak RSS", _mib(summary.peak_rss_bytes))
     if summary.prompt_cache.get("path"):
-        t.add_row("prompt cache", summary.prompt_cache["path"])
-    t.add_row("manifest", summary.manifest)
+        t.add_row("prompt cache", PathCell(summary.prompt_cache["path"]))
+    t.add_row("manifest", PathCell(summary.manifest))
     return t
 
 
@@ -362,14 +415,16 @@ def batch_table(results):
     """One row per batch item: what it is, where it went, frames, time, FPS and how it ended."""
     from rich.table import Table
 
-    t = Table(title=f"batch: {len(results)} item(s)")
+    from memflow_cli.errors import counted
+
+    t = Table(title=f"batch: {counted(len(results), 'item')}")
     for col in ("item", "output", "frames", "time", "FPS", "status"):
         t.add_column(col, justify="right" if col in ("frames", "time", "FPS") else "left")
     colours = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow"}
     for r in results:
         s = r.summary
-        t.add_row(r.name, r.output or "", str(s.frames) if s else "", f"{s.timings.get('total', 0.0):.1f} s" if s else "",
-                  f"{s.fps_end_to_end:.2f}" if s and s.frames else "",
+        t.add_row(PathCell(r.name), PathCell(r.output or ""), str(s.frames) if s else "", f"{s.timings.get('total', 0.0):.1f} s" if s else "",
+                  f"{s.fps_end_to_end:.2f}" if s and s.frames and not s.skipped else "",
                   f"[{colours.get(r.status, 'white')}]{r.status}[/]" + (f": {r.message}" if r.message else ""))
     return t
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from memflow_cli.errors import CheckpointError, InputError, MemflowError
+from memflow_cli.errors import CheckpointError, InputError, MemflowError, counted
 from memflow_cli.hub import sha256_file
 from memflow_cli.manifest import figures, identity, input_path, is_complete_render, provenance, read_manifest
 from memflow_cli.output_names import choose_output, prompt_output, refusal
@@ -196,7 +196,7 @@ class BatchResult:
         """For --json: the item's manifest (same key names as the file next to the video) as its summary."""
         manifest = self.summary.manifest if self.summary and self.summary.manifest else None
         return {"item": self.name, "status": self.status, "output": self.output, "message": self.message,
-                "exit_code": self.exit_code, "manifest": manifest,
+                "exit_code": self.exit_code, "skipped": self.status == "skipped", "manifest": manifest,
                 "summary": read_manifest(manifest) if manifest else None}
 
 
@@ -420,7 +420,7 @@ class Renderer:
         from memflow_cli.prompts import PromptEncoder
 
         t = time.perf_counter()
-        self.reporter.stage(f"encoding {len(todo)} prompt(s)")
+        self.reporter.stage(f"encoding {counted(len(todo), 'prompt')}")
         from memflow_cli.low_vram import text_encoder_file
 
         quantization = self._quantization or ("fp8" if self.options.low_vram else self.options.quantization)
@@ -508,7 +508,7 @@ class Renderer:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
             if loras:
-                self.reporter.stage(f"merging {len(loras)} LoRA(s)")
+                self.reporter.stage(f"merging {counted(len(loras), 'LoRA')}")
             self._model = load_generator(self.config, weights, self.device, self.dtype, quantization,
                                          lora_alpha=spec.lora_alpha, user_loras=[(lora.file, lora.scale) for lora in loras])
             self._quantization = quantization
@@ -563,7 +563,11 @@ class Renderer:
         if self._checked_memory:
             return
         self._checked_memory = True
-        self.reporter.memory_plan(plan)
+        if self.device.type == "cuda" or self.options.low_vram or job.quantization:
+            self.reporter.memory_plan(plan)  # the table, where it decides something (GPU memory) or was asked about
+        elif plan.peak_bytes >= 0.01 * 2**30:  # on the CPU one line: the parts are in `memflow info --resolution`
+            self.reporter.stage(f"memory plan: a peak of about {plan.peak_bytes / 2**30:.2f} GiB (`memflow info "
+                                f"--resolution {plan.width}x{plan.height}` lists the parts)")
         from memflow_cli import memory_plan
 
         memory_plan.check_fits(plan, memory_plan.free_device_memory(self.device), str(self.device))
@@ -751,7 +755,8 @@ class Renderer:
         existed = job.output.exists()
         writer = recorder = None
         stop = StopRequest(lambda signum: self.reporter.warn(
-            f"{name(signum)}: stopping after this chunk (keeping what is rendered; Ctrl-C again to stop at once)"))
+            f"{name(signum)}: stopping after this chunk; the chunks generated are decoded and kept "
+            "(Ctrl-C again to stop at once, keeping only what is written)"))
         try:
             writer = VideoWriter(job.output, job.width, job.height, FPS, manifest=manifest_for)
             summary.encoder = writer.encoder
@@ -770,10 +775,11 @@ class Renderer:
                                           f"{checkpoint.frames}; remove it (or render with -y) to start over")
                     start = checkpoint.chunk
                     summary.timings["resume"] = time.perf_counter() - t
-                    self.reporter.stage(f"resumed at frame {summary.frames} of {summary.total_frames} (chunk {start})")
+                    self.reporter.stage(f"resumed at frame {summary.frames} of {summary.total_frames}: continuing with "
+                                        f"chunk {start + 1} of {job.schedule.num_chunks}")  # 1-based, as the progress
                 recorder = CheckpointRecorder(resume_dir(job.output), ident, job.width, job.height, FPS,
                                               self.options.checkpoint_every, resumed=checkpoint)
-                self.reporter.start(job.schedule)
+                self.reporter.start(job.schedule, start, summary.frames)  # after a resume: from where it was
                 self._stream(job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
                              contexts, source)
                 if stop.requested:
@@ -869,7 +875,7 @@ class Renderer:
             raise CheckpointError(f"{self.weights.vae}: this VAE file has no encoder weights; video-to-video "
                                   "needs the full Wan2.1_VAE.pth") from None
         v = job.video
-        self.reporter.stage(f"video-to-video: {v.info.describe()}; using {v.frames} frames, fit {v.fit}, strength "
+        self.reporter.stage(f"video-to-video: {v.info.describe()}; {v.info.uses(v.frames)}, fit {v.fit}, strength "
                             f"{v.strength:g}" + (" with the noise controller" if v.noise_controller else ""))
         timings = summary.timings
         timings.update(read=0.0, vae_encode=0.0)
@@ -963,8 +969,8 @@ class Renderer:
                     self._overlapped_loop(job, conditioner, generator, summary, on_chunk, start, recorder, owners,
                                           stop, contexts, inputs, stage, laps, add_generation)
                 except KeyboardInterrupt:
-                    if stop.requested:  # a second signal while stopping: stop at once, drop what is queued
-                        stage.close(drain=False)
+                    if stop.requested:  # a second Ctrl-C while stopping: at once; what is written is kept
+                        stage.abandon()
                     raise
         finally:
             timings["queue_wait"] = stage.waited

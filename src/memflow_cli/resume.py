@@ -327,7 +327,8 @@ def _count(value: Any) -> bool:
 
 def _difference(meta: dict, settings: dict, input_sha256: str | None) -> str:
     old = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
-    diffs = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    now = json.loads(json.dumps(settings, default=str))  # as meta.json holds them: a tuple reads back as a list
+    diffs = [f"{k} {old.get(k)!r} then, {v!r} now" for k, v in now.items() if old.get(k) != v]
     if meta.get("input_sha256") != input_sha256:
         diffs.insert(0, "the input file's content changed")
     return "; ".join(diffs[:4]) or "different weights"

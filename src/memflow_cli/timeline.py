@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from memflow_cli.errors import InputError
+from memflow_cli.errors import InputError, counted
 from memflow_cli.limits import MAX_TIMELINE_BYTES, as_finite, check_seed, check_steps, describe_number, is_blank_prompt
 from memflow_cli.models import MODELS
 
@@ -126,8 +126,10 @@ def read_timelines(
     switch_frames: Sequence[int] | None = None,
     num_latent_frames: int | None = None,
     lora_dirs: Iterable[str | Path] = (),
+    line: int | None = None,
 ) -> list[Timeline]:
-    """Read a timeline file of any supported format. A prompt-list JSONL gives one timeline per line."""
+    """Read a timeline file of any supported format. A prompt-list JSONL gives one timeline per line; with
+    `line` (1-based, blank lines not counted) only that prompt list is read and checked, the others are not."""
     path = Path(path)
     where = str(path)
     raw = _read_regular_file(path, where)
@@ -146,7 +148,7 @@ def read_timelines(
     except json.JSONDecodeError as exc:
         # Several JSON values, one per line: the MemFlow prompt-list format.
         if exc.msg == "Extra data":
-            documents = _json_lines(text, where)
+            documents = _json_lines(text, where, line)
         else:
             raise InputError(f"{where}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
@@ -156,6 +158,7 @@ def read_timelines(
             timelines = [reader.scope_workflow(doc)]
         elif isinstance(doc, dict) and _is_prompt_list(doc.get("prompts")) and not {"version", "settings"} & doc.keys():
             documents = [(1, doc)]
+            _check_line(line, 1, where)
             timelines = []
         elif isinstance(doc, dict) and "prompts" in doc:
             timelines = [reader.scope_timeline(doc)]
@@ -178,14 +181,10 @@ def read_timelines(
 
 def read_timeline(path: str | Path, *, line: int | None = None, **options: Any) -> Timeline:
     """Read one timeline; for a multi-line JSONL choose `line` (1-based)."""
-    timelines = read_timelines(path, **options)
-    if line is None:
-        if len(timelines) > 1:
-            raise InputError(f"{path}: holds {len(timelines)} prompt lists (one video each); choose one with a line number")
-        return timelines[0]
-    if not 1 <= line <= len(timelines):
-        raise InputError(f"{path}: line {line} does not exist; expected 1 to {len(timelines)}")
-    return timelines[line - 1]
+    timelines = read_timelines(path, line=line, **options)
+    if line is None and len(timelines) > 1:
+        raise InputError(f"{path}: holds {len(timelines)} prompt lists (one video each); choose one with a line number")
+    return timelines[0]
 
 
 def prompt_timeline(text: str, seconds: float = DEFAULT_SEGMENT_SECONDS) -> Timeline:
@@ -233,11 +232,21 @@ def _parse_json(text: str, where: str, line: int | None = None) -> Any:
         raise InputError(f"{where}: not valid JSON{at}: {exc}") from None
 
 
-def _json_lines(text: str, where: str) -> list[tuple[int, Any]]:
+def _check_line(line: int | None, count: int, where: str) -> None:
+    if line is not None and not 1 <= line <= count:
+        raise InputError(f"{where}: line {line} does not exist; the file holds {counted(count, 'prompt list')}, "
+                         f"expected 1 to {count}")
+
+
+def _json_lines(text: str, where: str, chosen: int | None = None) -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line; with `chosen` (the n-th non-blank line, 1-based) only that
+    one is parsed: a render of line 3 does not depend on what line 7 holds."""
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if chosen is not None:
+        _check_line(chosen, len(lines), where)
+        lines = [lines[chosen - 1]]
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in lines:
         try:
             out.append((number, _parse_json(line, where, number)))
         except json.JSONDecodeError as exc:
@@ -393,7 +402,25 @@ class _Reader:
                     f"{before.start:g}–{before.end:g} s); expected blocks that do not overlap"
                 )
         _check_duration(max(b.end for b in blocks), f"{self.where}: {blocks[-1].where}")
+        self.note_gaps(blocks)
         return tuple(blocks)
+
+    def note_gaps(self, blocks: list[Block]) -> None:
+        """One warning for every stretch no block covers (at least a frame long), saying what fills it: the
+        blend in use goes on (timelines.md §2), and the first block also covers the time before it."""
+        gaps = [(before.end, after.start) for before, after in zip(blocks, blocks[1:])
+                if round(after.start * FPS) > round(before.end * FPS)]
+        lead = round(blocks[0].start * FPS) > 0
+        if not gaps and not lead:
+            return
+        shown = [f"{a:g}–{b:g} s" for a, b in gaps[:4]] + ([f"… ({len(gaps)} in all)"] if len(gaps) > 4 else [])
+        parts = []
+        if gaps:
+            parts.append(f"{counted(len(gaps), 'gap')} between blocks ({', '.join(shown)}): the blend before each gap "
+                         "continues through it until the next block starts")
+        if lead:
+            parts.append(f"nothing before {blocks[0].start:g} s: the first block ({blocks[0].where}) starts the video")
+        self.notes.append("; ".join(parts))
 
     # -- settings -------------------------------------------------------------------------------
 
@@ -685,7 +712,8 @@ def segment_times(
     frames = list(switch_frames)
     if len(frames) != count - 1:
         raise InputError(
-            f"{where}: expected {count - 1} switch frames for {count} prompts (--switch-frames), found {len(frames)}"
+            f"{where}: expected {counted(count - 1, 'switch frame')} for {counted(count, 'prompt')} (--switch-frames), "
+            f"found {len(frames)}"
         )
     if any(not 0 < s < total for s in frames) or any(b <= a for a, b in zip(frames, frames[1:])):
         raise InputError(f"--switch-frames: expected increasing latent frames between 1 and {total - 1}, got {frames}")

@@ -67,7 +67,7 @@ class VideoInput:
             "width": info.width,
             "height": info.height,
             "fps": info.fps,
-            "frames": info.frames,  # at 16 fps
+            "frames": info.clip_frames,  # the clip's, at 16 fps (estimated from its duration past what was probed)
             "frames_used": self.frames,
             "fit": self.fit,
             "strength": self.strength,

@@ -46,15 +46,38 @@ class VideoInfo:
     height: int | None
     fps: float | None  # the source's frame rate, if ffmpeg reports one
     sequence: bool = False  # an image sequence (each image one frame at 16 fps)
+    # A probe with a limit stops counting there: then `frames` is the limit and the whole clip's length is
+    # `total`, counted (`counted_all`) or estimated from the container's duration (None when it gives none).
+    counted_all: bool = True
+    total: int | None = None
 
     @property
     def seconds(self) -> float:
         return self.frames / FPS
 
+    @property
+    def clip_frames(self) -> int | None:
+        """The whole clip's frames at 16 fps (exact when `counted_all`, else estimated or None)."""
+        return self.frames if self.counted_all and self.total is None else self.total
+
     def describe(self) -> str:
         size = f"{self.width}x{self.height}" if self.width else "?x?"
         rate = f"{self.fps:g} fps" if self.fps else "? fps"
-        return f"{self.path}: {size}, {rate}, {self.frames} frames at {FPS} fps ({self.seconds:.2f} s)"
+        total = self.clip_frames
+        if total is None:
+            length = f"at least {self.frames} frames at {FPS} fps"
+        else:
+            length = f"{'' if self.counted_all else 'about '}{total} frames at {FPS} fps ({total / FPS:.2f} s)"
+        return f"{self.path}: {size}, {rate}, {length}"
+
+    def uses(self, frames: int) -> str:
+        """`uses 48 of its 96 frames` (or `uses all 96 frames`)."""
+        total = self.clip_frames
+        if total is None:
+            return f"uses its first {frames} frames"
+        if total <= frames:
+            return f"uses all {frames} frames"
+        return f"uses {frames} of its {total} frames" if self.counted_all else f"uses {frames} of about {total} frames"
 
 
 def ffmpeg_exe() -> str:
@@ -124,6 +147,7 @@ _VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
 _SIZE = re.compile(r"\b(\d{1,5})x(\d{1,5})\b")
 _RATE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
 def _parse_header(log: str) -> tuple[int | None, int | None, float | None]:
@@ -171,7 +195,9 @@ def probe_video(path: str | Path, *, limit: int | None = None) -> VideoInfo:
     key = _file_key(path)
     if key in _FULL_PROBES:
         known = _FULL_PROBES[key]
-        return replace(known, path=str(path), frames=min(known.frames, limit) if limit else known.frames)
+        if limit and known.frames > limit:
+            return replace(known, path=str(path), frames=limit, total=known.frames)  # (counted_all: the total is)
+        return replace(known, path=str(path))
     inputs, sequence = _input_args(path)
     # Tiny frames: the count is all we need, and the scaler then costs nothing.
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *inputs, "-map", "0:v:0", "-an", "-sn", "-dn",
@@ -186,7 +212,12 @@ def probe_video(path: str | Path, *, limit: int | None = None) -> VideoInfo:
     width, height, fps = _parse_header(log)
     if frames == 0:
         raise InputError(f"{path}: the video has no frames; expected at least one")
-    info = VideoInfo(str(path), frames, width, height, fps, sequence)
+    counted_all, total = not (limit and frames >= limit), None
+    duration = _DURATION.search(log)
+    if not counted_all and duration:  # the rest of the clip was not decoded: its length from the container
+        seconds = int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
+        total = max(frames, round(seconds * FPS))
+    info = VideoInfo(str(path), frames, width, height, fps, sequence, counted_all=counted_all, total=total)
     if key is not None and (limit is None or frames < limit):
         _FULL_PROBES[key] = info
     return info

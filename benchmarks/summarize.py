@@ -245,6 +245,23 @@ def target_checks(rows: list[dict]) -> list[dict]:
     return checks
 
 
+def _failure(result: dict) -> str:
+    """Why a golden case failed, in a table cell: its error, the checks that failed, the first trace difference."""
+    why = []
+    if result.get("error"):
+        why.append(result["error"])
+    failed = [name for name, ok in (result.get("checks") or {}).items() if not ok]
+    if failed:
+        why.append("check failed: " + ", ".join(failed))
+    differences = result.get("trace_differences") or []
+    if differences:
+        why.append(f"{len(differences)} trace difference(s), first: {differences[0]}")
+    outside = [name for name, t in (result.get("tensors") or {}).items() if not t.get("within_tolerance", True)]
+    if outside:
+        why.append("outside tolerance: " + ", ".join(outside))
+    return (" (" + "; ".join(why) + ")").replace("|", "/") if why else ""
+
+
 def golden_lines(folder: Path) -> list[str]:
     lines = []
     reports = []
@@ -273,7 +290,7 @@ def golden_lines(folder: Path) -> list[str]:
             for d in dtypes:
                 r = case.get(d, {})
                 if d == "fp32":
-                    cells.append("pass" if r.get("passed") else f"**FAIL**{' (' + r['error'] + ')' if r.get('error') else ''}")
+                    cells.append("pass" if r.get("passed") else "**FAIL**" + _failure(r))
                 cells += [_num(r.get("rel_l2"), "{:.2e}"), _num(r.get("seconds"), "{:.2f}")]
             lines.append("| " + " | ".join(cells) + " |")
         if "failed" in data:

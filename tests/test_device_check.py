@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device-check.sh"
@@ -251,3 +252,68 @@ def test_a_failed_or_fallen_back_compile_run_asks_for_the_run_without_cuda_graph
     assert [summarize.compiled_run_failed(p) for p in (ok, fell, failed, skipped, tmp_path / "absent.json")] == [
         False, True, True, False, False]
     assert summarize.main(["fell-back", str(fell)]) == 0 and summarize.main(["fell-back", str(ok)]) == 1
+
+
+# ------------------------------------------------------------------------------------- golden traces on a device
+
+
+class _IndicesOnDevice(torch.Tensor):
+    """The bank's `keep` indices as the bookkeeping sees them on a GPU: the device says not-CPU; .cpu() copies back."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def device(self):
+        return torch.device("meta")
+
+    def cpu(self):
+        return self.as_subclass(torch.Tensor)
+
+
+@pytest.fixture
+def bank_indices_on_a_device(monkeypatch):
+    from memflow_cli.memory import MemoryBank
+
+    keep_order = MemoryBank.keep_order
+    monkeypatch.setattr(MemoryBank, "keep_order", lambda self, text: keep_order(self, text).as_subclass(_IndicesOnDevice))
+
+
+def _golden_case(case_id):
+    index = json.loads((ROOT / "tests" / "golden" / "cases.json").read_text())
+    return next(c for c in index["cases"] if c["id"] == case_id), index
+
+
+def test_trace_differences_name_the_field_and_both_values(bank_indices_on_a_device):
+    # The cause of B1-B5's trace failure on the H200: with the bank's indices on a device, the bookkeeping
+    # records -1 ("unknown") for the slots after a compression, and the trace compares frame numbers.
+    import golden_pipeline
+
+    case, index = _golden_case("B1")
+    trace = json.loads((ROOT / "tests" / "golden" / case["trace"]).read_text())
+    gen, _ = golden_pipeline.generate_case(case, index, ROOT / "tests" / "golden")
+    found = golden_pipeline.trace_differences(trace, gen.records)
+    assert found and all("bank frames: golden [" in line for line in found), found
+    assert "run [-1, -1, -1]" in found[0] and found[0].startswith("chunk ")
+    with pytest.raises(AssertionError, match="trace difference"):
+        golden_pipeline.check_trace(trace, gen.records)
+
+
+def test_golden_device_keeps_the_bank_bookkeeping_of_a_device_run(bank_indices_on_a_device):
+    import golden_device
+
+    case, index = _golden_case("B1")
+    outcome = golden_device.run_pipeline(case, index, ROOT / "tests" / "golden", torch.device("cpu"), torch.float32)
+    assert outcome.checks == {"trace (re-caches, key frames, bank slots)": True}
+    assert "trace_differences" not in outcome.info
+
+
+def test_summary_says_why_a_golden_case_failed(tmp_path):
+    result = {"passed": False, "error": None, "rel_l2": 4.2e-7, "seconds": 1.0,
+              "checks": {"trace (re-caches, key frames, bank slots)": False},
+              "trace_differences": ["chunk 4, layer 0: bank frames: golden [0, 3, 9], run [-1, -1, -1]"],
+              "tensors": {"B1.latents": {"within_tolerance": True}}}
+    (tmp_path / "golden.json").write_text(json.dumps({"device": "cuda", "dtypes": ["fp32"], "cases": [
+        {"id": "B1", "kind": "pipeline", "fp32": result}], "failed": ["B1"], "passed": []}))
+    text = "\n".join(summarize.golden_lines(tmp_path))
+    assert "**FAIL** (check failed: trace (re-caches, key frames, bank slots); 1 trace difference(s), first: chunk 4," \
+           " layer 0: bank frames: golden [0, 3, 9], run [-1, -1, -1])" in text

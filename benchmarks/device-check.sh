@@ -152,18 +152,31 @@ fi
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1 || true
 fi
-COMMIT="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo "${MEMFLOW_COMMIT:-unknown}")"
+# The project's own commit: only when ROOT is a repository's top (its own .git, or git's top level is ROOT).
+# A tree copied into another repository (a device machine's checkout) would otherwise report that repository's
+# HEAD. Else: $MEMFLOW_COMMIT if given, or "unknown"; the content hash of src/ tells trees apart either way.
+project_commit() {
+    local top
+    if [ -e "$ROOT/.git" ] || { top="$(git -C "$ROOT" rev-parse --show-toplevel 2>/dev/null)" \
+            && [ "$(cd "$top" && pwd -P)" = "$(pwd -P)" ]; }; then
+        git -C "$ROOT" rev-parse HEAD 2>/dev/null && return 0
+    fi
+    echo "${MEMFLOW_COMMIT:-unknown}"
+}
+COMMIT="$(project_commit)"
+SOURCE_HASH="$("$PY" benchmarks/summarize.py source-hash src)"
+log "commit $COMMIT; src/ content sha256 ${SOURCE_HASH:0:16}…"
 FLAGS_FOUND=""
 for flag in --compile --quantization --no-overlap; do
     has_flag "$flag" && FLAGS_FOUND="$FLAGS_FOUND $flag"
 done
-"$PY" - "$DEVICE" "$COMMIT" "$DRY_RUN" "$FLAGS_FOUND" > "$RESULTS/environment.json" 2> "$LOGS/environment.log" <<'PYEOF' || die "could not record the environment (logs/environment.log)"
+"$PY" - "$DEVICE" "$COMMIT" "$DRY_RUN" "$FLAGS_FOUND" "$SOURCE_HASH" > "$RESULTS/environment.json" 2> "$LOGS/environment.log" <<'PYEOF' || die "could not record the environment (logs/environment.log)"
 import json, platform, sys, time
 import torch
 device, commit, dry_run, flags = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4].split()
 env = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": dry_run, "device": device, "commit": commit,
        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-       "bench_flags": flags}
+       "bench_flags": flags, "source_sha256": sys.argv[5]}
 if device == "cuda":
     props = torch.cuda.get_device_properties(0)
     env.update(device_name=props.name, capability=list(torch.cuda.get_device_capability(0)),

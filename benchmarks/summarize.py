@@ -17,6 +17,7 @@ Only the standard library: it runs before anything else is known to work.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -96,6 +97,23 @@ def skip(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device_check": entry}, indent=2) + "\n")
     print(f"{args.name}: skipped — {args.reason}", file=sys.stderr)
+    return 0
+
+
+def source_hash(folder: Path) -> str:
+    """sha256 over a source tree: every file's path (relative, '/'-separated) and bytes, in sorted order;
+    caches (__pycache__, .pyc) left out. The same tree gives the same hash on any machine."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and p.suffix not in (".pyc", ".pyo"))
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def print_source_hash(args) -> int:
+    print(source_hash(args.folder))
     return 0
 
 
@@ -312,7 +330,8 @@ def summary(args) -> int:
     if env:
         lines.append(f"{env.get('date', '')} · {env.get('device_name', '?')} · torch {env.get('torch', '?')}"
                      f" (CUDA {env.get('cuda') or '–'}) · fp8: {env.get('fp8_path', '?')} · attention:"
-                     f" {env.get('attention_bf16', '?')} · commit {env.get('commit', '?')}")
+                     f" {env.get('attention_bf16', '?')} · commit {env.get('commit', '?')}"
+                     + (f" · src sha256 {env['source_sha256'][:16]}" if env.get("source_sha256") else ""))
         lines.append("")
     lines += ["| run | status | gen FPS | e2e FPS | DiT ms/chunk | VAE ms/chunk | memory cost % | peak GB |"
               " DiT ms/chunk early → late | compile s / warm-up s | seconds |",
@@ -390,11 +409,13 @@ def main(argv=None) -> int:
     m.add_argument("--dry-run", action="store_true")
     q = sub.add_parser("requirements")
     q.add_argument("pyproject", type=Path)
+    h = sub.add_parser("source-hash", help="sha256 of a source tree (paths and bytes)")
+    h.add_argument("folder", type=Path)
     f = sub.add_parser("fell-back", help="exit 0 when this --compile run failed or fell back to eager")
     f.add_argument("report", type=Path)
     args = parser.parse_args(argv)
     return {"record": record, "skip": skip, "summary": summary, "requirements": requirements,
-            "fell-back": fell_back}[args.what](args)
+            "fell-back": fell_back, "source-hash": print_source_hash}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,10 @@ def test_dry_run_succeeds_without_a_wheels_folder(dry_run):
     env = json.loads((results / "environment.json").read_text())
     assert env["dry_run"] is True and env["device"] == "cpu" and env["torch"]
     assert env["fp8_path"] == "dequantize"
+    if (ROOT / ".git").exists() and shutil.which("git"):  # the project's own repository: its HEAD
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        assert env["commit"] == head
+    assert env["source_sha256"] == summarize.source_hash(ROOT / "src")
 
 
 def test_every_bench_run_writes_its_json(dry_run):
@@ -317,3 +321,39 @@ def test_summary_says_why_a_golden_case_failed(tmp_path):
     text = "\n".join(summarize.golden_lines(tmp_path))
     assert "**FAIL** (check failed: trace (re-caches, key frames, bank slots); 1 trace difference(s), first: chunk 4," \
            " layer 0: bank frames: golden [0, 3, 9], run [-1, -1, -1])" in text
+
+
+def test_commit_is_the_projects_own_even_inside_another_repository(tmp_path):
+    # A checkout copied into another git repository (as on a device machine): not the outer HEAD, but
+    # "unknown" (or $MEMFLOW_COMMIT) and the content hash of src/.
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("needs git")
+    outer = tmp_path / "outer"
+    project = outer / "copy-of-memflow"
+    (project / "benchmarks").mkdir(parents=True)
+    (project / "tests" / "golden").mkdir(parents=True)
+    for name in ("device-check.sh", "summarize.py"):
+        shutil.copy(ROOT / "benchmarks" / name, project / "benchmarks" / name)
+    shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+    shutil.copy(ROOT / "tests" / "golden" / "cases.json", project / "tests" / "golden" / "cases.json")
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MEMFLOW_COMMIT", None)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "outer"]):
+        subprocess.run([git, *args], cwd=outer, env=env, check=True, capture_output=True)
+    outer_head = subprocess.run([git, "rev-parse", "HEAD"], cwd=outer, capture_output=True, text=True).stdout.strip()
+
+    def environment(**extra):
+        results = tmp_path / f"r{len(extra)}"
+        proc = subprocess.run(["bash", str(project / "benchmarks" / "device-check.sh"), "--dry-run", "--only", "none",
+                               "--results", str(results)], cwd=tmp_path, env={**env, "PYTHON": sys.executable, **extra},
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((results / "environment.json").read_text())
+
+    recorded = environment()
+    assert recorded["commit"] == "unknown" != outer_head
+    assert recorded["source_sha256"] == summarize.source_hash(ROOT / "src")
+    assert environment(MEMFLOW_COMMIT="abc123")["commit"] == "abc123"

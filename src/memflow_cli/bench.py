@@ -334,7 +334,8 @@ def _memory_report(opts: BenchOptions, device: torch.device, runs: list[dict], r
         how = "process peak RSS minus RSS before the build (host memory: weights, Python, torch)" if rose else \
             "n/a (the process's earlier peak RSS hides the bench's)"
     memory.update(measured_gb=measured, measured_by=how,
-                  over_plan_percent=None if measured is None or not memory["planned_gb"]
+                  # against the plan on a device only: host RSS is not what the plan counts
+                  over_plan_percent=None if measured is None or device.type != "cuda" or not memory["planned_gb"]
                   else 100.0 * (measured - memory["planned_gb"]) / memory["planned_gb"])
     return memory
 

@@ -130,6 +130,17 @@ else
     log "no wheels folder given: nothing installed (the dependencies must already be importable)"
 fi
 
+# ffmpeg carried xz-compressed beside imageio-ffmpeg's wheel without its binary (benchmarks/pack-wheels.sh):
+# unpacked outside the results folder, and imageio-ffmpeg pointed at it.
+FFMPEG_DIR=""
+trap '[ -z "$FFMPEG_DIR" ] || rm -rf "$FFMPEG_DIR"' EXIT
+if [ -n "$WHEELS" ] && [ -z "${IMAGEIO_FFMPEG_EXE:-}" ] && compgen -G "$WHEELS/ffmpeg*.xz" > /dev/null; then
+    FFMPEG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/memflow-ffmpeg.XXXXXX")"
+    EXE="$("$PY" benchmarks/summarize.py unpack-ffmpeg "$WHEELS" "$FFMPEG_DIR")" || die "could not unpack ffmpeg from $WHEELS"
+    export IMAGEIO_FFMPEG_EXE="$EXE"
+    log "ffmpeg unpacked from $WHEELS to $EXE (IMAGEIO_FFMPEG_EXE)"
+fi
+
 # What the runs need: the CLI must start; without imageio-ffmpeg the bench skips the H.264 stage.
 NO_VIDEO=()
 VIDEO_NOTE=""
@@ -215,7 +226,7 @@ if [ "$DRY_RUN" = 1 ]; then
     GOLDEN_DTYPES=fp32,bf16
     # inductor's C++ compile is slow on a small CPU: the compiled golden path is exercised on one case
     GOLDEN_COMPILE=(--cases B1 --dtypes fp32)
-    PROFILE=(--preset tiny --resolution 64x64 --vae-dim 8 --device cpu --dtype fp32 --warmup 7 --chunks 2)
+    PROFILE=(--preset tiny --resolution 64x64 --vae-dim 8 --device cpu --dtype fp32 --warmup 1 --chunks 1)
 else
     SIZE=(--preset wan2.1-t2v-1.3b --resolution 832x480)
     CHUNKS=24

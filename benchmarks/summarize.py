@@ -127,6 +127,28 @@ def print_source_hash(args) -> int:
     return 0
 
 
+def unpack_ffmpeg(wheels: Path, dest: Path) -> Path:
+    """The ffmpeg binary that pack-wheels.sh carries as `ffmpeg-*.xz` in the wheels folder, unpacked into `dest`
+    and made executable (for IMAGEIO_FFMPEG_EXE). Only the standard library: the machine may have no xz(1)."""
+    import lzma
+    import shutil
+
+    packed = sorted(wheels.glob("ffmpeg*.xz"))
+    if len(packed) != 1:
+        raise SystemExit(f"unpack-ffmpeg: expected one ffmpeg*.xz in {wheels}, found {[p.name for p in packed]}")
+    exe = dest / packed[0].name[: -len(".xz")]
+    dest.mkdir(parents=True, exist_ok=True)
+    with lzma.open(packed[0]) as f, open(exe, "wb") as out:
+        shutil.copyfileobj(f, out, 1 << 20)
+    exe.chmod(0o755)
+    return exe
+
+
+def print_unpacked_ffmpeg(args) -> int:
+    print(unpack_ffmpeg(args.wheels, args.dest))
+    return 0
+
+
 def requirements(args) -> int:
     """The project's dependencies from pyproject.toml, one per line, without torch (the machine brings its own)."""
     text = (args.pyproject).read_text()
@@ -555,11 +577,15 @@ def main(argv=None) -> int:
     q.add_argument("pyproject", type=Path)
     h = sub.add_parser("source-hash", help="sha256 of a source tree (paths and bytes)")
     h.add_argument("folder", type=Path)
+    u = sub.add_parser("unpack-ffmpeg", help="unpack the wheels folder's ffmpeg*.xz into DEST; print its path")
+    u.add_argument("wheels", type=Path)
+    u.add_argument("dest", type=Path)
     f = sub.add_parser("fell-back", help="exit 0 when this --compile run failed or fell back to eager")
     f.add_argument("report", type=Path)
     args = parser.parse_args(argv)
     return {"record": record, "skip": skip, "summary": summary, "requirements": requirements,
-            "fell-back": fell_back, "source-hash": print_source_hash}[args.what](args)
+            "fell-back": fell_back, "source-hash": print_source_hash,
+            "unpack-ffmpeg": print_unpacked_ffmpeg}[args.what](args)
 
 
 if __name__ == "__main__":

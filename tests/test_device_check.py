@@ -433,3 +433,34 @@ def test_profile_figures_per_chunk_from_device_events():
     assert figures["launches_per_chunk"] == 500 and figures["total_ms_per_chunk"] == 5.0
     assert figures["percent"]["attention"] == 60.0
     assert [t["kind"] for t in figures["top"]] == ["attention", "gemm", "elementwise", "elementwise"]
+
+
+def test_ffmpeg_carried_compressed_is_unpacked_and_runs(tmp_path, capsys):
+    import lzma
+
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    script = b"#!/bin/sh\necho 'ffmpeg version 7.0.2-static'\n"
+    with lzma.open(wheels / "ffmpeg-linux-x86_64-v7.0.2.xz", "wb") as f:
+        f.write(script)
+    assert summarize.main(["unpack-ffmpeg", str(wheels), str(tmp_path / "bin")]) == 0
+    exe = Path(capsys.readouterr().out.strip())
+    assert exe == tmp_path / "bin" / "ffmpeg-linux-x86_64-v7.0.2" and exe.read_bytes() == script
+    assert subprocess.run([str(exe)], capture_output=True, text=True).stdout.startswith("ffmpeg version 7.0.2")
+    (wheels / "ffmpeg-other.xz").write_bytes(b"")
+    with pytest.raises(SystemExit, match="expected one ffmpeg"):
+        summarize.unpack_ffmpeg(wheels, tmp_path / "bin2")
+
+
+def test_profile_step_reports_time_by_kind(dry_run):
+    proc, results = dry_run
+    data = json.loads((results / "profile.json").read_text())
+    assert data["device_check"]["status"] == "ok" and data["device_check"]["kind"] == "profile"
+    figures = data["profile"]
+    assert set(figures["ms_per_chunk"]) == {"attention", "gemm", "elementwise", "conv", "other"}
+    for kind in ("attention", "gemm", "elementwise", "conv"):  # a DiT pass and a Wan VAE decode have all four
+        assert figures["ms_per_chunk"][kind] > 0, kind
+    assert abs(sum(figures["percent"].values()) - 100) < 1e-6 and figures["launches_per_chunk"] > 100
+    text = (results / "summary.md").read_text()
+    assert "## Where a steady chunk's time goes (profile)" in text and "| attention |" in text
+    assert "aten ops (CPU; not kernels) per chunk:" in text

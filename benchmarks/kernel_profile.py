@@ -96,6 +96,8 @@ def summarize_events(events, chunks: int, device: bool) -> dict:
     launches = 0
     names = {}
     for e in events:
+        if getattr(e, "is_user_annotation", False):
+            continue  # ranges (a compiled region, a graph replay) mirrored on the GPU timeline: their kernels count
         on_device = getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
         if device != on_device:
             continue

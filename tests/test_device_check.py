@@ -427,7 +427,9 @@ def test_profile_figures_per_chunk_from_device_events():
 
     events = [event("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 6000.0, 60),
               event("nvjet_tst_128x256", 3000.0, 300), event("void at::native::elementwise_kernel<copy>", 900.0, 600),
-              event("Memcpy DtoD (Device -> Device)", 100.0, 40), event("aten::mm", 99999.0, 300, cpu)]
+              event("Memcpy DtoD (Device -> Device)", 100.0, 40), event("aten::mm", 99999.0, 300, cpu),
+              SimpleNamespace(key="Torch-Compiled Region: 0/0", count=2, device_type=cuda, self_device_time_total=9e9,
+                              is_user_annotation=True)]
     figures = kernel_profile.summarize_events(events, chunks=2, device=True)
     assert figures["ms_per_chunk"] == {"attention": 3.0, "gemm": 1.5, "elementwise": 0.5, "conv": 0.0, "other": 0.0}
     assert figures["launches_per_chunk"] == 500 and figures["total_ms_per_chunk"] == 5.0

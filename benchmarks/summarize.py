@@ -17,6 +17,7 @@ Only the standard library: it runs before anything else is known to work.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -24,15 +25,20 @@ from pathlib import Path
 
 # The issue's targets, on one H100/H200 at 832x480, 4 steps, bf16.
 TARGETS = {
-    "gen_fps": 40.0,  # generation only, frames per second
-    "e2e_fps_wan": 30.0,  # end to end with the Wan VAE (+ H.264)
-    "e2e_fps_lighttae": 45.0,  # end to end with lighttae
+    "gen_fps": 40.0,  # generation only, frames per second (issue 25)
+    "default_gen_fps": 36.0,  # the path a user gets without flags (issue 25)
+    "e2e_fps_wan": 30.0,  # end to end with the Wan VAE (+ H.264) (issue 21)
+    "e2e_fps_lighttae": 40.0,  # end to end with lighttae (issue 21)
+    "wan_decode_ms": 90.0,  # Wan VAE decode per chunk of 12 frames (issue 21)
+    "fp8_speedup": 1.3,  # fp8 DiT against bf16 DiT, steady ms per chunk (issue 25)
     "bank_cost_percent": 15.0,  # memory bank's DiT time against no memory
     "sma_cost_percent": 5.0,  # the same with SMA on
+    "peak_vs_plan_percent": 10.0,  # measured peak within this of memflow info's plan (issue 21)
     "peak_memory_gb": 16.0,  # benchmarks/README.md's target list
     "flat_late_over_early": 1.10,  # steady-state ms per chunk at most 10 % above the early chunks'
 }
-TIMEOUT_RC = (124, 137)  # timeout(1): 124 on SIGTERM, 128 + 9 when it had to kill
+TIMEOUT_RC = (124, 137)
+KINDS = ("bench", "golden", "profile", "op-count")  # what a step runs  # timeout(1): 124 on SIGTERM, 128 + 9 when it had to kill
 
 
 def _tail(path: Path | None, lines: int = 25) -> str:
@@ -66,14 +72,19 @@ def _load_report(path: Path | None):
 def record(args) -> int:
     report = _load_report(args.report)
     variant = json.loads(args.variant) if args.variant else {}
+    text_output = None
+    if report is None and args.kind == "op-count" and args.report is not None and args.report.is_file():
+        text_output = _tail(args.report, 60)  # a script that prints a table, not JSON: its text is the report
     if args.rc in TIMEOUT_RC:
         status = "timeout"
-    elif args.rc == 0 and report is not None:
+    elif args.rc == 0 and (report is not None or text_output):
         status = "ok"
     else:
         status = "failed"
     entry = {"name": args.name, "kind": args.kind, "order": args.order, "status": status, "rc": args.rc,
-             "seconds": args.seconds, "command": args.command, "variant": variant}
+             "seconds": args.seconds, "estimate": args.estimate, "command": args.command, "variant": variant}
+    if text_output:
+        entry["output"] = text_output
     if args.note:
         entry["note"] = args.note
     if status != "ok":
@@ -91,11 +102,50 @@ def record(args) -> int:
 
 def skip(args) -> int:
     entry = {"name": args.name, "kind": args.kind, "order": args.order, "status": "skipped", "reason": args.reason,
-             "rc": None, "seconds": 0.0,
+             "rc": None, "seconds": 0.0, "estimate": args.estimate,
              "command": args.command, "variant": json.loads(args.variant) if args.variant else {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device_check": entry}, indent=2) + "\n")
     print(f"{args.name}: skipped — {args.reason}", file=sys.stderr)
+    return 0
+
+
+def source_hash(folder: Path) -> str:
+    """sha256 over a source tree: every file's path (relative, '/'-separated) and bytes, in sorted order;
+    caches (__pycache__, .pyc) left out. The same tree gives the same hash on any machine."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and p.suffix not in (".pyc", ".pyo"))
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def print_source_hash(args) -> int:
+    print(source_hash(args.folder))
+    return 0
+
+
+def unpack_ffmpeg(wheels: Path, dest: Path) -> Path:
+    """The ffmpeg binary that pack-wheels.sh carries as `ffmpeg-*.xz` in the wheels folder, unpacked into `dest`
+    and made executable (for IMAGEIO_FFMPEG_EXE). Only the standard library: the machine may have no xz(1)."""
+    import lzma
+    import shutil
+
+    packed = sorted(wheels.glob("ffmpeg*.xz"))
+    if len(packed) != 1:
+        raise SystemExit(f"unpack-ffmpeg: expected one ffmpeg*.xz in {wheels}, found {[p.name for p in packed]}")
+    exe = dest / packed[0].name[: -len(".xz")]
+    dest.mkdir(parents=True, exist_ok=True)
+    with lzma.open(packed[0]) as f, open(exe, "wb") as out:
+        shutil.copyfileobj(f, out, 1 << 20)
+    exe.chmod(0o755)
+    return exe
+
+
+def print_unpacked_ffmpeg(args) -> int:
+    print(unpack_ffmpeg(args.wheels, args.dest))
     return 0
 
 
@@ -130,11 +180,13 @@ def run_rows(folder: Path) -> list[dict]:
         except (json.JSONDecodeError, OSError):
             continue
         check = data.get("device_check") if isinstance(data, dict) else None
-        if not check or check.get("kind") == "golden":
+        if not check or check.get("kind", "bench") != "bench":
             continue
         w = data.get("with_memory") or {}
         wo = data.get("without_memory") or {}
         per = w.get("per_chunk_ms") or {}
+        sched = data.get("schedules") or {}
+        memory = data.get("memory") or {}
         rows.append({
             "name": check["name"], "file": path.name, "status": check["status"], "reason": check.get("reason"),
             "note": check.get("note"), "seconds": check.get("seconds"), "variant": check.get("variant", {}),
@@ -151,6 +203,11 @@ def run_rows(folder: Path) -> list[dict]:
             "compile_s": _compile_seconds(data), "compile_note": _compile_note(data),
             "warmup_s": sum((data.get("warmup_seconds") or {}).values()) or None,
             "device": data.get("device"), "attention": data.get("attention"),
+            "dit_ms_overlap": sched.get("dit_ms_overlap"), "dit_ms_serial": sched.get("dit_ms_serial"),
+            "decode_ms_serial": sched.get("decode_ms_serial"),
+            "planned_gb": memory.get("planned_gb"), "measured_gb": memory.get("measured_gb"),
+            "over_plan_percent": memory.get("over_plan_percent"),
+            "ttff_s": data.get("time_to_first_frame_after_load_s"),
         })
     rows.sort(key=lambda r: (r["order"], r["name"]))
     return rows
@@ -206,6 +263,11 @@ def target_checks(rows: list[dict]) -> list[dict]:
     r = _best(rows, "gen_fps", bf16)
     add(f"generation ≥ {TARGETS['gen_fps']:.0f} FPS", TARGETS["gen_fps"], r, r and r["gen_fps"],
         r is not None and r["gen_fps"] >= TARGETS["gen_fps"], "best run with bf16 weights")
+    default = lambda x: not (x["variant"].get("compile") or x["variant"].get("quantization") or x["variant"].get("sma"))  # noqa: E731
+    r = _best(rows, "gen_fps", default)
+    add(f"default path (no flags) generation ≥ {TARGETS['default_gen_fps']:.0f} FPS", TARGETS["default_gen_fps"], r,
+        r and r["gen_fps"], r is not None and r["gen_fps"] >= TARGETS["default_gen_fps"],
+        "best run without --compile, --quantization or --sma")
     r = _best(rows, "e2e_fps", lambda x: bf16(x) and x["variant"].get("vae") == "wan" and x["variant"].get("video", True))
     add(f"end to end with the Wan VAE ≥ {TARGETS['e2e_fps_wan']:.0f} FPS", TARGETS["e2e_fps_wan"], r,
         r and r["e2e_fps"], r is not None and r["e2e_fps"] >= TARGETS["e2e_fps_wan"], "best --vae wan run")
@@ -213,6 +275,29 @@ def target_checks(rows: list[dict]) -> list[dict]:
               lambda x: bf16(x) and x["variant"].get("vae") == "lighttae" and x["variant"].get("video", True))
     add(f"end to end with lighttae ≥ {TARGETS['e2e_fps_lighttae']:.0f} FPS", TARGETS["e2e_fps_lighttae"], r,
         r and r["e2e_fps"], r is not None and r["e2e_fps"] >= TARGETS["e2e_fps_lighttae"], "best --vae lighttae run")
+
+    for x in rows:  # the Wan VAE alone (the serial run) when measured, else its time in the stream
+        x["wan_decode_ms"] = (x.get("decode_ms_serial") if x.get("decode_ms_serial") is not None else x.get("vae_ms")) \
+            if x["variant"].get("vae") == "wan" else None
+    candidates = [x for x in rows if x["status"] == "ok" and x.get("wan_decode_ms") is not None]
+    r = min(candidates, key=lambda x: x["wan_decode_ms"]) if candidates else None
+    add(f"Wan VAE decode ≤ {TARGETS['wan_decode_ms']:.0f} ms per chunk", TARGETS["wan_decode_ms"], r,
+        r and r["wan_decode_ms"], r is not None and r["wan_decode_ms"] <= TARGETS["wan_decode_ms"],
+        "best --vae wan run (decode alone in its serial run when there is one)")
+
+    def steady(name):
+        x = next((x for x in rows if x["name"] == name and x["status"] == "ok"), None)
+        return x, (x or {}).get("dit_ms_late")
+
+    fp8, fp8_ms = steady("fp8-lighttae")
+    bf16_runs = [x for x in rows if x["status"] == "ok" and x.get("dit_ms_late") and default(x)
+                 and x["variant"].get("vae") == "lighttae"]
+    ratio = None
+    if fp8_ms and bf16_runs:
+        ratio = bf16_runs[0]["dit_ms_late"] / fp8_ms
+    add(f"fp8 DiT ≥ {TARGETS['fp8_speedup']:.1f}× faster than bf16", TARGETS["fp8_speedup"],
+        fp8 if ratio is not None else None, ratio, ratio is not None and ratio >= TARGETS["fp8_speedup"],
+        "steady DiT ms per chunk (dit_ms_late) of the eager bf16 lighttae run over fp8-lighttae's")
 
     def cost_ok(row, limit):
         return row["memory_cost"] <= limit or bool(row.get("memory_cost_within_noise"))
@@ -225,6 +310,12 @@ def target_checks(rows: list[dict]) -> list[dict]:
     add(f"memory bank + SMA cost ≤ {TARGETS['sma_cost_percent']:.0f} %", TARGETS["sma_cost_percent"], r,
         r and r["memory_cost"], r is not None and cost_ok(r, TARGETS["sma_cost_percent"]),
         "worst SMA run with a no-memory baseline")
+    for x in rows:
+        x["abs_over_plan"] = abs(x["over_plan_percent"]) if x.get("over_plan_percent") is not None else None
+    r = _worst(rows, "abs_over_plan", lambda x: True)
+    add(f"peak within {TARGETS['peak_vs_plan_percent']:.0f} % of the plan", TARGETS["peak_vs_plan_percent"], r,
+        r and r["over_plan_percent"], r is not None and r["abs_over_plan"] <= TARGETS["peak_vs_plan_percent"],
+        "worst run, measured peak against memflow info's plan (CUDA only)")
     r = _worst(rows, "peak_gb", lambda x: True)
     add(f"peak memory ≤ {TARGETS['peak_memory_gb']:.0f} GB", TARGETS["peak_memory_gb"], r, r and r["peak_gb"],
         r is not None and r["peak_gb"] <= TARGETS["peak_memory_gb"], "worst run")
@@ -243,6 +334,23 @@ def target_checks(rows: list[dict]) -> list[dict]:
         r is not None and r["late_over_early"] <= TARGETS["flat_late_over_early"],
         f"worst of the longest runs ({longest} chunks; the target says 200)")
     return checks
+
+
+def _failure(result: dict) -> str:
+    """Why a golden case failed, in a table cell: its error, the checks that failed, the first trace difference."""
+    why = []
+    if result.get("error"):
+        why.append(result["error"])
+    failed = [name for name, ok in (result.get("checks") or {}).items() if not ok]
+    if failed:
+        why.append("check failed: " + ", ".join(failed))
+    differences = result.get("trace_differences") or []
+    if differences:
+        why.append(f"{len(differences)} trace difference(s), first: {differences[0]}")
+    outside = [name for name, t in (result.get("tensors") or {}).items() if not t.get("within_tolerance", True)]
+    if outside:
+        why.append("outside tolerance: " + ", ".join(outside))
+    return (" (" + "; ".join(why) + ")").replace("|", "/") if why else ""
 
 
 def golden_lines(folder: Path) -> list[str]:
@@ -273,13 +381,94 @@ def golden_lines(folder: Path) -> list[str]:
             for d in dtypes:
                 r = case.get(d, {})
                 if d == "fp32":
-                    cells.append("pass" if r.get("passed") else f"**FAIL**{' (' + r['error'] + ')' if r.get('error') else ''}")
+                    cells.append("pass" if r.get("passed") else "**FAIL**" + _failure(r))
                 cells += [_num(r.get("rel_l2"), "{:.2e}"), _num(r.get("seconds"), "{:.2f}")]
             lines.append("| " + " | ".join(cells) + " |")
         if "failed" in data:
             lines += ["", f"float32: {len(data['passed'])} passed, {len(data['failed'])} failed"
                       + (f" ({', '.join(data['failed'])})" if data["failed"] else "") + "."]
     return lines
+
+
+def _run_files(folder: Path) -> list[tuple[Path, dict]]:
+    """Every run file of the folder (a JSON with a device_check entry), in the order the script ran them."""
+    found = []
+    for path in folder.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("device_check"), dict):
+            found.append((path, data))
+    found.sort(key=lambda pd: (pd[1]["device_check"].get("order", 0), pd[0].name))
+    return found
+
+
+def step_lines(folder: Path) -> tuple[list[str], list[str]]:
+    """A table of every step (status, estimate, seconds) and the names of those skipped for time."""
+    lines = ["| step | status | estimate s | seconds | reason |", "|---|---|---|---|---|"]
+    for_time = []
+    total_estimate = total = 0.0
+    for _, data in _run_files(folder):
+        c = data["device_check"]
+        reason = (c.get("reason") or "").replace("|", "/")
+        if c["status"] == "skipped" and reason.startswith("time budget"):
+            for_time.append(c["name"])
+        total_estimate += c.get("estimate") or 0
+        total += c.get("seconds") or 0
+        lines.append(f"| {c['name']} | {c['status']} | {_num(c.get('estimate'), '{:.0f}')} |"
+                     f" {_num(c.get('seconds'), '{:.0f}')} | {reason} |")
+    lines.append(f"| all | | {total_estimate:.0f} | {total:.0f} | |")
+    return lines, for_time
+
+
+def _profile(folder: Path):
+    path = folder / "profile.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    return data
+
+
+def profile_lines(folder: Path, dry_run: bool = False) -> list[str]:
+    data = _profile(folder)
+    if data is None:
+        return ["", "Not run."]
+    check = data.get("device_check", {})
+    figures = data.get("profile")
+    if not figures:
+        return ["", f"{check.get('status', '?')}: {check.get('reason', '')}"]
+    o = data.get("options", {})
+    gpu = "GPU" if str(o.get("device", "")).startswith("cuda") else "CPU"
+    unit = "kernel launches" if gpu == "GPU" else "aten ops (CPU; not kernels)"
+    lines = ["", f"{o.get('preset')} {o.get('width')}x{o.get('height')} {o.get('dtype')}, --vae {o.get('vae')}"
+                 f"{', compiled' if o.get('compile') else ', eager'}; {o.get('chunks')} steady chunk(s) profiled after"
+                 f" {o.get('warmup')}; self {gpu} time per chunk by kind ({data.get('attention', '?')}):", "",
+             "| kind | ms / chunk | % |", "|---|---|---|"]
+    for kind, ms in figures["ms_per_chunk"].items():
+        lines.append(f"| {kind} | {ms:.1f} | {figures['percent'][kind]:.1f} |")
+    lines += [f"| all | {figures['total_ms_per_chunk']:.1f} | 100 |", "",
+              f"{unit} per chunk: {figures['launches_per_chunk']:.0f}.", "", "Largest:", ""]
+    lines += [f"- {t['kind']}: {t['ms_per_chunk']:.2f} ms, {t['calls_per_chunk']:.0f}× — `{t['name'][:100]}`"
+              for t in figures.get("top", [])[:8]]
+    return lines
+
+
+def op_count_lines(folder: Path) -> list[str]:
+    path = folder / "op-count.json"
+    if not path.is_file():
+        return ["", "Not run (no benchmarks/op_count.py in this tree)."]
+    data = json.loads(path.read_text())
+    check = data.get("device_check", {})
+    if check.get("status") != "ok":
+        return ["", f"{check.get('status')}: {check.get('reason', '')}"]
+    if check.get("output"):
+        return ["", "```", check["output"], "```"]
+    report = {k: v for k, v in data.items() if k != "device_check"}
+    return ["", "```json", json.dumps(report, indent=1)[:3000], "```"]
 
 
 def summary(args) -> int:
@@ -295,20 +484,25 @@ def summary(args) -> int:
     if env:
         lines.append(f"{env.get('date', '')} · {env.get('device_name', '?')} · torch {env.get('torch', '?')}"
                      f" (CUDA {env.get('cuda') or '–'}) · fp8: {env.get('fp8_path', '?')} · attention:"
-                     f" {env.get('attention_bf16', '?')} · commit {env.get('commit', '?')}")
+                     f" {env.get('attention_bf16', '?')} · commit {env.get('commit', '?')}"
+                     + (f" · src sha256 {env['source_sha256'][:16]}" if env.get("source_sha256") else ""))
         lines.append("")
-    lines += ["| run | status | gen FPS | e2e FPS | DiT ms/chunk | VAE ms/chunk | memory cost % | peak GB |"
-              " DiT ms/chunk early → late | compile s / warm-up s | seconds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| run | status | gen FPS | e2e FPS | DiT ms/chunk | VAE ms/chunk | DiT ms beside decoder / alone |"
+              " memory cost % | peak GB (plan) | first frame s | DiT ms/chunk early → late | compile s / warm-up s |"
+              " seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
         cost = _num(r["memory_cost"], "{:+.1f}")
         if r["memory_cost"] is not None and r["memory_cost_noise"] is not None:
             cost += f" ± {r['memory_cost_noise']:.1f}"
         flat = "–" if r["dit_ms_early"] is None else f"{r['dit_ms_early']:.1f} → {r['dit_ms_late']:.1f}"
+        beside = "–" if r.get("dit_ms_overlap") is None else f"{r['dit_ms_overlap']:.1f} / {r['dit_ms_serial']:.1f}"
+        peak = _num(r["peak_gb"], "{:.2f}") + (f" ({r['planned_gb']:.2f})" if r.get("planned_gb") is not None else "")
         lines.append(f"| {r['name']} | {status} | {_num(r['gen_fps'], '{:.2f}')} | {_num(r['e2e_fps'], '{:.2f}')} |"
-                     f" {_num(r['dit_ms'])} | {_num(r['vae_ms'])} | {cost} | {_num(r['peak_gb'], '{:.2f}')} |"
-                     f" {flat} | {_num(r['compile_s'])} / {_num(r['warmup_s'])} | {_num(r['seconds'])} |")
+                     f" {_num(r['dit_ms'])} | {_num(r['vae_ms'])} | {beside} | {cost} | {peak} |"
+                     f" {_num(r.get('ttff_s'), '{:.2f}')} | {flat} | {_num(r['compile_s'])} / {_num(r['warmup_s'])} |"
+                     f" {_num(r['seconds'])} |")
     notes = [f"- {r['name']}: {r['note']}" for r in rows if r.get("note")]
     notes += [f"- {r['name']}: {r['compile_note']}" for r in rows if r.get("compile_note")]
     if notes:
@@ -318,10 +512,16 @@ def summary(args) -> int:
     for c in checks:
         value = _num(c["value"], "{:.3f}" if "flat" in c["target"] else "{:.2f}")
         lines.append(f"| {c['target']} | {value} | {c['run'] or '–'} | {c['status']} | {c['how']} |")
+    lines += ["", "## Where a steady chunk's time goes (profile)"] + profile_lines(folder, args.dry_run)
+    lines += ["", "## Op count"] + op_count_lines(folder)
     lines += ["", "## Golden cases"] + (golden_lines(folder) or ["", "No golden report."])
+    steps, for_time = step_lines(folder)
+    lines += ["", "## Steps and time", ""] + steps
+    lines += ["", "Skipped for time: " + (", ".join(for_time) if for_time else "none") + "."]
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
     (folder / "summary.json").write_text(json.dumps({"dry_run": args.dry_run, "environment": env, "runs": rows,
-                                                     "targets": checks}, indent=2) + "\n")
+                                                     "targets": checks, "skipped_for_time": for_time,
+                                                     "profile": _profile(folder)}, indent=2) + "\n")
     print("\n".join(lines))
     return 0
 
@@ -359,7 +559,8 @@ def main(argv=None) -> int:
     r.add_argument("--note", default="")
     r.add_argument("--timeout", type=int, default=0)
     r.add_argument("--order", type=int, default=0, help="position in the sequence (the table keeps it)")
-    r.add_argument("--kind", default="bench", choices=("bench", "golden"))
+    r.add_argument("--kind", default="bench", choices=KINDS)
+    r.add_argument("--estimate", type=float, default=0.0, help="seconds the step was expected to take")
     s = sub.add_parser("skip")
     s.add_argument("--name", required=True)
     s.add_argument("--reason", required=True)
@@ -367,17 +568,24 @@ def main(argv=None) -> int:
     s.add_argument("--command", default="")
     s.add_argument("--variant", default="")
     s.add_argument("--order", type=int, default=0, help="position in the sequence (the table keeps it)")
-    s.add_argument("--kind", default="bench", choices=("bench", "golden"))
+    s.add_argument("--kind", default="bench", choices=KINDS)
+    s.add_argument("--estimate", type=float, default=0.0)
     m = sub.add_parser("summary")
     m.add_argument("folder", type=Path)
     m.add_argument("--dry-run", action="store_true")
     q = sub.add_parser("requirements")
     q.add_argument("pyproject", type=Path)
+    h = sub.add_parser("source-hash", help="sha256 of a source tree (paths and bytes)")
+    h.add_argument("folder", type=Path)
+    u = sub.add_parser("unpack-ffmpeg", help="unpack the wheels folder's ffmpeg*.xz into DEST; print its path")
+    u.add_argument("wheels", type=Path)
+    u.add_argument("dest", type=Path)
     f = sub.add_parser("fell-back", help="exit 0 when this --compile run failed or fell back to eager")
     f.add_argument("report", type=Path)
     args = parser.parse_args(argv)
     return {"record": record, "skip": skip, "summary": summary, "requirements": requirements,
-            "fell-back": fell_back}[args.what](args)
+            "fell-back": fell_back, "source-hash": print_source_hash,
+            "unpack-ffmpeg": print_unpacked_ffmpeg}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -103,19 +103,34 @@ def run_pipeline_case(case: dict, index: dict, golden: Path, model=None) -> dict
     return report
 
 
-def check_trace(trace: dict, records) -> None:
-    """The structure the reference recorded: re-caches, key frames per pass, bank contents per chunk."""
-    assert len(records) == len(trace["chunks"])
+def trace_differences(trace: dict, records) -> list[str]:
+    """Where a run's records differ from the reference's trace, one line per difference with both values:
+    re-caches, key frames per pass, bank contents per chunk and layer. Empty when they agree."""
+    if len(records) != len(trace["chunks"]):
+        return [f"chunks: golden {len(trace['chunks'])}, run {len(records)}"]
+    found = []
     for chunk, record in zip(trace["chunks"], records):
         calls = chunk["calls"]
         where = f"chunk {chunk['chunk']}"
-        assert record.recached == any(c["kind"] == "recache" for c in calls), where
-        key_frames = [{int(v) for v in c["attn_key_frames"].values()} for c in calls]
-        assert [{k} for k in record.key_frames] == key_frames, f"{where}: key frames per pass"
+        recached = any(c["kind"] == "recache" for c in calls)
+        if record.recached != recached:
+            found.append(f"{where}: re-cached: golden {recached}, run {record.recached}")
+        key_frames = [sorted({int(v) for v in c["attn_key_frames"].values()}) for c in calls]
+        if [[k] for k in record.key_frames] != key_frames:
+            found.append(f"{where}: key frames per pass: golden {key_frames}, run {[[k] for k in record.key_frames]}")
         final = calls[-1]["bank_slot_frames_after"]
         for layer, slots in enumerate(final):
             expected = sorted(f for f in slots if f != "empty")
-            assert sorted(record.bank_frames[layer]) == expected, f"{where}, layer {layer}: bank frames"
+            got = sorted(record.bank_frames[layer]) if layer < len(record.bank_frames) else None
+            if got != expected:
+                found.append(f"{where}, layer {layer}: bank frames: golden {expected}, run {got}")
+    return found
+
+
+def check_trace(trace: dict, records) -> None:
+    """The structure the reference recorded: re-caches, key frames per pass, bank contents per chunk."""
+    found = trace_differences(trace, records)
+    assert not found, f"{len(found)} trace difference(s): " + "; ".join(found[:5])
 
 
 def run_scheduler_case(case: dict, index: dict, golden: Path) -> dict:

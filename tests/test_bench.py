@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from rich.console import Console
 
 from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
@@ -20,6 +21,23 @@ def test_bench_reports_every_stage_for_both_runs(tmp_path):
         assert r["end_to_end_fps"] < r["generation_fps"]
         assert 0 < r["time_to_first_frame_s"] < r["seconds_total"]
     assert "memory_cost_percent" in report
+    # issue 21: DiT beside the decoder and alone over the same chunks, decode ms, plan against peak, first frame
+    sc = report["schedules"]
+    assert report["other_schedule"]["overlap"] is False and report["with_memory"]["overlap"] is True
+    assert sc["chunks_compared"] == [2, 3] and sc["chunks_serial"] == sc["chunks_overlap"] == 4
+    assert sc["dit_ms_overlap"] == sum(report["with_memory"]["dit_ms_per_chunk"][2:4]) / 2
+    assert sc["dit_ms_serial"] == sum(report["other_schedule"]["dit_ms_per_chunk"][2:4]) / 2
+    assert sc["decode_ms_serial"] == report["other_schedule"]["per_chunk_ms"]["vae"] > 0
+    from memflow_cli.memory_plan import plan_memory
+    from memflow_cli.model.dit import DiTConfig
+
+    planned = plan_memory(32, 48, dtype=torch.float32, decoder="wan", dit=DiTConfig.preset("tiny"), overlap=True)
+    memory = report["memory"]
+    assert memory["planned_gb"] == planned.phase_bytes("generate") / 2**30 > 0
+    assert "8 wide" in memory["plan_note"] and memory["measured_by"]
+    assert memory["measured_gb"] is None or memory["measured_gb"] >= 0
+    assert 0 < report["time_to_first_frame_after_load_s"] < sum(report["warmup_seconds"].values())
+    assert not any("_first_frame_at" in report[k] for k in ("with_memory", "without_memory", "other_schedule"))
     path = save_report(report, tmp_path / "results", "memflow bench --preset tiny")
     saved = json.loads(path.read_text())
     assert saved["command"] == "memflow bench --preset tiny" and saved["options"]["preset"] == "tiny"
@@ -27,6 +45,7 @@ def test_bench_reports_every_stage_for_both_runs(tmp_path):
     console.print(report_table(report))
     text = console.export_text()
     assert "generation FPS" in text and "with memory" in text and "memory bank cost" in text
+    assert "alone (serial)" in text and "peak memory: planned" in text and "time to first frame after" in text
 
 
 def test_bench_command_prints_json(tmp_path):
@@ -36,7 +55,8 @@ def test_bench_command_prints_json(tmp_path):
 
     result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--resolution", "32x32", "--chunks", "2",
                                       "--vae-dim", "8", "--no-video", "--no-baseline", "--device", "cpu",
-                                      "--dtype", "fp32", "--json", "--save", str(tmp_path), "--vae", "lighttae"])
+                                      "--dtype", "fp32", "--json", "--save", str(tmp_path), "--vae", "lighttae",
+                                      "--no-compare-schedules"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["with_memory"]["frames"] == 21 and "without_memory" not in report
@@ -74,8 +94,11 @@ def test_bench_shows_progress_when_not_a_terminal(tmp_path):
                                       "--vae-dim", "8", "--no-video", "--device", "cpu", "--dtype", "fp32"])
     assert result.exit_code == 0, result.output
     for line in ("bench warm-up: chunk 2/2", "bench with memory: chunk 1/3", "bench with memory: chunk 3/3",
-                 "bench without memory: chunk 3/3"):
+                 "bench without memory: chunk 3/3", "bench serial: chunk 3/3", "bench random weights: tensor 1/"):
         assert line in result.stderr
+    # what it builds, said first; no hint to use the tiny preset when it is used
+    assert "bench: building the DiT 'tiny' (" in result.stderr and " M parameters, fp32)" in result.stderr
+    assert "3 chunks at 32x32" in result.stderr and "--preset tiny" not in result.stderr
     assert "memory bank cost" in result.stdout and "% ± " in result.stdout
 
 
@@ -91,7 +114,8 @@ def test_bench_video_times_reading_and_encoding_the_input(tmp_path):
     try:
         result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--resolution", "32x32", "--chunks", "2",
                                           "--vae-dim", "4", "--no-video", "--no-baseline", "--device", "cpu",
-                                          "--dtype", "fp32", "--video", "--strength", "0.6", "--json"])
+                                          "--dtype", "fp32", "--video", "--strength", "0.6", "--json",
+                                          "--no-compare-schedules"])
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
@@ -118,7 +142,7 @@ def test_decoder_bench_times_all_four_side_by_side():
 
 def test_bench_serial_and_overlapped_stream_the_same_frames():
     opts = BenchOptions(preset="tiny", width=32, height=32, chunks=3, switch_every=2, vae_dim=8, device="cpu",
-                        dtype="float32", compare_without_memory=False)
+                        dtype="float32", compare_without_memory=False, compare_schedules=False)
     runs = {overlap: run_bench(BenchOptions(**{**opts.__dict__, "overlap": overlap}))["with_memory"]
             for overlap in (False, True)}
     for r in runs.values():
@@ -127,3 +151,16 @@ def test_bench_serial_and_overlapped_stream_the_same_frames():
         assert all(v > 0 for v in r["per_chunk_ms"].values()) and len(r["dit_ms_per_chunk"]) == 3
     assert runs[True]["overlap"] and runs[True]["queue_wait_ms_per_chunk"] >= 0
     assert not runs[False]["overlap"] and runs[False]["queue_wait_ms_per_chunk"] == 0
+
+
+def test_bench_says_what_it_builds_and_points_a_cpu_to_the_tiny_preset():
+    from memflow_cli.bench import describe_build, dit_parameter_count
+    from memflow_cli.model.dit import DiTConfig
+
+    full = dit_parameter_count(DiTConfig.preset("wan2.1-t2v-1.3b"))
+    assert 1.2e9 < full < 1.5e9  # Wan2.1-T2V-1.3B
+    lines = describe_build(BenchOptions(device="cpu", dtype="fp32"))
+    assert lines[0].startswith(f"bench: building the DiT 'wan2.1-t2v-1.3b' ({full / 1e9:.2f} B parameters, fp32)")
+    assert "20 chunks at 832x480" in lines[0] and "'wan' decoder (width 96)" in lines[0]
+    assert "--preset tiny --resolution 64x64 --vae-dim 8" in lines[1]
+    assert len(describe_build(BenchOptions(device="cuda", dtype="bf16"))) == 1

@@ -62,6 +62,7 @@ class BenchOptions:
     compile_mode: str | None = None  # None: reduce-overhead (CUDA graphs) on CUDA, default elsewhere
     quantization: str | None = None  # "fp8": fp8 DiT weights (quantization.py)
     overlap: bool = True  # decode + write on a worker thread (CUDA: a second stream) while the next chunk generates
+    compare_schedules: bool = True  # also a short run in the other schedule: DiT ms beside the decoder and alone
 
 
 class _Clock:
@@ -78,16 +79,44 @@ class _Clock:
         return elapsed
 
 
-def _random_dit(config: DiTConfig, device, dtype, seed: int):
+def _random_dit(config: DiTConfig, device, dtype, seed: int, progress: "Progress | None" = None):
     model = build_dit(config, device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
+    params = list(model.named_parameters())
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for i, (name, p) in enumerate(params):
             if name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm3.weight"):
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=gen)
+            if progress is not None:
+                progress("random weights", i + 1, len(params))
     return model
+
+
+def dit_parameter_count(config: DiTConfig) -> int:
+    """Parameters of the DiT a config describes (counted on the meta device: nothing is allocated)."""
+    from memflow_cli.model.dit import CausalDiT
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in CausalDiT(config).parameters())
+
+
+def describe_build(opts: BenchOptions) -> list[str]:
+    """What the bench is about to build and stream, said before it starts (it can take minutes on a CPU)."""
+    config = DiTConfig.preset(opts.preset)
+    params = dit_parameter_count(config)
+    count = f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M"
+    extras = "".join(f", {x}" for x in (opts.quantization and f"--quantization {opts.quantization}",
+                                        opts.compile and "--compile") if x)
+    lines = [f"bench: building the DiT '{opts.preset}' ({count} parameters, {opts.dtype}{extras}) and the "
+             f"'{opts.vae}' decoder" + (f" (width {opts.vae_dim})" if opts.vae in ("wan", "lightvae") else "")
+             + f" with random weights on {opts.device}; then {opts.chunks} chunks at {opts.width}x{opts.height},"
+             f" {opts.steps} steps" + (", with and without the memory bank" if opts.compare_without_memory else "")]
+    if torch.device(opts.device).type == "cpu" and opts.preset != "tiny":
+        lines.append("bench: on a CPU the full-size model takes minutes per chunk; for a quick run use "
+                     "--preset tiny --resolution 64x64 --vae-dim 8 (its figures say nothing about a GPU)")
+    return lines
 
 
 def random_decoder(kind: str, device, dtype, seed: int = 0, vae_dim: int = 96, encoder: bool = False):
@@ -239,6 +268,7 @@ def _run(opts: BenchOptions, model, vae, bank: bool, progress: Progress | None =
         "overlap": opts.overlap,
         # the loop blocked on the decode/write stage (back-pressure, the final drain): which stage bounds
         "queue_wait_ms_per_chunk": 1000 * stage.waited / opts.chunks if stage is not None else 0.0,
+        "_first_frame_at": None if first_frame_s is None else t0 + first_frame_s,  # perf_counter (run_bench's)
     }
 
 
@@ -265,14 +295,80 @@ def _peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
-    """Run the benchmark and return a JSON-ready report; `progress` hears about every chunk of every run."""
+def _rss_bytes() -> int | None:
+    """This process's resident set now (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def planned_memory(opts: BenchOptions) -> dict:
+    """The plan `memflow info` prints (memory_plan.py) for this bench: its generate phase (the bench never
+    loads the text encoder), DiT and caches exact, activations and decoder estimated."""
+    from memflow_cli.memory_plan import plan_memory
+
+    plan = plan_memory(opts.width, opts.height, dtype=DTYPES[opts.dtype], quantization=opts.quantization,
+                       decoder=opts.vae, dit=DiTConfig.preset(opts.preset), overlap=opts.overlap)
+    note = None
+    if opts.vae in ("wan", "lightvae") and opts.vae_dim != VAEConfig().dim:
+        note = f"the plan counts the real decoder; this bench's is {opts.vae_dim} wide"
+    return {"planned_gb": plan.phase_bytes("generate") / 2**30, "plan_note": note}
+
+
+def _memory_report(opts: BenchOptions, device: torch.device, runs: list[dict], rss_start, peak_rss_start) -> dict:
+    """Planned against measured peak. CUDA: torch.cuda.max_memory_allocated over the timed runs. CPU: how far
+    the process's peak resident set rose during the bench (None when an earlier peak of the process hides it)."""
+    memory = planned_memory(opts)
+    if device.type == "cuda":
+        measured, how = max(r["peak_memory_gb"] for r in runs), "torch.cuda.max_memory_allocated (timed runs)"
+    else:
+        peak = _peak_rss_bytes()
+        rose = rss_start is not None and peak > peak_rss_start
+        measured = (peak - rss_start) / 2**30 if rose else None
+        how = "process peak RSS minus RSS before the build (host memory: weights, Python, torch)" if rose else \
+            "n/a (the process's earlier peak RSS hides the bench's)"
+    memory.update(measured_gb=measured, measured_by=how,
+                  # against the plan on a device only: host RSS is not what the plan counts
+                  over_plan_percent=None if measured is None or device.type != "cuda" or not memory["planned_gb"]
+                  else 100.0 * (measured - memory["planned_gb"]) / memory["planned_gb"])
+    return memory
+
+
+def _schedules(opts: BenchOptions, main: dict, other: dict) -> dict:
+    """DiT ms per chunk with the decoder beside it (overlap) and alone (serial), over the same chunks."""
+    runs = {("overlap" if opts.overlap else "serial"): main, ("serial" if opts.overlap else "overlap"): other}
+    n = other["chunks"]
+    first = n // 2 if n >= 4 else 1 if n > 1 else 0  # the second half (steady), as dit_ms_late
+    out = {"chunks_compared": [first, n - 1]}
+    for name, run in runs.items():
+        out[f"dit_ms_{name}"] = statistics.mean(run["dit_ms_per_chunk"][first:n])
+        out[f"decode_ms_{name}"] = run["per_chunk_ms"]["vae"]
+        out[f"end_to_end_fps_{name}"] = run["end_to_end_fps"]
+        out[f"chunks_{name}"] = run["chunks"]
+    out["dit_slowdown_beside_decoder_percent"] = 100.0 * (out["dit_ms_overlap"] - out["dit_ms_serial"]) / out["dit_ms_serial"]
+    return out
+
+
+def run_bench(opts: BenchOptions, progress: Progress | None = None,
+              announce: Callable[[str], None] | None = None) -> dict:
+    """Run the benchmark and return a JSON-ready report; `progress` hears about every chunk of every run (and
+    the random weights as they are drawn), `announce` gets a line on what is built before it is built."""
     if opts.width % 16 or opts.height % 16:
         raise ValueError("width and height must be multiples of 16")
     device = torch.device(opts.device)
     dtype = DTYPES[opts.dtype]
     config = DiTConfig.preset(opts.preset)
-    model = _random_dit(config, device, dtype, opts.seed)
+    if announce is not None:
+        for line in describe_build(opts):
+            announce(line)
+    rss_start, peak_rss_start = _rss_bytes(), _peak_rss_bytes()
+    model = _random_dit(config, device, dtype, opts.seed, progress)
     if opts.quantization:
         from memflow_cli.quantization import describe_fp8_path, quantize_dit
 
@@ -285,14 +381,18 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     vae = random_decoder(opts.vae, device, dtype, opts.seed, opts.vae_dim, encoder=opts.video)
     # Untimed streams first: kernels, allocator pools and ffmpeg start-up are paid here. With --compile,
     # each configuration streams into its steady state (chunk 7 on), where the block compiles.
-    warmup = {}
+    synchronize(device)
+    loaded = time.perf_counter()
+    warmup, first_frame_after_load = {}, None
     configurations = [("with_memory", True)] + ([("without_memory", False)] if opts.compare_without_memory else [])
     for name, bank in configurations if opts.compile else configurations[:1]:
         t0 = time.perf_counter()
         chunks = 9 if opts.compile else min(2, opts.chunks)
-        _run(replace(opts, chunks=chunks, switch_every=chunks - 1 if opts.compile else 1, encode_video=False),
-             model, vae, bank=bank, progress=progress, label="warm-up")
+        cold = _run(replace(opts, chunks=chunks, switch_every=chunks - 1 if opts.compile else 1, encode_video=False),
+                    model, vae, bank=bank, progress=progress, label="warm-up")
         warmup[name] = time.perf_counter() - t0
+        if first_frame_after_load is None and cold["_first_frame_at"] is not None:
+            first_frame_after_load = cold["_first_frame_at"] - loaded
     report = {
         "memflow_cli": __version__,
         "torch": torch.__version__,
@@ -301,6 +401,9 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "options": asdict(opts),
         "warmup_seconds": {k: round(v, 3) for k, v in warmup.items()},
+        # a render's wait for its first frame: models loaded -> the first chunk decoded, in the first (cold)
+        # stream of the process (the warm-up, which writes no video; with --compile its first chunks are eager)
+        "time_to_first_frame_after_load_s": first_frame_after_load,
     }
     if opts.quantization:
         report["fp8"] = describe_fp8_path(device)
@@ -310,6 +413,15 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
         report["without_memory"] = _run(opts, model, vae, bank=False, progress=progress, label="without memory")
         report.update(memory_cost(report["with_memory"]["dit_ms_per_chunk"],
                                   report["without_memory"]["dit_ms_per_chunk"]))
+    if opts.compare_schedules:
+        other = replace(opts, overlap=not opts.overlap, chunks=min(opts.chunks, 12))
+        label = "serial" if opts.overlap else "overlap"
+        report["other_schedule"] = _run(other, model, vae, bank=True, progress=progress, label=label)
+        report["schedules"] = _schedules(opts, report["with_memory"], report["other_schedule"])
+    timed = [report[k] for k in ("with_memory", "without_memory", "other_schedule") if k in report]
+    for run in timed:
+        run.pop("_first_frame_at", None)
+    report["memory"] = _memory_report(opts, device, timed, rss_start, peak_rss_start)
     if stats is not None:
         after = stats.to_dict()
         report["compile"] = {**after, "compile_seconds_in_warmup": compiled_before["compile_seconds"],
@@ -381,6 +493,21 @@ def report_table(report: dict):
     captions = [memory_cost_text(report)] if "memory_cost_percent" in report else []
     if report.get("warmup_seconds"):
         captions.append("untimed warm-up: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in report["warmup_seconds"].items()))
+    if report.get("time_to_first_frame_after_load_s") is not None:
+        captions.append(f"time to first frame after the models loaded: {report['time_to_first_frame_after_load_s']:.2f} s"
+                        " (first stream of the process)")
+    sc = report.get("schedules")
+    if sc:
+        a, b = sc["chunks_compared"]
+        captions.append(f"DiT ms / chunk beside the decoder (overlap) {sc['dit_ms_overlap']:.1f}, alone (serial) "
+                        f"{sc['dit_ms_serial']:.1f} ({sc['dit_slowdown_beside_decoder_percent']:+.1f} %), chunks {a}–{b}; "
+                        f"decode ms / chunk {sc['decode_ms_overlap']:.1f} beside, {sc['decode_ms_serial']:.1f} alone")
+    m = report.get("memory")
+    if m:
+        measured = "n/a" if m["measured_gb"] is None else f"{m['measured_gb']:.2f} GB"
+        over = "" if m["over_plan_percent"] is None else f" ({m['over_plan_percent']:+.1f} % of plan)"
+        captions.append(f"peak memory: planned {m['planned_gb']:.2f} GB (memflow info's plan), measured {measured}{over}"
+                        + (f"; {m['plan_note']}" if m.get("plan_note") else ""))
     c = report.get("compile")
     if c:
         captions.append(f"compile ({c['mode']}): {c['compile_seconds']:.1f} s in {c['compilations']} compilation(s), "

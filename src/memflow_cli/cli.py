@@ -519,8 +519,11 @@ def bench(
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: a torch.compile mode (default: reduce-overhead on CUDA)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="fp8: fp8 DiT weights."),
     overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Decode and write while the next chunk generates (as renders do)."),
+    compare_schedules: bool = typer.Option(True, "--compare-schedules/--no-compare-schedules", help="Also a short run in the other schedule: DiT ms with the decoder beside it and alone."),
 ):
-    """Measure speed stage by stage with random full-size weights (nothing to download)."""
+    """Measure speed stage by stage with random full-size weights (nothing to download).
+
+    On a CPU, use --preset tiny --resolution 64x64 --vae-dim 8: the full-size model takes minutes per chunk."""
     from memflow_cli.decoders import decoder_spec
 
     from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
@@ -536,14 +539,14 @@ def bench(
                         device=device or defaults.device, dtype=dtype or defaults.dtype, video=video,
                         strength=strength, vae=decoder_spec(vae).kind, compile=compile or compile_mode is not None,
                         compile_mode=parse_compile_mode(compile_mode), quantization=parse_quantization_option(quantization),
-                        overlap=overlap)
+                        overlap=overlap, compare_schedules=compare_schedules)
     if video:
         from memflow_cli.v2v import check_strength
 
         check_strength(strength)
     try:
         with BenchProgress(err, quiet=as_json and not err.is_terminal) as progress:
-            report = run_bench(opts, progress=progress)
+            report = run_bench(opts, progress=progress, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
     except (KeyError, ValueError) as exc:
         raise InputError(f"bench: {exc}") from None
     if save is not None:

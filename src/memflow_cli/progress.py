@@ -297,19 +297,21 @@ class BenchProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("[bold]bench[/bold] {task.description:>14}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn(), console=self.console)
+                                MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
+                                console=self.console)
             self.bar.start()
         return self
 
     def __call__(self, run: str, done: int, total: int) -> None:
         if self.quiet:
             return
+        unit = "tensor" if run.endswith("weights") else "chunk"  # the random weights are drawn tensor by tensor
         if self.bar is not None:
             if run not in self.tasks:
-                self.tasks[run] = self.bar.add_task(run, total=total)
+                self.tasks[run] = self.bar.add_task(run, total=total, unit=unit + "s")
             self.bar.update(self.tasks[run], completed=done)
         elif done == total or done == 1 or done * 10 // total != (done - 1) * 10 // total:
-            print(f"bench {run}: chunk {done}/{total}", file=self.console.file, flush=True)
+            print(f"bench {run}: {unit} {done}/{total}", file=self.console.file, flush=True)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

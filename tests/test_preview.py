@@ -8,6 +8,7 @@ weights) shows its partial file while it runs, and --no-preview gives the same f
 """
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -152,6 +153,30 @@ def test_a_failed_remux_keeps_the_partial_file_and_replaces_nothing(tmp_path, mo
         writer.finish()
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.partial.manifest.json", "v.partial.mp4"]
+    assert json.loads((tmp_path / "v.partial.manifest.json").read_text()) == {"complete": False}
+    assert len(decoded(tmp_path / "v.partial.mp4")) == 12
+
+
+def test_a_refused_final_rename_keeps_the_partial_file_and_the_old_video(tmp_path, monkeypatch):
+    import errno
+
+    from memflow_cli.outputs import PublishError
+
+    out = tmp_path / "v.mp4"
+    out.write_bytes(b"old video")
+    real = os.replace
+
+    def replace(src, dst):
+        if os.fspath(dst) == os.fspath(out):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(PublishError, match="Operation not permitted"):
+        with VideoWriter(out, W, H, preview=True, manifest=lambda p, c: {"complete": c}) as writer:
+            writer.write(next(chunks(1)))
+    assert out.read_bytes() == b"old video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4", "v.partial.manifest.json", "v.partial.mp4"]
     assert json.loads((tmp_path / "v.partial.manifest.json").read_text()) == {"complete": False}
     assert len(decoded(tmp_path / "v.partial.mp4")) == 12
 

@@ -27,6 +27,7 @@ file instead of ffmpeg dying mid-write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -37,6 +38,7 @@ import numpy as np
 
 from memflow_cli.errors import MemflowError
 from memflow_cli.outputs import (
+    PublishError,
     check_output,
     create_temp,
     manifest_path,
@@ -70,6 +72,13 @@ def encoder_args(crf: int = 18, preset: str = "medium") -> list[str]:
 def encoder_settings(crf: int = 18, preset: str = "medium") -> dict:
     """The encoder settings as recorded in the manifest."""
     return {"codec": "h264", "encoder": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p", **COLOUR}
+
+
+def remux_command(ffmpeg: str, source: Path, target: Path) -> list[str]:
+    """The preview's fragmented file → an MP4 with +faststart, streams copied (no encoding). movie_timescale
+    1000 as the direct writer's file (a fragmented file uses the track's)."""
+    return [ffmpeg, "-y", "-hide_banner", "-loglevel", "error", "-i", str(source), "-map", "0", "-c", "copy",
+            "-movflags", "+faststart", "-movie_timescale", "1000", "-f", "mp4", str(target)]
 
 
 class VideoError(MemflowError):
@@ -107,6 +116,7 @@ class VideoWriter:
         self.live: Path | None = None  # preview: NAME.partial.mp4 once the growing file took that name
         self.remux_seconds: float | None = None  # preview: the remux into NAME.mp4 at the end
         self.sheet = sheet  # sheet.ContactSheet: sees every frame; published with the video
+        self._waited = False
         self._ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
         self._done = False
         self._pending: KeyboardInterrupt | None = None  # an interrupt that arrived while ffmpeg was finishing
@@ -164,8 +174,12 @@ class VideoWriter:
         self.frames += len(frames)
         if self.sheet is not None:
             self.sheet.add(frames)
-        if self.preview and self.live is None and self._opened(wait=2.0):
-            self._go_live()
+        if self.preview and self.live is None:
+            # the first write waits (briefly) for ffmpeg to open the file, so that it is there from the first
+            # chunk on; later ones only look
+            opened, self._waited = self._opened(wait=0.0 if self._waited else 2.0), True
+            if opened:
+                self._go_live()
 
     def _opened(self, wait: float = 0.0) -> bool:
         """Whether ffmpeg has opened its output (it does so once the first frame reached the encoder, and
@@ -191,7 +205,11 @@ class VideoWriter:
         with signals_deferred():
             data = self._manifest(target, None) if self._manifest is not None else None
             publish(None, None, data, manifest_path(target)) if data is not None else None
-            os.replace(self.tmp, target)
+            try:
+                os.replace(self.tmp, target)
+            except OSError as exc:
+                manifest_path(target).unlink(missing_ok=True)
+                raise VideoError(f"{target}: cannot put the preview file in place ({exc.strerror or exc})") from None
             self.live = self.tmp = target
         if self.sheet is not None and self.sheet.live == sheet_path(target):
             self.sheet.write(self.sheet.live, compress_level=1)  # replaces an earlier attempt's partial sheet
@@ -208,12 +226,19 @@ class VideoWriter:
             if self.live is None:  # finished before the file could take its name: it does now
                 self._go_live()
             self._remux()
-        self._publish(self.path, complete=True)
-        if self.live is not None:  # NAME.mp4 holds every frame of the partial file: it goes, with its pair
-            for leftover in (self.live, manifest_path(self.live), sheet_path(self.live)):
-                leftover.unlink(missing_ok=True)
-        elif self.sheet is not None and self.sheet.live is not None:
-            self.sheet.live.unlink(missing_ok=True)
+        try:
+            self._publish(self.path, complete=True)
+        except PublishError:
+            if self.live is not None:  # NAME.mp4 could not be put in place: the partial file stays, as partial
+                with contextlib.suppress(Exception):
+                    self._keep_live()
+            raise
+        with signals_deferred():
+            if self.live is not None:  # NAME.mp4 holds every frame of the partial file: it goes, with its pair
+                for leftover in (self.live, manifest_path(self.live), sheet_path(self.live)):
+                    leftover.unlink(missing_ok=True)
+            elif self.sheet is not None and self.sheet.live is not None:
+                self.sheet.live.unlink(missing_ok=True)
         if self._pending is not None:  # a signal came while ffmpeg finished: the complete file is kept, then we stop
             raise self._pending
         return self.path
@@ -225,9 +250,7 @@ class VideoWriter:
         t = time.perf_counter()
         with signals_deferred():
             out = create_temp(self.path, ".mp4")
-        # movie_timescale 1000: as the direct writer's file (a fragmented file uses the track's)
-        cmd = [self._ffmpeg, "-y", "-hide_banner", "-loglevel", "error", "-i", str(self.live), "-map", "0",
-               "-c", "copy", "-movflags", "+faststart", "-movie_timescale", "1000", "-f", "mp4", str(out)]
+        cmd = remux_command(self._ffmpeg, self.live, out)
         self._log.seek(0)
         self._log.truncate()
         try:

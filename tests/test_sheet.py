@@ -114,6 +114,11 @@ def test_memflow_sheet_for_a_finished_video(finished, tmp_path):
     assert code == 0 and (tmp_path / "s.png").is_file(), text
     code, text = cli("sheet", finished, "-o", tmp_path / "s.mp4")
     assert code == 2 and "expected a .png" in text
+    before = (tmp_path / "s.png").read_bytes()
+    code, text = cli("sheet", finished, "-o", tmp_path / "s.png")  # an existing sheet is not replaced silently
+    assert code == 2 and "s.png: exists; add -y/--overwrite" in text
+    assert (tmp_path / "s.png").read_bytes() == before
+    assert cli("sheet", finished, "-o", tmp_path / "s.png", "-y")[0] == 0
 
 
 def test_memflow_sheet_refuses_bad_input_naming_the_file(finished, tmp_path):

@@ -538,12 +538,16 @@ def sheet_command(
     video: Path = typer.Argument(..., help="A rendered video (NAME.mp4 or NAME.partial.mp4)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Its manifest (default: NAME.manifest.json beside the video)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write the sheet (default: NAME.sheet.png beside the video)."),
+    overwrite: bool = typer.Option(False, "--overwrite", "-y", help="Replace an existing sheet."),
 ):
     """Make the contact sheet of an existing render: a labelled tile per timeline block (from the manifest)."""
-    from memflow_cli.sheet import sheet_for_video
+    from memflow_cli.sheet import sheet_for_video, sheet_path
 
     if output is not None and output.suffix.lower() != ".png":
         raise InputError(f"{output}: expected a .png file name for the sheet")
+    target = output if output is not None else sheet_path(video)
+    if target.exists() and not overwrite:  # e.g. the render's own sheet, whose sha256 its manifest records
+        raise InputError(f"{target}: exists; add -y/--overwrite to replace it, or choose another name with -o")
     path, made = sheet_for_video(video, manifest, output)
     out.print(f"{path}: {len(made.tiles)} tiles for {len(made.blocks)} blocks", highlight=False, soft_wrap=True)
 

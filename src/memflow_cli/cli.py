@@ -1,4 +1,4 @@
-"""`memflow render | download | info | bench`: a thin Typer layer over render.py, hub.py and bench.py.
+"""`memflow render | download | info | bench | sheet`: a thin Typer layer over render.py, hub.py and bench.py.
 
 Options are parsed here and handed on; every error the user can act on is a MemflowError that is printed
 as one message (no traceback) and becomes the exit code (2 for bad input, 130 after Ctrl-C).
@@ -176,6 +176,8 @@ def render(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT (CUDA graphs on CUDA): faster from chunk 7 on, after a one-off compile."),
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs (default: reduce-overhead on CUDA, default elsewhere)."),
     overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Decode and write each chunk while the next one generates (default on; off with --low-vram)."),
+    preview: bool = typer.Option(True, "--preview/--no-preview", help="NAME.partial.mp4 plays while rendering (a fragmented mp4, remuxed into NAME.mp4 at the end)."),
+    sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write the contact sheet NAME.sheet.png (a labelled tile per timeline block)."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -253,7 +255,7 @@ def render(
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
                             command=command_line(), model=model, loras=extra_loras, vae=vae,
                             compile=compile or compile_mode is not None, compile_mode=parse_compile_mode(compile_mode),
-                            overlap=overlap)
+                            overlap=overlap, preview=preview, sheet=sheet)
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -555,6 +557,26 @@ def bench(
         print(json.dumps(report, indent=2))
     else:
         out.print(report_table(report))
+
+
+@app.command("sheet", cls=_Command)
+@_errors
+def sheet_command(
+    video: Path = typer.Argument(..., help="A rendered video (NAME.mp4 or NAME.partial.mp4)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Its manifest (default: NAME.manifest.json beside the video)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write the sheet (default: NAME.sheet.png beside the video)."),
+    overwrite: bool = typer.Option(False, "--overwrite", "-y", help="Replace an existing sheet."),
+):
+    """Make the contact sheet of an existing render: a labelled tile per timeline block (from the manifest)."""
+    from memflow_cli.sheet import sheet_for_video, sheet_path
+
+    if output is not None and output.suffix.lower() != ".png":
+        raise InputError(f"{output}: expected a .png file name for the sheet")
+    target = output if output is not None else sheet_path(video)
+    if target.exists() and not overwrite:  # e.g. the render's own sheet, whose sha256 its manifest records
+        raise InputError(f"{target}: exists; add -y/--overwrite to replace it, or choose another name with -o")
+    path, made = sheet_for_video(video, manifest, output)
+    out.print(f"{path}: {len(made.tiles)} tiles for {len(made.blocks)} blocks", highlight=False, soft_wrap=True)
 
 
 lora_app = typer.Typer(no_args_is_help=True, cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},

@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from memflow_cli.errors import InputError, MemflowError
 
@@ -45,6 +45,12 @@ def partial_path(path: str | Path) -> Path:
     """`out.mp4` → `out.partial.mp4`: where an interrupted render keeps its frames."""
     path = Path(path)
     return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
+
+
+def sheet_path(video: str | Path) -> Path:
+    """`out.mp4` → `out.sheet.png` (the contact sheet, sheet.py); `out.partial.mp4` → `out.partial.sheet.png`."""
+    video = Path(video)
+    return video.with_name(f"{video.stem}.sheet.png")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,7 +231,8 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         found = f"'{path.suffix}'" if path.suffix else "no extension"
         raise InputError(f"{shown}: expected a video file name ending in .mp4 (the writer writes MP4/H.264), found {found}")
-    produced = [path, manifest_path(path), partial_path(path), manifest_path(partial_path(path)), lock_path(path)]
+    produced = [path, manifest_path(path), partial_path(path), manifest_path(partial_path(path)), lock_path(path),
+                sheet_path(path), sheet_path(partial_path(path))]
     folder = path.parent if str(path.parent) else Path(".")
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -310,15 +317,19 @@ def _ordinary_mode(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def publish(video_tmp: Path | None, video: Path | None, manifest: dict | None, manifest_target: Path | None) -> None:
+def publish(video_tmp: Path | None, video: Path | None, manifest: dict | None, manifest_target: Path | None,
+            extras: Sequence[tuple[Path, Path]] = ()) -> None:
     """Put a finished video and its manifest in place as one step (either may be None: only the other).
 
-    The manifest is written to a temporary first; then the manifest and the video are renamed. If the video's
-    rename fails, the old manifest comes back (or the new one is removed). Signals wait until both are in
-    place. On failure both temporaries are removed and a PublishError explains what was kept.
+    The manifest is written to a temporary first; then the extras (finished temporaries → their names, e.g.
+    the contact sheet), the manifest and the video are renamed. If the video's rename fails, the old manifest
+    and extras come back (or the new ones are removed). Signals wait until all are in place. On failure the
+    temporaries are removed and a PublishError explains what was kept.
     """
     manifest_tmp = None
     old_manifest: bytes | None = None
+    extras = list(extras)
+    moved: list[tuple[Path, bytes | None]] = []  # extras already renamed, with what they replaced
     try:
         if manifest is not None:
             manifest_tmp = write_temp_json(manifest_target, manifest)
@@ -330,6 +341,15 @@ def publish(video_tmp: Path | None, video: Path | None, manifest: dict | None, m
             with open(video_tmp, "rb+") as f:
                 os.fsync(f.fileno())  # the data is on disk before the name points to it
         with signals_deferred():
+            try:
+                for tmp, target in extras:
+                    old = target.read_bytes() if target.is_file() else None
+                    os.replace(tmp, target)
+                    moved.append((target, old))
+            except OSError:
+                for target, old in moved:
+                    _undo_manifest(target, old)
+                raise
             if manifest_tmp is not None:
                 os.replace(manifest_tmp, manifest_target)
                 manifest_tmp = None
@@ -339,13 +359,15 @@ def publish(video_tmp: Path | None, video: Path | None, manifest: dict | None, m
                 except OSError:
                     if manifest is not None:
                         _undo_manifest(manifest_target, old_manifest)
+                    for target, old in moved:
+                        _undo_manifest(target, old)
                     raise
     except OSError as exc:
         target = video if video_tmp is not None else manifest_target
         kept = "the existing file was left as it was" if target.exists() else "nothing was written"
         raise PublishError(f"{target}: cannot put the finished file in place ({exc.strerror or exc}); {kept}") from None
     finally:
-        for tmp in (manifest_tmp, video_tmp):
+        for tmp in (manifest_tmp, video_tmp, *(t for t, _ in extras)):
             if tmp is not None and tmp.exists():
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)

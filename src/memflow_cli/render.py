@@ -117,6 +117,8 @@ class RenderOptions:
     # decode and write each chunk on a worker thread (CUDA: a second stream) while the next one generates;
     # False: one stage after the other in the loop. --low-vram keeps them serial (one working set at a time).
     overlap: bool = True
+    preview: bool = True  # NAME.partial.mp4 plays while rendering (a fragmented MP4, remuxed at the end; video.py)
+    sheet: bool = True  # the contact sheet NAME.sheet.png (sheet.py)
 
 
 @dataclass
@@ -740,8 +742,15 @@ class Renderer:
             owners["encoder"] = source.encoder  # video-to-video: the encoder's causal caches
         finishing = [0.0]  # when ffmpeg began finishing the file
 
-        def manifest_for(path: Path, complete: bool) -> dict:
-            """The manifest of the file about to be published; the writer publishes both as one step."""
+        def manifest_for(path: Path, complete: bool | None) -> dict:
+            """The manifest of the file about to be published; the writer publishes both as one step.
+            None: the preview file that is still growing (frames and sha256 are not known yet)."""
+            if complete is None:
+                return {**ident, "video": {"path": str(path), "complete": False, "in_progress": True, "frames": None,
+                                           "sha256": None, "fps": FPS, "width": job.width, "height": job.height,
+                                           "encoder": writer.encoder, "codec": "h264", "pix_fmt": "yuv420p"}}
+            if writer.remux_seconds is not None:
+                summary.timings["remux"] = writer.remux_seconds
             if complete:
                 self.reporter.stop()
                 summary.timings["write"] += time.perf_counter() - finishing[0]  # ffmpeg finishing (+faststart)
@@ -758,7 +767,17 @@ class Renderer:
             f"{name(signum)}: stopping after this chunk; the chunks generated are decoded and kept "
             "(Ctrl-C again to stop at once, keeping only what is written)"))
         try:
-            writer = VideoWriter(job.output, job.width, job.height, FPS, manifest=manifest_for)
+            sheet = None
+            if self.options.sheet:
+                from memflow_cli.sheet import ContactSheet, sheet_path
+
+                sheet = ContactSheet.for_timeline(job.timeline, job.schedule.total_frames, job.width, job.height,
+                                                  title=f"{job.output.name} · seed {job.seed}",
+                                                  live=sheet_path(partial_path(job.output)),
+                                                  temp_for=partial_path(job.output))
+            writer = VideoWriter(job.output, job.width, job.height, FPS, manifest=manifest_for,
+                                 preview=self.options.preview, sheet=sheet,
+                                 fragment_frames=max(c.frames for c in job.schedule.chunks))
             summary.encoder = writer.encoder
             with writer, stop:
                 start = 0

@@ -82,23 +82,6 @@ def _dit_files(case: dict, index: dict) -> dict:
     return files
 
 
-def record_bank_frames_on_host(bank) -> None:
-    """Keep the bank's frame bookkeeping (which frames its slots hold) on an accelerator too.
-
-    The memory bank records which frames a compression kept only when its `keep` indices are on the CPU:
-    reading them back from a GPU would synchronise the render loop, so there it writes -1 ("unknown") for
-    every slot. The traces compare exactly those frame numbers, so every case with a bank compression (B1-B5)
-    failed its trace check on CUDA while its tensors passed. A golden check may synchronise: this hands the
-    bookkeeping the same indices copied to the host, the numbers a CPU run records.
-    """
-    record = type(bank)._record_compression
-
-    def on_host(keep):
-        record(bank, keep.cpu())
-
-    bank._record_compression = on_host
-
-
 def run_pipeline(case, index, golden: Path, device, dtype, compile_fn=None) -> Outcome:
     from memflow_cli.generator import StreamingGenerator, switch_chunks
 
@@ -120,7 +103,6 @@ def run_pipeline(case, index, golden: Path, device, dtype, compile_fn=None) -> O
         device=device, dtype=dtype, keep_records=True, noise=inputs["noise"],
         renoise=lambda chunk, step: renoise_eps[chunk, step],
     )
-    record_bank_frames_on_host(gen.memory.bank)
     tensor_for = case["inputs"]["text_tensor_for_prompt"]
     prompts = [inputs[tensor_for[p]] for p in case["prompts_in_segment_order"]]
     starts = switch_chunks(case["switch_frame_indices"], gen.num_chunks, settings.frames_per_chunk)

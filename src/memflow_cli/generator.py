@@ -164,6 +164,7 @@ class StreamingGenerator:
             window_frames=settings.local_attn_size - settings.sink_size,
         )
         self.memory = StreamMemory(layout, config.text_len, self.device, self.dtype, settings.sma_top_k if settings.sma else None)
+        self.memory.bank.track_frames = keep_records  # records name the bank's frames on every device
         if model.compiled_block is not None:  # --compile: the buffers the compiled block writes in place
             from memflow_cli.compiled import prepare_memory
 

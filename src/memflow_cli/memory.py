@@ -158,6 +158,9 @@ class MemoryBank:
         self.layout = layout
         self.staged_count = 0  # staging events that advanced the slot pointer (the reference's bank counter)
         self.frame_ids: list[list[int]] = [[] for _ in range(layout.layers)]  # for traces; -1 = unknown
+        # Which frames the slots hold is read back from the device only where that costs nothing (the CPU) or
+        # where a trace asks for it (a generator keeping records): a render on a GPU never waits for it.
+        self.track_frames = False
         self._staged_frame = -1
 
     @property
@@ -221,10 +224,13 @@ class MemoryBank:
         self._record_compression(keep)
 
     def _record_compression(self, keep: torch.Tensor) -> None:
-        # Frame bookkeeping for traces only; it reads indices back, so it is skipped on accelerators.
+        # Frame bookkeeping for traces only: reading the indices back from an accelerator would synchronise the
+        # loop, so there it is done only when a trace asks for it (track_frames); else the slots are unknown.
         if keep.device.type != "cpu":
-            self.frame_ids = [[-1] * self.layout.bank_slots for _ in self.frame_ids]
-            return
+            if not self.track_frames:
+                self.frame_ids = [[-1] * self.layout.bank_slots for _ in self.frame_ids]
+                return
+            keep = keep.cpu()
         for layer, ids in enumerate(self.frame_ids):
             kept = [ids[i] for i in keep[layer, 0].tolist()]
             self.frame_ids[layer] = kept + [self._staged_frame]

@@ -105,6 +105,18 @@ def parse_steps(text: str | None) -> tuple[int, ...] | None:
     return None if values is None else check_steps(values, "--steps")
 
 
+def parse_overlap_option(text: str | None, off: bool) -> str:
+    """--overlap auto|on|off, with --no-overlap as the alias of off (both at once must agree)."""
+    from memflow_cli.decode_stage import OVERLAP_MODES
+
+    mode = None if text is None else text.strip().lower()
+    if mode is not None and mode not in OVERLAP_MODES:
+        raise InputError(f"--overlap: expected one of {', '.join(OVERLAP_MODES)}, got {text!r}")
+    if off and mode not in (None, "off"):
+        raise InputError(f"--no-overlap contradicts --overlap {mode}; give one of them")
+    return "off" if off else (mode or "auto")
+
+
 def parse_compile_mode(text: str | None) -> str | None:
     from memflow_cli.compiled import COMPILE_MODES
 
@@ -167,7 +179,8 @@ def render(
     vae: Optional[str] = typer.Option(None, "--vae", help="Decoder: wan (default), lightvae, tae or lighttae (default: the timeline's vae_type, else wan)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT (CUDA graphs on CUDA): faster from chunk 7 on, after a one-off compile."),
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs (default: reduce-overhead on CUDA, default elsewhere)."),
-    overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Decode and write each chunk while the next one generates (default on; off with --low-vram)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", metavar="auto|on|off", help="Decode and write each chunk while the next one generates: on, off, or auto (default: on, except that on CUDA the render measures both schedules on its first steady chunks and keeps the faster); off with --low-vram."),
+    no_overlap: bool = typer.Option(False, "--no-overlap", help="Same as --overlap off."),
 ):
     """Render timelines (or --prompt) to mp4s, each with a manifest next to it.
 
@@ -236,7 +249,7 @@ def render(
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
                             command=command_line(), model=model, loras=extra_loras, vae=vae,
                             compile=compile or compile_mode is not None, compile_mode=parse_compile_mode(compile_mode),
-                            overlap=overlap)
+                            overlap=parse_overlap_option(overlap, no_overlap))
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all

@@ -205,7 +205,7 @@ def _wan_state_elements(dim: int, width: int, height: int) -> int:
     from memflow_cli.model.vae import VAEConfig, WanVAE
 
     config = VAEConfig(dim=dim)
-    with torch.device("meta"):
+    with torch.device("meta"), torch.no_grad():
         vae = WanVAE(config)
         decoder = vae.stream_decoder(1)
         z = torch.empty(1, 2, config.z_dim, height // 8, width // 8)

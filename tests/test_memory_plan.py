@@ -161,3 +161,16 @@ def _meta_wan_vae():
 
     with torch.device("meta"):
         return WanVAE(VAEConfig())
+
+
+def test_cuda_graphs_add_their_pool():
+    from memflow_cli.memory_plan import pass_activation_bytes
+
+    eager, graphs = plan_memory(832, 480, overlap=True), plan_memory(832, 480, overlap=True, cuda_graphs=True)
+    pool = graphs.part("CUDA-graph pool (--compile)")
+    assert not pool.transient and graphs.peak_bytes == eager.peak_bytes + pool.bytes
+    config, settings = DiTConfig(), StreamSettings()
+    tokens = config.frame_tokens(60, 104)
+    steady = pass_activation_bytes(config, settings, tokens, torch.bfloat16, None, frames=settings.frames_per_chunk)
+    assert steady < pass_activation_bytes(config, settings, tokens, torch.bfloat16, None)  # a chunk < the re-cache
+    assert pool.bytes == steady + config.num_layers * 3 * tokens * config.dim * 2

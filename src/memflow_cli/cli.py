@@ -398,6 +398,7 @@ def info(
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Memory plan with fp8 weights."),
     vae: str = typer.Option("wan", "--vae", help="Memory plan with this decoder: wan, lightvae, tae or lighttae."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Memory plan in this dtype (default bf16)."),
+    compile: bool = typer.Option(False, "--compile", help="Memory plan of a --compile render on CUDA (adds the CUDA graphs' pool)."),
 ):
     """Versions, device, GPU, attention backend, fp8 path, which weight files are present; with --resolution,
     the planned peak GPU memory of a render, part by part."""
@@ -413,7 +414,7 @@ def info(
     from memflow_cli.prompts import default_cache_dir
 
     plan = None
-    if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None:
+    if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None or compile:
         from memflow_cli.memory_plan import plan_memory
         from memflow_cli.render import DTYPES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 
@@ -422,7 +423,8 @@ def info(
             raise InputError(f"--dtype: expected one of bf16, fp16, fp32, got {dtype!r}")
         plan = plan_memory(width or DEFAULT_WIDTH, height or DEFAULT_HEIGHT, dtype=DTYPES[dtype or "bf16"],
                            quantization=parse_quantization_option(quantization), low_vram=low_vram, decoder=vae,
-                           overlap=True)  # as `render` does by default (--low-vram keeps it serial)
+                           overlap=True,  # as `render` does by default (--low-vram keeps it serial)
+                           cuda_graphs=compile)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     data = {

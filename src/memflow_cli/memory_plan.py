@@ -12,6 +12,9 @@ planned peak is the larger phase. Parts:
   - activations of the largest pass: the re-cache after a prompt switch runs `local_attn_size` frames at once;
   - decoder: weights + stream state + the working set of one decode call.
 
+With --compile on CUDA (CUDA graphs), the graphs' private memory pool holds a steady pass's working set for
+good (`cuda_graphs=True`): a part of its own, beside the eager passes' activations.
+
 Decoding one chunk in the loop (--no-overlap, --low-vram), a DiT pass and a decode call never run at the same
 time: the generate phase holds weights, caches and decoder state plus the larger of the two working sets. With
 overlap (render's default: the next chunk generates while this one decodes, `overlap=True` here) both
@@ -147,7 +150,7 @@ def umt5_activation_bytes(config: UMT5Config, dtype: torch.dtype, quantization: 
 
 
 def pass_activation_bytes(config: DiTConfig, settings: StreamSettings, frame_tokens: int, dtype: torch.dtype,
-                          quantization: str | None) -> int:
+                          quantization: str | None, frames: int | None = None) -> int:
     """Largest tensors alive in one block during the re-cache pass (`local_attn_size` frames at once).
 
     Residual stream and its update; attention phase: modulated input, q/k/v, the float32 RoPE copies of
@@ -156,7 +159,7 @@ def pass_activation_bytes(config: DiTConfig, settings: StreamSettings, frame_tok
     de-quantized weight (or, for fp8 matmuls, the activations rounded to fp8).
     """
     b = torch.empty(0, dtype=dtype).element_size()
-    n = settings.local_attn_size * frame_tokens
+    n = (frames or settings.local_attn_size) * frame_tokens  # frames: a steady pass's chunk instead of a re-cache
     d, f = config.dim, config.ffn_dim
     keys = (settings.local_attn_size + settings.bank_size) * frame_tokens
     residual = 2 * n * d * b
@@ -264,6 +267,7 @@ def plan_memory(
     settings: StreamSettings | None = None,
     decoder_frames_per_call: int | None = None,
     overlap: bool = False,
+    cuda_graphs: bool = False,
 ) -> MemoryPlan:
     """Planned device memory of a render at width x height (defaults: the real MemFlow model)."""
     dit = dit or DiTConfig()
@@ -291,6 +295,15 @@ def plan_memory(
     plan.parts.append(PlanPart("text keys/values", "generate", caches["text"], True, f"{dit.text_len} tokens"))
     plan.parts.append(PlanPart("DiT activations", "generate", pass_activation_bytes(dit, settings, tokens, dtype, quantization),
                                False, f"re-cache pass of {settings.local_attn_size} frames", transient=True))
+    if cuda_graphs:
+        # --compile with CUDA graphs: the graphs' private pool keeps a steady pass's working set (and every
+        # block's output of the pass) reserved for replays, beside whatever the eager passes (the re-cache after
+        # a switch, the warm-up chunks) and the decoder use
+        steady = settings.frames_per_chunk
+        pool = pass_activation_bytes(dit, settings, tokens, dtype, quantization, frames=steady)
+        pool += dit.num_layers * steady * tokens * dit.dim * torch.empty(0, dtype=dtype).element_size()
+        plan.parts.append(PlanPart("CUDA-graph pool (--compile)", "generate", pool, False,
+                                   f"a steady pass of {steady} frames + {dit.num_layers} block outputs, kept"))
     per_call = decoder_frames_per_call or (1 if low_vram else settings.frames_per_chunk)
     dec_weights, dec_state, dec_work = decoder_bytes(decoder, width, height, dtype, per_call)
     plan.parts.append(PlanPart("decoder weights + state", "generate", dec_weights + dec_state, False, decoder))

@@ -503,6 +503,11 @@ class Renderer:
             self._vae = None  # free the previous decoder first
             self._vae = load_decoder(vae, self.decoder_file(vae)["path"], device=self.device, dtype=self.dtype)
             self._vae_kind = vae
+        if self.options.compile and self.device.type == "cuda":  # (on the CPU oneDNN's convs bound it: eager)
+            from memflow_cli.decoders import compile_decoder
+
+            compile_decoder(self._vae, on_fallback=lambda why: self.reporter.warn(
+                f"--compile: compiling the decoder failed, decoding eager ({why})"))
         self.timings["load"] += time.perf_counter() - t
 
     @property
@@ -537,7 +542,8 @@ class Renderer:
         """Show the memory plan once and stop (InputError naming the levers) if it cannot fit the device."""
         from memflow_cli.low_vram import plan_for
 
-        plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram, overlap=self.overlap)
+        plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram, overlap=self.overlap,
+                        cuda_graphs=self.options.compile and self.compile_mode == "reduce-overhead")
         if summary is not None:
             summary.planned_peak_gpu_memory_bytes = plan.peak_bytes if self.device.type == "cuda" else None
         if self._checked_memory:
@@ -988,6 +994,9 @@ class Renderer:
         gen = summary.timings.get("generate", 0.0)
         compiled = self._compile_figures()
         if compiled is not None:  # compiling is a one-off: reported apart from the generation rate
+            decoder = getattr(getattr(self._vae, "module", None), "compiled_decoder", None)
+            if decoder is not None:  # the decoder's steady calls (decoders.compile_decoder); in decode time
+                compiled["decoder"] = decoder.stats.to_dict()
             summary.compile = compiled
             summary.timings["compile"] = compiled["compile_seconds"]
             gen = max(gen - compiled["compile_seconds"], 0.0)

@@ -165,6 +165,8 @@ class CausalConv3d(nn.Conv3d):
 def _norm_silu_conv(norm: "RMSNorm", x: torch.Tensor, conv: CausalConv3d, state) -> torch.Tensor:
     """conv(silu(norm(x))) with the activation written straight into the conv's input buffer (no cat, no
     intermediate tensors): x / max(|x|, eps) into the buffer, times sqrt(C) * gamma, SiLU, all in place."""
+    if torch.compiler.is_compiling():  # traced: the plain form (the compiler fuses it and plans the buffers itself)
+        return conv(F.silu(norm(x)), state)
     buffer = conv.input_buffer(x, x.shape[2])
     out = buffer[:, :, conv.history:]
     norm.into(x, out)
@@ -254,16 +256,21 @@ _PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0]
 def _upsample_conv(x: torch.Tensor, conv: nn.Conv2d, cache: dict) -> torch.Tensor:
     """`conv(nearest_x2(x))` for a 3x3, padding-1 conv, as one 2x2 conv at the input's resolution (see above)."""
     weight = conv.weight
-    key = (weight.device, weight.dtype, weight.data_ptr(), weight._version)
-    if cache.get("key") != key:
+    compiling = torch.compiler.is_compiling()  # traced: the kernel is part of the graph (no cache, no data_ptr)
+    key = None if compiling else (weight.device, weight.dtype, weight.data_ptr(), weight._version)
+    if compiling or cache.get("key") != key:
         taps = _PHASE_TAPS.to(weight.device)
         # [a, b, out, in, 2, 2], summed in float32 and rounded once to the weight's dtype
         k = torch.einsum("apy,bqx,oiyx->aboipq", taps, taps, weight.float())
         cout = weight.shape[0]
-        cache.update(key=key, weight=k.reshape(4 * cout, *weight.shape[1:2], 2, 2).to(weight.dtype).contiguous(
+        fused = dict(key=key, weight=k.reshape(4 * cout, *weight.shape[1:2], 2, 2).to(weight.dtype).contiguous(
             memory_format=_layout(weight)), bias=None if conv.bias is None else conv.bias.repeat(4))
+        if not compiling:
+            cache.update(fused)
+    else:
+        fused = cache
     n, _, h, w = x.shape
-    y = F.conv2d(x, cache["weight"], cache["bias"], padding=1)  # [n, 4 * out, h + 1, w + 1]
+    y = F.conv2d(x, fused["weight"], fused["bias"], padding=1)  # [n, 4 * out, h + 1, w + 1]
     cout = y.shape[1] // 4
     # [n, out, h, 2, w, 2] laid out as [n, h, 2, w, 2, out]: the view below is channels-last, no copy
     out = torch.empty(n, h, 2, w, 2, cout, device=x.device, dtype=y.dtype).permute(0, 5, 1, 2, 3, 4)
@@ -420,6 +427,7 @@ class WanVAE(nn.Module):
             self.conv1 = CausalConv3d(cfg.z_dim * 2, cfg.z_dim * 2, 1)
         self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
         self.decoder = Decoder3d(cfg)
+        self.compiled_decoder = None  # --compile: decoders.compile_decoder sets a compiled call for steady chunks
 
     @property
     def dtype(self) -> torch.dtype:
@@ -555,7 +563,9 @@ class StreamDecoder:
         step = self.max_frames_per_call or z.shape[2]
         outs = []
         for start in range(0, z.shape[2], step):
-            out = vae.decoder(z[:, :, start:start + step], self.state)
+            # --compile: the steady calls (not the first: its caches start empty) through the compiled decoder
+            call = vae.decoder if self.frames_in == 0 and start == 0 else (vae.compiled_decoder or vae.decoder)
+            out = call(z[:, :, start:start + step], self.state)
             outs.append(out.float().clamp_(-1, 1))
         self.frames_in += z.shape[2]
         pixels = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]

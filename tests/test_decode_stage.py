@@ -298,8 +298,21 @@ def test_auto_render_measures_and_keeps_the_bytes(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(decode_stage, "ScheduleProbe",
                         functools.partial(ScheduleProbe, warmup=1, window=1, clock=lambda: next(clock)))
     timeline = prompt_timeline("a kite over the dunes", 3.0)  # 4 chunks
+    import weakref
+
+    from memflow_cli import generator as generator_module
+
+    made, init = [], generator_module.StreamingGenerator.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(generator_module.StreamingGenerator, "__init__", tracked)
 
     auto = render(timeline, options(tiny, tmp_path / "auto.mp4"))
+    # a finished render holds nothing of its stream (KV cache, bank): the next job's cannot sit beside it
+    assert len(made) == 1 and made[0]() is None
     off = render(timeline, options(tiny, tmp_path / "off.mp4", overlap="off"))
     assert auto.schedule == {"overlap": "auto", "chosen": "serial", "measured": True,
                              "overlapped_s_per_chunk": 30.0, "serial_s_per_chunk": 3.0}

@@ -362,7 +362,7 @@ class ScheduleProbe:
 
     Whether decoding beside generation helps is a property of the device (on one GPU the decoder's kernels may
     just slow the DiT's by as much as they take), so it is measured, not assumed. After `warmup` chunks (the
-    key set still growing, a compile), a window of `window` chunks runs overlapped (decode on the stage while
+    key set grows until chunk 7, where --compile then compiles and records its graphs), a window of `window` chunks runs overlapped (decode on the stage while
     the next chunk generates), then a window runs serial (after each chunk, the loop waits until it is
     written: the DiT runs alone). Each window is timed on the wall clock from a drained stage to a drained
     stage, so it counts everything the schedule costs; the faster schedule is kept for the rest of the render.
@@ -375,7 +375,7 @@ class ScheduleProbe:
     (tests use a fake one); `drain` is the stage's drain, called at window boundaries.
     """
 
-    def __init__(self, drain: Callable[[], None], *, warmup: int = 7, window: int = 3,
+    def __init__(self, drain: Callable[[], None], *, warmup: int = 10, window: int = 3,
                  clock: Callable[[], float] = time.perf_counter,
                  on_decided: Callable[["ScheduleProbe"], None] | None = None):
         if window < 1:

@@ -363,8 +363,8 @@ class ScheduleProbe:
     Whether decoding beside generation helps is a property of the device (on one GPU the decoder's kernels may
     just slow the DiT's by as much as they take), so it is measured, not assumed. After `warmup` chunks (the key
     set grows until chunk 7, where --compile then compiles and records its graphs), a window of `window` chunks
-    runs overlapped (decode on the stage while the next chunk generates), then a window runs serial (after each chunk, the loop waits until it is
-    written: the DiT runs alone). Each window is timed on the wall clock from a drained stage to a drained
+    runs overlapped (decode on the stage while the next chunk generates), then a window runs serial (after each
+    chunk, the loop waits until it is written: the DiT runs alone). Each window is timed on the wall clock from a drained stage to a drained
     stage, so it counts everything the schedule costs; the faster schedule is kept for the rest of the render.
     The frames are the same bytes either way: the decode order never changes, only whether the loop waits.
 

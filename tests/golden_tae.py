@@ -4,9 +4,10 @@ The case ships no weights, only a recipe: they are rebuilt here, checked against
 written to a `.pth` with the real key names and loaded through the normal loader. Decoding is checked in
 both latent conventions through the decoder interface the renderer uses (tae: latents as they are;
 lighttae: latents * std + mean), the unclamped decode as a diagnostic, the encoder, and a chunked
-stream (3 latents, then 3, then 1) against the whole-sequence golden.
+stream (the renderer's chunks of 3 latents, the last one what is left) against the whole-sequence golden.
 """
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from golden_metric import assert_close
+from golden_splits import LATENTS_PER_CHUNK, splits, wan_pixel_frames
 from memflow_cli.decoders import load_decoder
 from memflow_cli.model.tae import load_tae, tae_init_recipe
 
@@ -41,21 +43,27 @@ def run_tae_case(case: dict, index: dict, golden_dir: Path):
     # the network in its own convention, before the final clamp (diagnostic: most clamped values sit at 0 or 1)
     assert_close("pixels_tae_unclamped", tae.decode(latents, clamp=False), tensors["pixels_tae_unclamped"], tol)
 
-    # through the renderer's interface (normalized DiT latents in, [-1, 1] frames out), streamed in
-    # chunks of 3, 3, 1 latents -> 9, 12, 4 frames: must equal the golden whole-sequence decode
+    # through the renderer's interface (normalized DiT latents in, [-1, 1] frames out), streamed in the
+    # renderer's chunks (for 7 latents: 3, 3, 1 -> 9, 12, 4 frames): must equal the golden whole-sequence decode
     to_unit = lambda pixels: pixels * 0.5 + 0.5  # noqa: E731
     stream = tae_decoder.stream_decoder()
-    parts = [stream.decode(latents[:, s:e]) for s, e in ((0, 3), (3, 6), (6, 7))]
-    assert [p.shape[1] for p in parts] == [9, 12, 4]
-    assert_close("pixels_tae (streamed 3+3+1)", to_unit(torch.cat(parts, dim=1)), tensors["pixels_tae"], tol)
+    chunks = splits(latents.shape[1], LATENTS_PER_CHUNK, LATENTS_PER_CHUNK)
+    parts = [stream.decode(latents[:, s:e]) for s, e in chunks]
+    assert [p.shape[1] for p in parts] == [wan_pixel_frames(e - s, s == 0) for s, e in chunks]
+    assert_close(f"pixels_tae (streamed {'+'.join(str(e - s) for s, e in chunks)})", to_unit(torch.cat(parts, dim=1)),
+                 tensors["pixels_tae"], tol)
     assert_close("pixels_lighttae", to_unit(light_decoder.stream_decoder().decode(latents)),
                  tensors["pixels_lighttae"], tol)
 
-    assert_close("encode_latents", tae.encode(tensors["encode_frames_in"]), tensors["encode_latents"], tol)
-    stream_enc = tae.stream_encoder()
     frames = tensors["encode_frames_in"]
-    streamed = torch.cat([stream_enc.encode(frames[:, s:s + 12]) for s in (0, 12)], dim=1)
-    assert_close("encode_latents (streamed 12+12)", streamed, tensors["encode_latents"], tol)
+    assert_close("encode_latents", tae.encode(frames), tensors["encode_latents"], tol)
+    # streamed in the renderer's chunks of frames (4 per latent), the last one what is left
+    per_latent = math.prod(tae.config.encoder_time_pool)
+    chunks = splits(frames.shape[1], per_latent * LATENTS_PER_CHUNK, per_latent * LATENTS_PER_CHUNK, multiple=per_latent)
+    stream_enc = tae.stream_encoder()
+    streamed = torch.cat([stream_enc.encode(frames[:, s:e]) for s, e in chunks], dim=1)
+    assert_close(f"encode_latents (streamed {'+'.join(str(e - s) for s, e in chunks)})", streamed,
+                 tensors["encode_latents"], tol)
 
 
 RUNNERS = {"tae": run_tae_case}

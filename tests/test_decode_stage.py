@@ -3,6 +3,7 @@
 No timings are asserted here: what the overlap gains is measured by benchmarks/overlap.py.
 """
 
+import functools
 import json
 import signal
 import threading
@@ -284,3 +285,44 @@ def test_no_overlap_flag(tiny, tmp_path):
     assert code == 0, text
     assert "queue_wait" not in json.JSONDecoder().raw_decode(text, text.index("{"))[0]["timings_s"]
     assert Renderer(RenderOptions(low_vram=True)).overlap is False  # --low-vram: one working set at a time
+
+
+def test_auto_render_measures_and_keeps_the_bytes(tiny, tmp_path, monkeypatch):
+    """The render's own loop with the probe (on the CPU for the test): serial measured faster → the rest serial,
+    the video the same bytes as --overlap off, the choice in the summary and manifest, not in the identity."""
+    from memflow_cli import decode_stage, render as render_module
+    from memflow_cli.decode_stage import ScheduleProbe
+
+    clock = iter([0.0, 30.0, 30.0, 33.0])  # chunk 1 overlapped: 30 s; chunk 2 serial: 3 s
+    monkeypatch.setattr(render_module, "PROBE_SCHEDULE_ON_CPU", True)
+    monkeypatch.setattr(decode_stage, "ScheduleProbe",
+                        functools.partial(ScheduleProbe, warmup=1, window=1, clock=lambda: next(clock)))
+    timeline = prompt_timeline("a kite over the dunes", 3.0)  # 4 chunks
+    import weakref
+
+    from memflow_cli import generator as generator_module
+
+    made, init = [], generator_module.StreamingGenerator.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(generator_module.StreamingGenerator, "__init__", tracked)
+
+    auto = render(timeline, options(tiny, tmp_path / "auto.mp4"))
+    # a finished render holds nothing of its stream (KV cache, bank): the next job's cannot sit beside it
+    assert len(made) == 1 and made[0]() is None
+    off = render(timeline, options(tiny, tmp_path / "off.mp4", overlap="off"))
+    assert auto.schedule == {"overlap": "auto", "chosen": "serial", "measured": True,
+                             "overlapped_s_per_chunk": 30.0, "serial_s_per_chunk": 3.0}
+    assert off.schedule == {"overlap": "off", "chosen": "serial", "measured": False}
+    assert (tmp_path / "auto.mp4").read_bytes() == (tmp_path / "off.mp4").read_bytes()
+    auto_manifest = json.loads((tmp_path / "auto.manifest.json").read_text())
+    off_manifest = json.loads((tmp_path / "off.manifest.json").read_text())
+    assert auto_manifest["schedule"]["chosen"] == "serial"
+    assert auto_manifest["fingerprint"] == off_manifest["fingerprint"]  # the schedule is not the render's identity
+    for summary in (auto, off):  # time to first frame: after the models loaded, before the end
+        assert 0 < summary.timings["first_frame"] < summary.timings["total"] - summary.timings["load"]
+    assert auto_manifest["timings_s"]["first_frame"] > 0
+    assert np.isfinite(auto.fps_end_to_end)

@@ -107,3 +107,70 @@ def test_overlap_holds_both_working_sets():
     assert overlap.peak_bytes == serial.peak_bytes + min(work, dit)  # the larger of the two, plus the smaller
     # --low-vram keeps decoding serial: its plan is the same either way
     assert plan_memory(832, 480, low_vram=True, overlap=True).peak_bytes == plan_memory(832, 480, low_vram=True).peak_bytes
+
+
+def test_live_bytes_counts_storages_once_until_freed():
+    from memflow_cli.memory_plan import LiveBytes
+
+    with LiveBytes() as counter:
+        a = torch.empty(1000)  # 4000 bytes
+        view = a[10:]  # the same storage: nothing more
+        del a
+        assert counter.live == 4000
+        b = view * 2  # 3960 more, while both are alive
+        view.mul_(3)  # in place: nothing more
+        del view
+        assert (counter.live, counter.peak) == (3960, 7960)
+        del b
+        assert counter.live == 0
+
+
+@pytest.mark.parametrize("family", ["wan", "tae"])
+def test_decoder_plan_counts_what_a_real_decode_holds(family):
+    """The plan counts the decoder on the meta device; the same count over a real CPU decode agrees exactly."""
+    from memflow_cli.memory_plan import counted_decode
+    from memflow_cli.model.tae import TAEConfig, TinyAutoencoder
+    from memflow_cli.model.vae import VAEConfig, WanVAE
+
+    def build():
+        return WanVAE(VAEConfig(dim=8)) if family == "wan" else TinyAutoencoder(TAEConfig(decoder_widths=(32, 16, 8, 8)))
+
+    latents = torch.randn(1, 4, 16, 4, 6)
+    real = counted_decode(build().stream_decoder(), latents, 2)
+    with torch.device("meta"):
+        planned = counted_decode(build().stream_decoder(), latents.to("meta"), 2)
+    assert real == planned and real[1] > 0
+
+
+def test_decoder_lines_are_counted_at_real_size():
+    from memflow_cli.memory_plan import decoder_bytes
+
+    weights, state, work = decoder_bytes("wan", 832, 480, torch.bfloat16, 3)
+    # the largest tensor of a steady chunk alone: the last level's conv input, 96 channels x (12 + 2) frames
+    assert work > 96 * 14 * 832 * 480 * 2
+    assert work < 5 * 2**30  # below the former code's 5.2 GiB (cat + norm temporaries), counted the same way
+    assert weights == sum(p.numel() for p in _meta_wan_vae().parameters()) * 2
+    _, tae_state, tae_work = decoder_bytes("lighttae", 832, 480, torch.bfloat16, 3)
+    assert tae_work < work and tae_state < state
+    plan = plan_memory(832, 480, decoder="lighttae", overlap=True)
+    assert plan.part("decoder working set").bytes == tae_work
+
+
+def _meta_wan_vae():
+    from memflow_cli.model.vae import VAEConfig, WanVAE
+
+    with torch.device("meta"):
+        return WanVAE(VAEConfig())
+
+
+def test_cuda_graphs_add_their_pool():
+    from memflow_cli.memory_plan import pass_activation_bytes
+
+    eager, graphs = plan_memory(832, 480, overlap=True), plan_memory(832, 480, overlap=True, cuda_graphs=True)
+    pool = graphs.part("CUDA-graph pool (--compile)")
+    assert not pool.transient and graphs.peak_bytes == eager.peak_bytes + pool.bytes
+    config, settings = DiTConfig(), StreamSettings()
+    tokens = config.frame_tokens(60, 104)
+    steady = pass_activation_bytes(config, settings, tokens, torch.bfloat16, None, frames=settings.frames_per_chunk)
+    assert steady < pass_activation_bytes(config, settings, tokens, torch.bfloat16, None)  # a chunk < the re-cache
+    assert pool.bytes == steady + config.num_layers * 3 * tokens * config.dim * 2

@@ -113,6 +113,18 @@ def parse_steps(text: str | None) -> tuple[int, ...] | None:
     return None if values is None else check_steps(values, "--steps")
 
 
+def parse_overlap_option(text: str | None, off: bool) -> str:
+    """--overlap auto|on|off, with --no-overlap as the alias of off (both at once must agree)."""
+    from memflow_cli.decode_stage import OVERLAP_MODES
+
+    mode = None if text is None else text.strip().lower()
+    if mode is not None and mode not in OVERLAP_MODES:
+        raise InputError(f"--overlap: expected one of {', '.join(OVERLAP_MODES)}, got {text!r}")
+    if off and mode not in (None, "off"):
+        raise InputError(f"--no-overlap contradicts --overlap {mode}; give one of them")
+    return "off" if off else (mode or "auto")
+
+
 def parse_compile_mode(text: str | None) -> str | None:
     from memflow_cli.compiled import COMPILE_MODES
 
@@ -175,7 +187,8 @@ def render(
     vae: Optional[str] = typer.Option(None, "--vae", help="Decoder: wan (default), lightvae, tae or lighttae (default: the timeline's vae_type, else wan)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT (CUDA graphs on CUDA): faster from chunk 7 on, after a one-off compile."),
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="With --compile: default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs (default: reduce-overhead on CUDA, default elsewhere)."),
-    overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Decode and write each chunk while the next one generates (default on; off with --low-vram)."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", metavar="auto|on|off", help="Decode and write each chunk while the next one generates: on, off, or auto (default: on, except that on CUDA the render measures both schedules on its first steady chunks and keeps the faster); off with --low-vram."),
+    no_overlap: bool = typer.Option(False, "--no-overlap", help="Same as --overlap off."),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="NAME.partial.mp4 plays while rendering (a fragmented mp4, remuxed into NAME.mp4 at the end)."),
     sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write the contact sheet NAME.sheet.png (a labelled tile per timeline block)."),
 ):
@@ -255,7 +268,7 @@ def render(
                             video=video, strength=strength, fit=fit, noise_controller=noise_controller,
                             command=command_line(), model=model, loras=extra_loras, vae=vae,
                             compile=compile or compile_mode is not None, compile_mode=parse_compile_mode(compile_mode),
-                            overlap=overlap, preview=preview, sheet=sheet)
+                            overlap=parse_overlap_option(overlap, no_overlap), preview=preview, sheet=sheet)
     reporter = reporter_for(err, quiet=quiet)
     world = world_from_env()
     if world is not None:  # under torchrun: this rank renders its share, rank 0 reports for all
@@ -407,6 +420,7 @@ def info(
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Memory plan with fp8 weights."),
     vae: str = typer.Option("wan", "--vae", help="Memory plan with this decoder: wan, lightvae, tae or lighttae."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Memory plan in this dtype (default bf16)."),
+    compile: bool = typer.Option(False, "--compile", help="Memory plan of a --compile render on CUDA (adds the CUDA graphs' pool)."),
 ):
     """Versions, device, GPU, attention backend, fp8 path, which weight files are present; with --resolution,
     the planned peak GPU memory of a render, part by part."""
@@ -424,7 +438,7 @@ def info(
     if weights_dir is not None:
         hub.check_folder_option(weights_dir.expanduser(), "--weights-dir")
     plan = None
-    if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None:
+    if resolution is not None or low_vram or quantization is not None or vae != "wan" or dtype is not None or compile:
         from memflow_cli.memory_plan import plan_memory
         from memflow_cli.render import DTYPES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 
@@ -433,7 +447,8 @@ def info(
             raise InputError(f"--dtype: expected one of bf16, fp16, fp32, got {dtype!r}")
         plan = plan_memory(width or DEFAULT_WIDTH, height or DEFAULT_HEIGHT, dtype=DTYPES[dtype or "bf16"],
                            quantization=parse_quantization_option(quantization), low_vram=low_vram, decoder=vae,
-                           overlap=True)  # as `render` does by default (--low-vram keeps it serial)
+                           overlap=True,  # as `render` does by default (--low-vram keeps it serial)
+                           cuda_graphs=compile)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     data = {

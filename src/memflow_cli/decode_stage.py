@@ -373,3 +373,100 @@ class StreamLaps:
             self._pending.popleft()
             out.append((stage, seconds))
         return out
+
+
+OVERLAP_MODES = ("auto", "on", "off")
+
+
+def overlap_mode(value) -> str:
+    """`--overlap auto|on|off` (booleans from older callers: True = on, False = off)."""
+    if value is True:
+        return "on"
+    if value is False or value is None:
+        return "off" if value is False else "auto"
+    mode = str(value).strip().lower()
+    if mode not in OVERLAP_MODES:
+        raise ValueError(f"overlap must be one of {', '.join(OVERLAP_MODES)}, got {value!r}")
+    return mode
+
+
+class ScheduleProbe:
+    """`--overlap auto` on a GPU: measure both schedules on the render's own steady chunks, keep the faster one.
+
+    Whether decoding beside generation helps is a property of the device (on one GPU the decoder's kernels may
+    just slow the DiT's by as much as they take), so it is measured, not assumed. After `warmup` chunks (the key
+    set grows until chunk 7, where --compile then compiles and records its graphs), a window of `window` chunks
+    runs overlapped (decode on the stage while the next chunk generates), then a window runs serial (after each
+    chunk, the loop waits until it is written: the DiT runs alone). Each window is timed on the wall clock from a drained stage to a drained
+    stage, so it counts everything the schedule costs; the faster schedule is kept for the rest of the render.
+    The frames are the same bytes either way: the decode order never changes, only whether the loop waits.
+
+    A window that sees a prompt switch (a re-cache pass: not a steady chunk) starts again. A render too short
+    to finish both windows keeps overlapping (the default). The loop calls, per chunk: `serial(index)` before
+    generating (True: wait for the stage after handing this chunk in), `begin(index, changed)` before
+    generating, and `end(index)` after the chunk is handed in (and, when serial, written). `clock` is injectable
+    (tests use a fake one); `drain` is the stage's drain, called at window boundaries.
+    """
+
+    def __init__(self, drain: Callable[[], None], *, warmup: int = 10, window: int = 3,
+                 clock: Callable[[], float] = time.perf_counter,
+                 on_decided: Callable[["ScheduleProbe"], None] | None = None):
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.drain, self.warmup, self.window, self.clock = drain, warmup, window, clock
+        self.on_decided = on_decided
+        self.phase = "warmup"  # → "overlapped" → "serial" → "decided"
+        self.choice: str | None = None  # "overlap" or "serial" once decided
+        self.seconds: dict[str, float] = {}  # phase → seconds per chunk of its window
+        self._count = 0
+        self._started = 0.0
+
+    @property
+    def decided(self) -> bool:
+        return self.choice is not None
+
+    def serial(self, index: int) -> bool:
+        """Whether the loop waits for chunk `index` to be written before generating the next one."""
+        return self.phase == "serial" or self.choice == "serial"
+
+    def begin(self, index: int, changed: bool) -> None:
+        if self.decided:
+            return
+        if self.phase == "warmup":
+            if index < self.warmup:
+                return
+            self.phase = "overlapped"
+        if changed or self._count == 0:  # a (re)start of the window, from a drained stage
+            self.drain()
+            self._count = 0
+            self._started = self.clock()
+
+    def end(self, index: int) -> None:
+        if self.decided or self.phase == "warmup":
+            return
+        self._count += 1
+        if self._count < self.window:
+            return
+        self.drain()
+        self.seconds[self.phase] = (self.clock() - self._started) / self.window
+        self._count = 0
+        if self.phase == "overlapped":
+            self.phase = "serial"
+        else:
+            self.phase = "decided"
+            self.choice = "overlap" if self.seconds["overlapped"] <= self.seconds["serial"] else "serial"
+            if self.on_decided is not None:
+                self.on_decided(self)
+
+    def describe(self) -> str:
+        s = self.seconds
+        return (f"decode schedule: {'overlapped' if self.choice == 'overlap' else 'serial'} (measured "
+                f"{s['overlapped']:.3f} s per chunk overlapped, {s['serial']:.3f} s serial)")
+
+    def report(self) -> dict:
+        """For the render summary (not its identity): what was measured and chosen."""
+        out = {"overlap": "auto", "chosen": self.choice or "overlap",
+               "measured": self.decided}
+        for phase, seconds in self.seconds.items():
+            out[f"{phase}_s_per_chunk"] = round(seconds, 4)
+        return out

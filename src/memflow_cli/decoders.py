@@ -194,6 +194,78 @@ class TinyStreamEncoder:
 # --------------------------------------------------------------------------------------------------
 
 
+class CompiledDecoderCall:
+    """--compile for the Wan-family decoder: `Decoder3d(x, state)` through torch.compile, for the steady calls.
+
+    Static shapes: the first shape it is called with (a steady chunk: the renderer's 3 latent frames) is the
+    one compiled; any other shape (a shorter call) runs eager, so nothing recompiles during a render. The
+    traced decoder has no graph break (model/vae.py uses its plain forms while tracing). No CUDA graphs (the
+    stream state is updated in place between calls): inductor's fused kernels only. A compiler failure is
+    reported once and the decoder runs eager from then on, as compiled.py does for the DiT's block (the failed
+    call is run again eagerly: the state is only written at the end of each conv, so nothing was half done).
+    """
+
+    def __init__(self, decoder: torch.nn.Module, *, backend="inductor", mode: str | None = None,
+                 on_fallback=None):
+        from memflow_cli.compiled import CompileStats
+
+        self.decoder = decoder
+        self.stats = CompileStats(mode=mode or "default", backend=backend if isinstance(backend, str) else "custom")
+        self.on_fallback = on_fallback
+        self.shape: tuple | None = None
+        self._fn = None
+        try:
+            self._fn = torch.compile(decoder, backend=backend, mode=mode, dynamic=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. a Python version dynamo does not support: run eager
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        from memflow_cli.compiled import _reason
+
+        self.stats.fallback = _reason(exc)
+        if self.on_fallback is not None:
+            self.on_fallback(self.stats.fallback)
+
+    def __call__(self, x: torch.Tensor, state) -> torch.Tensor:
+        import time
+
+        from memflow_cli.compiled import _is_compile_failure
+
+        shape = (tuple(x.shape), x.dtype, x.device)
+        if self.shape is None:
+            self.shape = shape
+        if self.stats.fallback is not None or shape != self.shape:
+            return self.decoder(x, state)
+        started = time.perf_counter()
+        first = self.stats.compiled_calls == 0
+        try:
+            out = self._fn(x, state)
+        except Exception as exc:  # noqa: BLE001
+            if not _is_compile_failure(exc):
+                raise
+            self._fail(exc)
+            return self.decoder(x, state)
+        self.stats.compiled_calls += 1
+        if first:
+            self.stats.compilations += 1
+            self.stats.compile_seconds += time.perf_counter() - started
+        return out
+
+
+def compile_decoder(ae, *, backend="inductor", mode: str | None = None, on_fallback=None):
+    """--compile: compile a loaded decoder's steady calls (the Wan family; the tiny AE is left eager: its
+    decode is a few ms). Returns the CompileStats, or None when there is nothing to compile. Idempotent.
+    The renderer does this on CUDA only: on the CPU the decode is bound by oneDNN's convolutions, which a
+    compiled graph calls just the same (and compiling the VAE there takes minutes)."""
+    vae = getattr(ae, "module", ae)
+    if getattr(ae, "spec", None) is not None and ae.spec.family != "wan":
+        return None
+    if isinstance(vae.compiled_decoder, CompiledDecoderCall):
+        return vae.compiled_decoder.stats
+    vae.compiled_decoder = CompiledDecoderCall(vae.decoder, backend=backend, mode=mode, on_fallback=on_fallback)
+    return vae.compiled_decoder.stats
+
+
 def load_decoder(kind: str, path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32) -> VideoAutoencoder:
     """Load the `--vae` choice from its weight file. A file that is not that decoder is an input error."""
     spec = decoder_spec(kind)

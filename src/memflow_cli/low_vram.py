@@ -61,9 +61,9 @@ def text_encoder_config(path: Path):
         return UMT5Config.umt5_xxl()
 
 
-def plan_for(job, config, weights, dtype: torch.dtype, low_vram: bool, overlap: bool = False):
+def plan_for(job, config, weights, dtype: torch.dtype, low_vram: bool, overlap: bool = False, cuda_graphs: bool = False):
     from memflow_cli.memory_plan import plan_memory
 
     return plan_memory(job.width, job.height, dtype=dtype, quantization=job.quantization, low_vram=low_vram,
                        decoder=getattr(job, "vae", "wan"), dit=config, text_encoder=text_encoder_config(weights.t5),
-                       settings=job.stream, overlap=overlap)
+                       settings=job.stream, overlap=overlap, cuda_graphs=cuda_graphs)

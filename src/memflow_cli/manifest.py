@@ -123,6 +123,7 @@ def figures(summary) -> dict:
         "prompt_cache": summary.prompt_cache,
         "warnings": summary.warnings,
         **({"compile": summary.compile} if getattr(summary, "compile", None) else {}),
+        **({"schedule": summary.schedule} if getattr(summary, "schedule", None) else {}),
     }
 
 

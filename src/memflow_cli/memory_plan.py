@@ -12,23 +12,30 @@ planned peak is the larger phase. Parts:
   - activations of the largest pass: the re-cache after a prompt switch runs `local_attn_size` frames at once;
   - decoder: weights + stream state + the working set of one decode call.
 
+With --compile on CUDA (CUDA graphs), the graphs' private memory pool holds a steady pass's working set for
+good (`cuda_graphs=True`): a part of its own, beside the eager passes' activations.
+
 Decoding one chunk in the loop (--no-overlap, --low-vram), a DiT pass and a decode call never run at the same
 time: the generate phase holds weights, caches and decoder state plus the larger of the two working sets. With
 overlap (render's default: the next chunk generates while this one decodes, `overlap=True` here) both
 working sets are held at once.
 
 Weights and caches are exact byte counts (a test checks them against the real-size model and caches
-built on the meta device). Activations and decoder working sets are estimates from the largest tensors
-alive at once; after a CUDA render the summary shows planned against measured peak.
+built on the meta device). The decoder's state and working set are counted too: its real-size network runs
+on the meta device while `LiveBytes` adds up the tensors alive. DiT activations are estimates from the
+largest tensors alive at once; after a CUDA render the summary shows planned against measured peak.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from memflow_cli.errors import InputError
 from memflow_cli.generator import StreamSettings
@@ -143,7 +150,7 @@ def umt5_activation_bytes(config: UMT5Config, dtype: torch.dtype, quantization: 
 
 
 def pass_activation_bytes(config: DiTConfig, settings: StreamSettings, frame_tokens: int, dtype: torch.dtype,
-                          quantization: str | None) -> int:
+                          quantization: str | None, frames: int | None = None) -> int:
     """Largest tensors alive in one block during the re-cache pass (`local_attn_size` frames at once).
 
     Residual stream and its update; attention phase: modulated input, q/k/v, the float32 RoPE copies of
@@ -152,7 +159,7 @@ def pass_activation_bytes(config: DiTConfig, settings: StreamSettings, frame_tok
     de-quantized weight (or, for fp8 matmuls, the activations rounded to fp8).
     """
     b = torch.empty(0, dtype=dtype).element_size()
-    n = settings.local_attn_size * frame_tokens
+    n = (frames or settings.local_attn_size) * frame_tokens  # frames: a steady pass's chunk instead of a re-cache
     d, f = config.dim, config.ffn_dim
     keys = (settings.local_attn_size + settings.bank_size) * frame_tokens
     residual = 2 * n * d * b
@@ -166,52 +173,82 @@ def pass_activation_bytes(config: DiTConfig, settings: StreamSettings, frame_tok
 def decoder_bytes(kind: str, width: int, height: int, dtype: torch.dtype, frames_per_call: int = 3) -> tuple[int, int, int]:
     """(weights, stream state, working set of one call of `frames_per_call` latent frames) of the decoder.
 
-    Wan VAE: the state is two frames of input per causal conv; the working set peaks where the last
-    upsampler copies 192 channels to full resolution (then a conv halves them to 96). TAEHV-style
-    decoders (tae, lighttae) work at 64 channels at full resolution; lightvae is the Wan VAE at half width.
+    Counted, not estimated: the decoder of the kind's real size runs a first and a steady chunk on the meta
+    device (shapes only, no arithmetic) under `LiveBytes`, which adds up the tensors alive at each moment. The
+    working set is the peak during the steady call (the decode, then the uint8 conversion the decode stage
+    does on the device) above what was alive before it; the state is what the stream keeps between calls.
+    What this cannot see: the convolution library's own workspaces (cuDNN), outside torch's tensors.
+    lightvae is the Wan VAE at half width; tae and lighttae are the same TAEHV network.
     """
-    b = torch.empty(0, dtype=dtype).element_size()
     if kind not in DECODER_KINDS:
         raise InputError(f"--vae: expected one of {', '.join(DECODER_KINDS)}, got {kind!r}")
-    pixels = width * height
-    frames = 4 * frames_per_call  # pixel frames per call in the steady state
-    out = 3 * frames * pixels * 4 * 2  # float32 pixels and their clamped copy
-    if kind in ("wan", "lightvae"):
-        scale = 1 if kind == "wan" else 2
-        c = 96 // scale  # channels at full resolution; 2c enter the last upsampler
-        weights = _wan_vae_params(c) * b
-        state = _wan_state_elements(c, width, height) * b
-        upsample = frames * pixels * (2 * c * b + c * b) + frames * pixels // 4 * 2 * c * b  # x2 copy, conv out, input
-        resblock = (frames + 2) * pixels * c * b * 4  # block input, conv input with history, conv output, sum
-        return weights, state, max(upsample, resblock) + out
-    params = 11_300_000  # taew2_1-sized TAEHV decoder + encoder
-    state = 3 * 64 * pixels * b * 4  # one past frame per memory block at full resolution (upper bound)
-    work = frames * pixels * 64 * b * 5  # x, cat(x, past) (2x), two conv outputs
-    return params * b, state, work + out
+    weights, state, work = _counted_decoder("wan" if kind in ("wan", "lightvae") else "tae",
+                                            96 if kind == "wan" else 48, width, height, dtype, frames_per_call)
+    return weights, state, work
 
 
-@functools.lru_cache(maxsize=8)
-def _wan_vae_params(dim: int) -> int:
-    from memflow_cli.model.vae import VAEConfig, WanVAE
+class LiveBytes(TorchDispatchMode):
+    """A dispatch mode that counts the bytes of tensor storages made inside it and still referenced (`live`),
+    and the most at any moment (`peak`). Works on the meta device (what a real device would hold, without
+    allocating it) as on the CPU. Views share their base's storage and count once."""
 
-    with torch.device("meta"):
-        vae = WanVAE(VAEConfig(dim=dim))
-    return sum(p.numel() for p in vae.parameters())
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._storages: dict[int, list[int]] = {}  # storage → [tensors referring to it, bytes]
+
+    def _drop(self, key: int) -> None:
+        entry = self._storages[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self._storages[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or id(t) in inputs:
+                continue  # in-place ops return their input
+            key = t.untyped_storage()._cdata
+            entry = self._storages.get(key)
+            if entry is None:
+                entry = self._storages[key] = [0, t.untyped_storage().nbytes()]
+                self.live += entry[1]
+                self.peak = max(self.peak, self.live)
+            entry[0] += 1
+            weakref.finalize(t, self._drop, key)
+        return out
+
+
+def counted_decode(stream, latents: torch.Tensor, frames_per_call: int) -> tuple[int, int]:
+    """(state bytes, working set bytes) of `stream` decoding a steady chunk of `frames_per_call` latent frames
+    of `latents` after a first chunk (see `decoder_bytes`); `stream` is any `--vae` stream decoder."""
+    from memflow_cli.model.vae import pixels_to_uint8
+
+    with torch.no_grad():
+        stream.decode(latents[:, :frames_per_call])
+        steady = latents[:, frames_per_call:2 * frames_per_call]
+        with LiveBytes() as counter:
+            before = counter.live
+            pixels_to_uint8(stream.decode(steady))
+        state = getattr(stream, "state", {})
+        held = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    return held, counter.peak - before
 
 
 @functools.lru_cache(maxsize=32)
-def _wan_state_elements(dim: int, width: int, height: int) -> int:
-    """Elements the Wan decoder keeps between calls: 2 input frames per temporal conv (meta-device run)."""
+def _counted_decoder(family: str, dim: int, width: int, height: int, dtype: torch.dtype,
+                     frames_per_call: int) -> tuple[int, int, int]:
+    from memflow_cli.model.tae import TAEConfig, TinyAutoencoder
     from memflow_cli.model.vae import VAEConfig, WanVAE
 
-    config = VAEConfig(dim=dim)
     with torch.device("meta"):
-        vae = WanVAE(config)
-        decoder = vae.stream_decoder(1)
-        z = torch.empty(1, 2, config.z_dim, height // 8, width // 8)
-        decoder.vae.decoder(z.permute(0, 2, 1, 3, 4)[:, :, :1], decoder.state)
-        decoder.vae.decoder(z.permute(0, 2, 1, 3, 4)[:, :, 1:], decoder.state)
-    return sum(v.numel() for v in decoder.state.values() if isinstance(v, torch.Tensor))
+        model = (WanVAE(VAEConfig(dim=dim)) if family == "wan" else TinyAutoencoder(TAEConfig())).to(dtype)
+        latents = torch.empty(1, 2 * frames_per_call, 16, height // 8, width // 8)
+        state, work = counted_decode(model.stream_decoder(), latents, frames_per_call)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights, state, work
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -230,6 +267,7 @@ def plan_memory(
     settings: StreamSettings | None = None,
     decoder_frames_per_call: int | None = None,
     overlap: bool = False,
+    cuda_graphs: bool = False,
 ) -> MemoryPlan:
     """Planned device memory of a render at width x height (defaults: the real MemFlow model)."""
     dit = dit or DiTConfig()
@@ -257,6 +295,15 @@ def plan_memory(
     plan.parts.append(PlanPart("text keys/values", "generate", caches["text"], True, f"{dit.text_len} tokens"))
     plan.parts.append(PlanPart("DiT activations", "generate", pass_activation_bytes(dit, settings, tokens, dtype, quantization),
                                False, f"re-cache pass of {settings.local_attn_size} frames", transient=True))
+    if cuda_graphs:
+        # --compile with CUDA graphs: the graphs' private pool keeps a steady pass's working set (and every
+        # block's output of the pass) reserved for replays, beside whatever the eager passes (the re-cache after
+        # a switch, the warm-up chunks) and the decoder use
+        steady = settings.frames_per_chunk
+        pool = pass_activation_bytes(dit, settings, tokens, dtype, quantization, frames=steady)
+        pool += dit.num_layers * steady * tokens * dit.dim * torch.empty(0, dtype=dtype).element_size()
+        plan.parts.append(PlanPart("CUDA-graph pool (--compile)", "generate", pool, False,
+                                   f"a steady pass of {steady} frames + {dit.num_layers} block outputs, kept"))
     per_call = decoder_frames_per_call or (1 if low_vram else settings.frames_per_chunk)
     dec_weights, dec_state, dec_work = decoder_bytes(decoder, width, height, dtype, per_call)
     plan.parts.append(PlanPart("decoder weights + state", "generate", dec_weights + dec_state, False, decoder))

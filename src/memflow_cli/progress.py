@@ -398,6 +398,16 @@ def summary_table(summary: "RenderSummary"):
                     else f"{compiled['mode']}, {compiled['compiled_calls']} compiled block calls" if compiled["compiled_calls"]
                     else "nothing ran compiled: the video ended before the steady state (chunk 8)")
             t.add_row("  of which compiling", f"{compiled['compile_seconds']:.2f} s ({what})")
+    first = summary.timings.get("first_frame")
+    if first is not None:
+        t.add_row("time to first frame", f"{first:.2f} s (after the models loaded)")
+    schedule = getattr(summary, "schedule", None)
+    if schedule:
+        chosen = "overlapped" if schedule.get("chosen") == "overlap" else "serial"
+        how = (f"measured {schedule['overlapped_s_per_chunk']:.3f} s per chunk overlapped, "
+               f"{schedule['serial_s_per_chunk']:.3f} s serial" if schedule.get("measured")
+               else f"--overlap {schedule.get('overlap')}")
+        t.add_row("decode schedule", f"{chosen} ({how})")
     if skipped:  # nothing was rendered: no times or speed to report
         t.add_row("status", "skipped (already rendered: same input, settings and weights; -y renders it again)")
     else:

@@ -114,9 +114,11 @@ class RenderOptions:
     vae: str | None = None  # decoder (decoders.DECODER_KINDS); None = the timeline's `vae_type`, else "wan"
     compile: bool = False  # --compile: torch.compile the DiT's block for the steady state (compiled.py)
     compile_mode: str | None = None  # a torch.compile mode; None: CUDA graphs on CUDA, plain inductor elsewhere
-    # decode and write each chunk on a worker thread (CUDA: a second stream) while the next one generates;
-    # False: one stage after the other in the loop. --low-vram keeps them serial (one working set at a time).
-    overlap: bool = True
+    # decode and write each chunk on a worker thread (CUDA: a second stream) while the next one generates:
+    # "on" (or True); "off" (or False): one stage after the other in the loop; "auto": on, except that on CUDA
+    # the render measures both schedules on its first steady chunks and keeps the faster (decode_stage.py
+    # ScheduleProbe). --low-vram keeps them serial (one working set at a time).
+    overlap: bool | str = "auto"
     preview: bool = True  # NAME.partial.mp4 plays while rendering (a fragmented MP4, remuxed at the end; video.py)
     sheet: bool = True  # the contact sheet NAME.sheet.png (sheet.py)
 
@@ -150,6 +152,7 @@ class RenderSummary:
     model: str = "memflow"  # models.MODELS name of the model that rendered it
     vae: str = "wan"  # the decoder that made the frames
     compile: dict | None = None  # --compile: mode, compiled block calls, compile seconds, fallback (compiled.py)
+    schedule: dict | None = None  # --overlap: asked for, chosen, and what auto measured (not the render's identity)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -337,6 +340,9 @@ def _decoder_choice(timeline: Timeline, options: RenderOptions) -> str:
     return timeline.settings.vae or DEFAULT_DECODER  # validated when the file was read
 
 
+PROBE_SCHEDULE_ON_CPU = False  # --overlap auto measures on CUDA only; tests switch it on for the CPU
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # honest per-stage timings: kernels are asynchronous
@@ -371,6 +377,7 @@ class Renderer:
         self._vace_sha256: str | None = None
         self._vae_kind: str | None = None
         self._compile_before: dict | None = None  # the compiled block's figures when the current render began
+        self._loaded_at = 0.0  # perf_counter when the current render's models were loaded (time to first frame)
         self._side_wan_vae = None  # the Wan VAE for VACE when another decoder is chosen
         self._decoder_files: dict[str, dict] = {}  # kind → {"path", "sha256", ...}
         self._warned: set[str] = set()
@@ -525,6 +532,11 @@ class Renderer:
             self._vae = None  # free the previous decoder first
             self._vae = load_decoder(vae, self.decoder_file(vae)["path"], device=self.device, dtype=self.dtype)
             self._vae_kind = vae
+        if self.options.compile and self.device.type == "cuda":  # (on the CPU oneDNN's convs bound it: eager)
+            from memflow_cli.decoders import compile_decoder
+
+            compile_decoder(self._vae, on_fallback=lambda why: self.reporter.warn(
+                f"--compile: compiling the decoder failed, decoding eager ({why})"))
         self.timings["load"] += time.perf_counter() - t
 
     @property
@@ -559,7 +571,8 @@ class Renderer:
         """Show the memory plan once and stop (InputError naming the levers) if it cannot fit the device."""
         from memflow_cli.low_vram import plan_for
 
-        plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram, overlap=self.overlap)
+        plan = plan_for(job, self.config, self.weights, self.dtype, self.options.low_vram, overlap=self.overlap,
+                        cuda_graphs=self.options.compile and self.compile_mode == "reduce-overhead")
         if summary is not None:
             summary.planned_peak_gpu_memory_bytes = plan.peak_bytes if self.device.type == "cuda" else None
         if self._checked_memory:
@@ -713,6 +726,7 @@ class Renderer:
         self.encode_prompts(job.timeline.texts)
         self.load(job.quantization, job.loras or (), job.vae)
         vace_module = self.load_vace(job)
+        self._loaded_at = time.perf_counter()  # time to first frame counts from here
         summary.timings.update({k: self.timings[k] - before[k] for k in before})
         if job.vace is not None:
             ident["vace"] = job.vace.manifest()
@@ -906,8 +920,11 @@ class Renderer:
 
     @property
     def overlap(self) -> bool:
-        """Whether decode + write run beside generation (decode_stage.py): asked for, and not --low-vram."""
-        return self.options.overlap and not self.options.low_vram
+        """Whether decode + write run on the stage (decode_stage.py): --overlap on or auto, and not --low-vram.
+        (With auto on CUDA the stage may still end up serial: `_schedule_probe`.)"""
+        from memflow_cli.decode_stage import overlap_mode
+
+        return overlap_mode(self.options.overlap) != "off" and not self.options.low_vram
 
     def _stream(self, job, conditioner, generator, decoder, writer, summary, on_chunk, start, recorder, owners, stop,
                 contexts=None, source=None) -> None:
@@ -916,7 +933,11 @@ class Renderer:
         Between chunks (the only points where the streaming state is consistent) a checkpoint is saved
         when one is due or a stop was requested; after a requested stop the loop ends there.
         """
-        if self.overlap:
+        from memflow_cli.decode_stage import overlap_mode
+
+        summary.schedule = {"overlap": overlap_mode(self.options.overlap),
+                            "chosen": "overlap" if self.overlap else "serial", "measured": False}
+        if self.overlap:  # (with --overlap auto on CUDA, _schedule_probe measures and may choose serial)
             return self._stream_overlapped(job, conditioner, generator, decoder, writer, summary, on_chunk, start,
                                            recorder, owners, stop, contexts, source)
         from memflow_cli.model.vae import pixels_to_uint8
@@ -940,6 +961,7 @@ class Renderer:
             writer.write(frames)
             recorder.write(frames)
             t4 = time.perf_counter()
+            timings.setdefault("first_frame", t4 - self._loaded_at)  # models loaded → first frame written
             timings["generate"] += t2 - t
             timings["decode"] += t3 - t2
             timings["write"] += t4 - t3
@@ -975,6 +997,7 @@ class Renderer:
                 timings["generate"] += seconds
 
         def written(item) -> None:  # in this thread, in order, as the stage reports chunks written
+            timings.setdefault("first_frame", item.at - self._loaded_at)  # models loaded → first frame written
             timings["decode"] += item.decode_s
             timings["write"] += item.write_s
             summary.frames += item.frames
@@ -982,29 +1005,43 @@ class Renderer:
 
         inputs = source.iterate(start) if source is not None else None
         stage = DecodeStage(decoder, (writer.write, recorder.write), self.device, on_written=written)
+        probe = self._schedule_probe(stage, summary)
         try:
             with stage:
                 try:
                     self._overlapped_loop(job, conditioner, generator, summary, on_chunk, start, recorder, owners,
-                                          stop, contexts, inputs, stage, laps, add_generation)
+                                          stop, contexts, inputs, stage, laps, add_generation, probe)
                 except KeyboardInterrupt:
                     if stop.requested:  # a second Ctrl-C while stopping: at once; what is written is kept
                         stage.abandon()
                     raise
         finally:
             timings["queue_wait"] = stage.waited
+            if probe is not None:
+                summary.schedule = probe.report()
             try:
                 add_generation(wait=True)  # after a drain the device is already past these events
             except RuntimeError:  # a failed device: the error that ended the render is the one to see
                 pass
 
+    def _schedule_probe(self, stage, summary: RenderSummary):
+        """--overlap auto on CUDA: a ScheduleProbe that measures both schedules (None: overlap as asked)."""
+        from memflow_cli.decode_stage import ScheduleProbe, overlap_mode
+
+        mode = overlap_mode(self.options.overlap)
+        if mode != "auto" or not (self.device.type == "cuda" or PROBE_SCHEDULE_ON_CPU):
+            return None
+        return ScheduleProbe(stage.drain, on_decided=lambda probe: self.reporter.stage(probe.describe()))
+
     @staticmethod
     def _overlapped_loop(job, conditioner, generator, summary, on_chunk, start, recorder, owners, stop, contexts,
-                         inputs, stage, laps, add_generation) -> None:
+                         inputs, stage, laps, add_generation, probe=None) -> None:
         timings = summary.timings
         for chunk in job.schedule.chunks[start:]:
             if chunk.changed:
                 generator.set_conditioning(conditioner(chunk.conditioning))
+            if probe is not None:
+                probe.begin(chunk.index, chunk.changed)
             given = next(inputs) if inputs is not None else None  # read + VAE-encode, timed by the source
             laps.lap(None)
             latents = generator.next_chunk(contexts.next_chunk() if contexts is not None else None,
@@ -1013,6 +1050,10 @@ class Renderer:
             laps.lap("generate")
             stage.put(latents, chunk.frames, chunk)  # waits while the stage is full; raises its errors
             del latents
+            if probe is not None:
+                if probe.serial(chunk.index):  # the serial schedule: the next chunk's DiT runs alone
+                    stage.drain()
+                probe.end(chunk.index)
             add_generation()
             timings["queue_wait"] = stage.waited
             if on_chunk:
@@ -1059,6 +1100,9 @@ class Renderer:
         gen = summary.timings.get("generate", 0.0)
         compiled = self._compile_figures()
         if compiled is not None:  # compiling is a one-off: reported apart from the generation rate
+            decoder = getattr(getattr(self._vae, "module", None), "compiled_decoder", None)
+            if decoder is not None:  # the decoder's steady calls (decoders.compile_decoder); in decode time
+                compiled["decoder"] = decoder.stats.to_dict()
             summary.compile = compiled
             summary.timings["compile"] = compiled["compile_seconds"]
             gen = max(gen - compiled["compile_seconds"], 0.0)

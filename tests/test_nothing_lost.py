@@ -133,7 +133,7 @@ def test_quiet_batch_names_each_failed_item(tiny, tmp_path):
     assert len(lines) == 2, text
     assert any("bad.json" in line and "prompts" in line for line in lines)
     assert any("missing.json" in line and "not found" in line for line in lines)
-    assert "2 of 2 item(s) did not complete" in text
+    assert "2 of 2 items did not complete" in text
 
 
 # ------------------------------------------------------------------------------------------------

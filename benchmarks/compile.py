@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from memflow_cli.compiled import compile_blocks
-from memflow_cli.generator import StreamingGenerator, StreamSettings
+from memflow_cli.engine.compiled import compile_blocks
+from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import DiTConfig, build_dit
 
 CONFIGS = {

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from memflow_cli.bench import run_decoder_bench
+from memflow_cli.render.bench import run_decoder_bench
 
 
 def main() -> None:

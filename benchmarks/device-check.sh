@@ -201,7 +201,7 @@ if device == "cuda":
 else:
     env.update(device_name=platform.processor() or "cpu", threads=torch.get_num_threads())
 try:
-    from memflow_cli.quantization import describe_fp8_path, fp8_compute_path
+    from memflow_cli.model.quantization import describe_fp8_path, fp8_compute_path
     env["fp8_path"] = fp8_compute_path(device)
     env["fp8"] = describe_fp8_path(device)
 except Exception as exc:  # an older tree: recorded, not fatal

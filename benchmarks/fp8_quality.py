@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from golden_metric import compare  # noqa: E402
 from golden_pipeline import build_case_model, generate_case  # noqa: E402
-from memflow_cli.quantization import quantize_dit  # noqa: E402
+from memflow_cli.model.quantization import quantize_dit  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
 

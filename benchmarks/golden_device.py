@@ -49,9 +49,9 @@ import golden_tae  # noqa: E402
 import golden_vace  # noqa: E402
 from golden_codecs import zero_after_tokens  # noqa: E402
 from golden_metric import compare  # noqa: E402
-from memflow_cli.checkpoints import load_dit  # noqa: E402
+from memflow_cli.weights.checkpoints import load_dit  # noqa: E402
 from memflow_cli.model.dit import DiTConfig, timestep_embedding  # noqa: E402
-from memflow_cli.scheduler import FlowMatchSchedule, add_noise, flow_to_x0  # noqa: E402
+from memflow_cli.engine.flow_matching import FlowMatchSchedule, add_noise, flow_to_x0  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -83,7 +83,7 @@ def _dit_files(case: dict, index: dict) -> dict:
 
 
 def run_pipeline(case, index, golden: Path, device, dtype, compile_fn=None) -> Outcome:
-    from memflow_cli.generator import StreamingGenerator, switch_chunks
+    from memflow_cli.engine.generator import StreamingGenerator, switch_chunks
 
     config = case["config"]
     files = _dit_files(case, index)
@@ -191,7 +191,7 @@ def run_vae(case, index, golden: Path, device, dtype, compile_fn=None) -> Outcom
 
 
 def run_tae(case, index, golden: Path, device, dtype, compile_fn=None) -> Outcome:
-    from memflow_cli.decoders import load_decoder
+    from memflow_cli.engine.decoders import load_decoder
     from memflow_cli.model.tae import load_tae
 
     tensors = load_file(str(golden / case["file"]))
@@ -274,7 +274,7 @@ def _compile_helper():
     import importlib
 
     try:
-        compile_blocks = importlib.import_module("memflow_cli.compiled").compile_blocks
+        compile_blocks = importlib.import_module("memflow_cli.engine.compiled").compile_blocks
     except (ImportError, AttributeError):
         return None, None
 
@@ -282,7 +282,7 @@ def _compile_helper():
         torch._dynamo.reset()  # each case compiles afresh: no recompile limit reached across cases and dtypes
         return compile_blocks(model)
 
-    return "memflow_cli.compiled.compile_blocks", apply
+    return "memflow_cli.engine.compiled.compile_blocks", apply
 
 
 def _sync(device: torch.device) -> None:

@@ -129,17 +129,17 @@ def profile(args) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    from memflow_cli.bench import _random_dit, random_decoder
-    from memflow_cli.generator import StreamingGenerator, StreamSettings
+    from memflow_cli.render.bench import _random_dit, random_decoder
+    from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
     from memflow_cli.model.dit import DiTConfig, attention_backend
-    from memflow_cli.render import DTYPES, synchronize
+    from memflow_cli.render.job import DTYPES, synchronize
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     width, height = (int(v) for v in args.resolution.lower().split("x"))
     config = DiTConfig.preset(args.preset)
     model = _random_dit(config, device, dtype, 0)
     if args.compile:
-        from memflow_cli.compiled import compile_blocks
+        from memflow_cli.engine.compiled import compile_blocks
 
         compile_blocks(model)
     vae = random_decoder(args.vae, device, dtype, 0, args.vae_dim)

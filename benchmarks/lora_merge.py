@@ -5,7 +5,7 @@
 Writes N rank-R LoRAs (bf16 safetensors, one per common layout, on every attention and FFN Linear of the
 30 blocks, as trainers do) into a temporary folder, then measures side by side:
   - inspect: reading headers/shapes and checking every key (what render does before loading),
-  - merge:   memflow_cli.loras.merge_loras (one read-modify-write per weight, all LoRAs in one matmul),
+  - merge:   memflow_cli.weights.loras.merge_loras (one read-modify-write per weight, all LoRAs in one matmul),
   - naive:   the usual loop, one LoRA after another, one layer at a time, W = (W.float() + s·B@A).to(dtype),
              side by side on the first few blocks (two copies of the full model would not fit a small box),
 and checks that both give the same weights.
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from memflow_cli.loras import inspect_lora, merge_loras
+from memflow_cli.weights.lora_files import inspect_lora
+from memflow_cli.weights.loras import merge_loras
 from memflow_cli.model.dit import DiTConfig, build_dit
 
 LAYOUTS = ("kohya", "comfyui", "diffusers", "peft")

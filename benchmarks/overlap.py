@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from memflow_cli import __version__
-from memflow_cli.bench import BenchOptions, _random_dit, _run, random_decoder
+from memflow_cli.render.bench import BenchOptions, _random_dit, _run, random_decoder
 from memflow_cli.model.dit import DiTConfig
-from memflow_cli.render import DTYPES
+from memflow_cli.render.job import DTYPES
 
 
 def uptime() -> str:

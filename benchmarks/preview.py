@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from memflow_cli.sheet import ContactSheet, SheetBlock
-from memflow_cli.video import VideoWriter, remux_command
+from memflow_cli.render.sheet import ContactSheet, SheetBlock
+from memflow_cli.render.video import VideoWriter, remux_command
 
 
 def footage(width: int, height: int, chunks: int, per_chunk: int = 12):

@@ -29,7 +29,7 @@ def rss_bytes() -> int:
 
 def main() -> None:
     from memflow_cli.model.vae import VAEConfig, WanVAE
-    from memflow_cli.video_source import VideoSource, ffmpeg_exe, frames_to_video_tensor
+    from memflow_cli.inputs.video_source import VideoSource, ffmpeg_exe, frames_to_video_tensor
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)

@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from memflow_cli.cli import app
+from memflow_cli.cli.app import app
 
 
 def cli(*args):

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from golden_metric import assert_close
-from memflow_cli.checkpoints import load_dit
-from memflow_cli.generator import StreamingGenerator, StreamSettings, switch_chunks
+from memflow_cli.weights.checkpoints import load_dit
+from memflow_cli.engine.generator import StreamingGenerator, StreamSettings, switch_chunks
 from memflow_cli.model.dit import DiTConfig, timestep_embedding
-from memflow_cli.scheduler import FlowMatchSchedule, add_noise, flow_to_x0
+from memflow_cli.engine.flow_matching import FlowMatchSchedule, add_noise, flow_to_x0
 
 
 def _settings(config: dict) -> StreamSettings:

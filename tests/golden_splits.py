@@ -4,7 +4,7 @@ A stream is fed its first chunk, then chunks of the streaming step, the last one
 what the codec accepts). `splits(9, first=1, step=4)` → (0,1),(1,5),(5,9); `splits(7, 3, 3)` → (0,3),(3,6),(6,7).
 """
 
-from memflow_cli.generator import StreamSettings
+from memflow_cli.engine.generator import StreamSettings
 
 LATENTS_PER_CHUNK = StreamSettings().frames_per_chunk  # the renderer's streaming step, in latent frames
 

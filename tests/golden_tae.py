@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from golden_metric import assert_close
 from golden_splits import LATENTS_PER_CHUNK, splits, wan_pixel_frames
-from memflow_cli.decoders import load_decoder
+from memflow_cli.engine.decoders import load_decoder
 from memflow_cli.model.tae import load_tae, tae_init_recipe
 
 

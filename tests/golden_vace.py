@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from golden_metric import assert_close
-from memflow_cli.checkpoints import load_dit
-from memflow_cli.memory import MemoryLayout, StreamMemory
+from memflow_cli.weights.checkpoints import load_dit
+from memflow_cli.engine.memory import MemoryLayout, StreamMemory
 from memflow_cli.model.dit import DiTConfig
 from memflow_cli.model.vace import VaceGuide, VaceTextCache, load_vace_module
 

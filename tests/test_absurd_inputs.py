@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from memflow_cli.errors import InputError
 from memflow_cli.limits import MAX_SEED, check_length, check_seed, check_steps, is_blank_prompt
-from memflow_cli.schedule import chunk_start_frame, first_chunk_at_or_after, plan
-from memflow_cli.timeline import Timeline, prompt_timeline, read_timelines, segment_times
+from memflow_cli.inputs.schedule import chunk_start_frame, first_chunk_at_or_after, plan
+from memflow_cli.inputs.timeline import Timeline, prompt_timeline, read_timelines, segment_times
 
 
 def scope(blocks, settings=None):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from memflow_cli.cli import app
+from memflow_cli.cli.app import app
 from memflow_cli.render import Renderer, RenderOptions
-from memflow_cli.timeline import read_timeline
+from memflow_cli.inputs.timeline import read_timeline
 from cli_run import cli
 from video_frames import frames_digest
 
@@ -86,8 +86,8 @@ def test_output_with_several_items_points_to_output_dir(tiny, tmp_path):
 
 
 def test_renderer_loads_weights_once(tiny, tmp_path, monkeypatch):
-    import memflow_cli.checkpoints as checkpoints
-    import memflow_cli.prompts as prompts
+    import memflow_cli.weights.checkpoints as checkpoints
+    import memflow_cli.inputs.prompts as prompts
 
     loads, encoders = [], []
     real_load, real_encoder = checkpoints.load_dit, prompts.PromptEncoder
@@ -134,7 +134,7 @@ def test_torchrun_two_cpu_ranks_equal_single_renders(tiny, tmp_path):
 
 
 def test_assignment_is_balanced_and_deterministic():
-    from memflow_cli.distributed import assign, world_from_env
+    from memflow_cli.render.distributed import assign, world_from_env
 
     frames = [100, 10, 90, 20, 50, 50]
     owner = assign(frames, 2)

@@ -5,7 +5,7 @@ import json
 import torch
 from rich.console import Console
 
-from memflow_cli.bench import BenchOptions, report_table, run_bench, save_report
+from memflow_cli.render.bench import BenchOptions, report_table, run_bench, save_report
 
 
 def test_bench_reports_every_stage_for_both_runs(tmp_path):
@@ -28,7 +28,7 @@ def test_bench_reports_every_stage_for_both_runs(tmp_path):
     assert sc["dit_ms_overlap"] == sum(report["with_memory"]["dit_ms_per_chunk"][2:4]) / 2
     assert sc["dit_ms_serial"] == sum(report["other_schedule"]["dit_ms_per_chunk"][2:4]) / 2
     assert sc["decode_ms_serial"] == report["other_schedule"]["per_chunk_ms"]["vae"] > 0
-    from memflow_cli.memory_plan import plan_memory
+    from memflow_cli.weights.memory_plan import plan_memory
     from memflow_cli.model.dit import DiTConfig
 
     planned = plan_memory(32, 48, dtype=torch.float32, decoder="wan", dit=DiTConfig.preset("tiny"), overlap=True)
@@ -51,7 +51,7 @@ def test_bench_reports_every_stage_for_both_runs(tmp_path):
 def test_bench_command_prints_json(tmp_path):
     from typer.testing import CliRunner
 
-    from memflow_cli.cli import app
+    from memflow_cli.cli.app import app
 
     result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--resolution", "32x32", "--chunks", "2",
                                       "--vae-dim", "8", "--no-video", "--no-baseline", "--device", "cpu",
@@ -69,7 +69,7 @@ def test_bench_command_prints_json(tmp_path):
 
 
 def test_memory_cost_with_its_noise():
-    from memflow_cli.bench import memory_cost, memory_cost_text
+    from memflow_cli.render.bench import memory_cost, memory_cost_text
 
     steady = [100.0, 101.0, 99.0, 100.0, 100.0, 101.0, 99.0, 100.0]
     slower = [v * 1.10 for v in steady]
@@ -88,7 +88,7 @@ def test_memory_cost_with_its_noise():
 def test_bench_shows_progress_when_not_a_terminal(tmp_path):
     from typer.testing import CliRunner
 
-    from memflow_cli.cli import app
+    from memflow_cli.cli.app import app
 
     result = CliRunner().invoke(app, ["bench", "--preset", "tiny", "--resolution", "32x32", "--chunks", "3",
                                       "--vae-dim", "8", "--no-video", "--device", "cpu", "--dtype", "fp32"])
@@ -105,7 +105,7 @@ def test_bench_shows_progress_when_not_a_terminal(tmp_path):
 def test_bench_video_times_reading_and_encoding_the_input(tmp_path):
     from typer.testing import CliRunner
 
-    from memflow_cli.cli import app
+    from memflow_cli.cli.app import app
 
     import torch
 
@@ -132,7 +132,7 @@ def test_bench_video_times_reading_and_encoding_the_input(tmp_path):
 
 
 def test_decoder_bench_times_all_four_side_by_side():
-    from memflow_cli.bench import run_decoder_bench
+    from memflow_cli.render.bench import run_decoder_bench
 
     side = run_decoder_bench(width=32, height=32, chunks=1, vae_dim=8)
     assert set(side["vae_ms_per_chunk"]) == {"tae", "lighttae", "lightvae", "wan"}
@@ -154,7 +154,7 @@ def test_bench_serial_and_overlapped_stream_the_same_frames():
 
 
 def test_bench_says_what_it_builds_and_points_a_cpu_to_the_tiny_preset():
-    from memflow_cli.bench import describe_build, dit_parameter_count
+    from memflow_cli.render.bench import describe_build, dit_parameter_count
     from memflow_cli.model.dit import DiTConfig
 
     full = dit_parameter_count(DiTConfig.preset("wan2.1-t2v-1.3b"))

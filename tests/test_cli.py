@@ -15,11 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from memflow_cli.cli import app
+from memflow_cli.cli.app import app
 from memflow_cli.render import Interrupted, RenderOptions, render
 from memflow_cli.testing.tiny_weights import write_tiny_weights
-from memflow_cli.timeline import read_timeline
-from memflow_cli.video import probe
+from memflow_cli.inputs.timeline import read_timeline
+from memflow_cli.render.video import probe
 from test_timeline import BAD
 from cli_run import cli
 
@@ -239,11 +239,18 @@ def test_ctrl_c_in_a_real_process(tiny, tmp_path):
          "--weights-dir", str(tiny), "--resolution", "32x32", "-o", str(out), "--quiet"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    # interrupt once encoded frames are reaching the hidden temporary file (whatever the machine's speed)
+    # interrupt once encoded frames are reaching the file (whatever the machine's speed): the hidden temporary,
+    # or the playable partial file it becomes once ffmpeg has opened it
     deadline = time.time() + 120
 
     def encoded_bytes():
-        return sum(p.stat().st_size for p in tmp_path.glob(".ctrlc.*tmp.mp4"))
+        total = 0
+        for p in [*tmp_path.glob(".ctrlc.*tmp.mp4"), tmp_path / "ctrlc.partial.mp4"]:
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:  # renamed between listing and stat, or not there yet
+                pass
+        return total
 
     while encoded_bytes() == 0 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -323,8 +330,7 @@ def test_no_network_fails_fast_naming_every_file(tmp_path, monkeypatch):
 
 
 def test_tiny_weights_write_the_longlive_layout_too(tiny):
-    from memflow_cli import hub
-
+    from memflow_cli.weights import hub
     paths = hub.weights_from_dir(tiny, verify_hashes=True, model="longlive")
     assert paths.base == tiny / "models" / "longlive_base.pt" and paths.lora == tiny / "models" / "lora.pt"
     memflow = torch.load(tiny / "base.pt", weights_only=True)["generator"]

@@ -5,13 +5,13 @@ import torch
 from safetensors.torch import save_file
 
 from golden_metric import compare
-from memflow_cli import prompts
-from memflow_cli.checkpoints import read_state_dict
+from memflow_cli.inputs import prompts
+from memflow_cli.model.weights import read_state_dict
 from memflow_cli.errors import CheckpointError
 from memflow_cli.model.t5 import UMT5Config, load_umt5_encoder
 from memflow_cli.model.tokenizer import PromptTokenizer, clean_prompt
 from memflow_cli.model.vae import load_wan_vae, pixels_to_uint8
-from memflow_cli.prompts import PromptEncoder
+from memflow_cli.inputs.prompts import PromptEncoder
 from memflow_cli.testing.tiny_tokenizer import build_tiny_tokenizer
 
 

@@ -12,8 +12,8 @@ from torch._dynamo.utils import counters
 
 import golden_pipeline
 import memflow_cli.model.dit as dit
-from memflow_cli.compiled import CompiledBlock, compile_blocks, uncompile
-from memflow_cli.generator import StreamingGenerator, StreamSettings
+from memflow_cli.engine.compiled import CompiledBlock, compile_blocks, uncompile
+from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import DiTConfig, build_dit
 from test_golden import _CASES, _GOLDEN, _INDEX
 

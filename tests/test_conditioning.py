@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from memflow_cli.conditioning import Conditioner, blend, linear_blend, slerp
-from memflow_cli.schedule import Blend, Transition
+from memflow_cli.inputs.conditioning import Conditioner, blend, linear_blend, slerp
+from memflow_cli.inputs.schedule import Blend, Transition
 
 
 def _emb(seed, rows=8, dim=16, used=5):

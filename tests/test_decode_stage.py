@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from memflow_cli.decode_stage import DecodeStage
+from memflow_cli.engine.decode_stage import DecodeStage
 from memflow_cli.render import Interrupted, RenderOptions, Renderer, render
-from memflow_cli.timeline import prompt_timeline
-from memflow_cli.video import VideoError, probe
+from memflow_cli.inputs.timeline import prompt_timeline
+from memflow_cli.render.video import VideoError, probe
 from video_frames import decoded_frames
 
 pytestmark = pytest.mark.usefixtures("isolated")
@@ -143,7 +143,7 @@ def test_overlapped_render_equals_the_serial_render(tiny, tmp_path):
 
 def broken_decoder(monkeypatch, fail_at):
     """Every stream decoder made from now on raises on its `fail_at`-th call (counted from 0)."""
-    from memflow_cli.decoders import WanVideoAutoencoder
+    from memflow_cli.engine.decoders import WanVideoAutoencoder
 
     made = WanVideoAutoencoder.stream_decoder
 
@@ -176,7 +176,7 @@ def test_a_decoder_error_fails_the_render_like_the_serial_loop(tiny, tmp_path, m
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_a_writer_error_fails_the_render_like_the_serial_loop(tiny, tmp_path, monkeypatch, overlap):
-    from memflow_cli.video import VideoWriter
+    from memflow_cli.render.video import VideoWriter
 
     real = VideoWriter.write
     calls = [0]
@@ -196,9 +196,9 @@ def test_a_writer_error_fails_the_render_like_the_serial_loop(tiny, tmp_path, mo
 
 def test_the_render_loop_is_bounded_by_the_stage(tiny, tmp_path, monkeypatch):
     """A decoder that blocks: the generator gets at most depth + 1 chunks ahead of what is written."""
-    from memflow_cli import decode_stage
-    from memflow_cli.decoders import WanVideoAutoencoder
-    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.engine import decode_stage
+    from memflow_cli.engine.decoders import WanVideoAutoencoder
+    from memflow_cli.engine.generator import StreamingGenerator
 
     gate, blocked = threading.Event(), threading.Event()
     generated, seen = [0], []
@@ -234,8 +234,8 @@ def test_the_render_loop_is_bounded_by_the_stage(tiny, tmp_path, monkeypatch):
 
 
 def test_the_stage_is_drained_before_each_checkpoint(tiny, tmp_path, monkeypatch):
-    from memflow_cli.resume import CheckpointRecorder
-    from memflow_cli.video import VideoWriter
+    from memflow_cli.render.resume import CheckpointRecorder
+    from memflow_cli.render.video import VideoWriter
 
     saves, written = [], [0]
     save, write = CheckpointRecorder.save, VideoWriter.write
@@ -290,8 +290,9 @@ def test_no_overlap_flag(tiny, tmp_path):
 def test_auto_render_measures_and_keeps_the_bytes(tiny, tmp_path, monkeypatch):
     """The render's own loop with the probe (on the CPU for the test): serial measured faster → the rest serial,
     the video the same bytes as --overlap off, the choice in the summary and manifest, not in the identity."""
-    from memflow_cli import decode_stage, render as render_module
-    from memflow_cli.decode_stage import ScheduleProbe
+    from memflow_cli.engine import decode_stage
+    from memflow_cli.render import stream as render_module
+    from memflow_cli.engine.decode_stage import ScheduleProbe
 
     clock = iter([0.0, 30.0, 30.0, 33.0])  # chunk 1 overlapped: 30 s; chunk 2 serial: 3 s
     monkeypatch.setattr(render_module, "PROBE_SCHEDULE_ON_CPU", True)
@@ -300,8 +301,7 @@ def test_auto_render_measures_and_keeps_the_bytes(tiny, tmp_path, monkeypatch):
     timeline = prompt_timeline("a kite over the dunes", 3.0)  # 4 chunks
     import weakref
 
-    from memflow_cli import generator as generator_module
-
+    from memflow_cli.engine import generator as generator_module
     made, init = [], generator_module.StreamingGenerator.__init__
 
     def tracked(self, *args, **kwargs):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from golden_metric import compare
-from memflow_cli.decoders import CompiledDecoderCall, compile_decoder, load_decoder
+from memflow_cli.engine.decoders import CompiledDecoderCall, compile_decoder, load_decoder
 from memflow_cli.model.vae import VAEConfig, WanVAE
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from memflow_cli import hub
-from memflow_cli.cli import app
-from memflow_cli.decoders import DECODER_KINDS, DECODERS
+from memflow_cli.weights import hub
+from memflow_cli.cli.app import app
+from memflow_cli.engine.decoders import DECODER_KINDS, DECODERS
 from memflow_cli.render import Renderer, RenderOptions
-from memflow_cli.timeline import prompt_timeline, read_timeline
-from memflow_cli.video import manifest_path, probe
+from memflow_cli.inputs.timeline import prompt_timeline, read_timeline
+from memflow_cli.render.video import manifest_path, probe
 from cli_run import cli
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from memflow_cli.errors import InputError
-from memflow_cli.timeline import read_timeline
+from memflow_cli.inputs.timeline import read_timeline
 
 BLOCK = {"startTime": 0, "endTime": 1, "prompts": [{"text": "a cat", "weight": 100}]}
 

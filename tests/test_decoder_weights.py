@@ -2,9 +2,9 @@
 
 import pytest
 
-from memflow_cli import hub
+from memflow_cli.weights import hub
 from memflow_cli.errors import CheckpointError, InputError
-from memflow_cli.hub import FILES
+from memflow_cli.weights.hub import FILES
 from test_hub import FakeHub
 
 COMMITS = {hub.MEMFLOW_REPO: "a" * 40, hub.WAN_REPO: "b" * 40, hub.DECODER_REPO: "d" * 40}
@@ -85,7 +85,7 @@ def test_cli_info_lists_decoders_and_download_refuses_unknown_vae(tmp_path, monk
 
     from typer.testing import CliRunner
 
-    from memflow_cli.cli import app
+    from memflow_cli.cli.app import app
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -103,7 +103,7 @@ def test_cli_info_lists_decoders_and_download_refuses_unknown_vae(tmp_path, monk
 
 
 def test_hub_and_decoders_agree_on_file_names():
-    from memflow_cli.decoders import DECODERS
+    from memflow_cli.engine.decoders import DECODERS
 
     assert {k: f.filename for k, f in hub.DECODER_FILES.items()} == {
         k: s.filename for k, s in DECODERS.items() if k != "wan"}

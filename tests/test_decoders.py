@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from golden_metric import compare
-from memflow_cli.decoders import DECODER_KINDS, DECODERS, decoder_spec, load_decoder
+from memflow_cli.engine.decoders import DECODER_KINDS, DECODERS, decoder_spec, load_decoder
 from memflow_cli.errors import InputError
 from memflow_cli.model.tae import TAEConfig, load_tae
 from memflow_cli.model.vae import VAEConfig, load_wan_vae

@@ -41,7 +41,7 @@ def _bench_flags() -> set[str]:
     """The options `memflow bench` has, read from the CLI itself (not from its help text, as the script does)."""
     import typer.main
 
-    from memflow_cli.cli import app
+    from memflow_cli.cli.app import app
 
     command = typer.main.get_command(app).commands["bench"]
     return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
@@ -297,7 +297,7 @@ class _IndicesOnDevice(torch.Tensor):
 
 @pytest.fixture
 def bank_indices_on_a_device(monkeypatch):
-    from memflow_cli.memory import MemoryBank
+    from memflow_cli.engine.memory import MemoryBank
 
     keep_order = MemoryBank.keep_order
     monkeypatch.setattr(MemoryBank, "keep_order", lambda self, text: keep_order(self, text).as_subclass(_IndicesOnDevice))
@@ -313,7 +313,7 @@ def test_trace_differences_name_the_field_and_both_values(bank_indices_on_a_devi
     # bookkeeping records -1 ("unknown") for the slots after a compression (it never reads indices back), and
     # the trace compares frame numbers. A generator keeping records now reads them back on every device.
     import golden_pipeline
-    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.engine.generator import StreamingGenerator
 
     case, index = _golden_case("B1")
     trace = json.loads((ROOT / "tests" / "golden" / case["trace"]).read_text())

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from memflow_cli.checkpoints import load_dit, lora_pairs, read_state_dict
+from memflow_cli.model.weights import read_state_dict
+from memflow_cli.weights.checkpoints import load_dit, lora_pairs
 from memflow_cli.errors import CheckpointError
 from memflow_cli.model.dit import DiTConfig, rope_angles
 

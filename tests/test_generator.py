@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from memflow_cli.checkpoints import load_dit
-from memflow_cli.generator import StreamingGenerator, StreamSettings
+from memflow_cli.weights.checkpoints import load_dit
+from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import golden_codecs
 import golden_tae
 from golden_splits import splits
-from memflow_cli.decoders import load_decoder
+from memflow_cli.engine.decoders import load_decoder
 from memflow_cli.model.tae import load_tae
 from memflow_cli.model.vae import load_wan_vae
 

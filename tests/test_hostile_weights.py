@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from memflow_cli import hub
-from memflow_cli.checkpoints import read_state_dict
+from memflow_cli.weights import hub
+from memflow_cli.model.weights import read_state_dict
 from memflow_cli.errors import CheckpointError
 from memflow_cli.model.dit import DiTConfig
 

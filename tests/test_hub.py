@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from memflow_cli import hub
+from memflow_cli.weights import hub
 from memflow_cli.errors import CheckpointError, InputError
-from memflow_cli.hub import FILES, DownloadError, RemoteFile, WeightFile
-from memflow_cli.models import MODELS
+from memflow_cli.weights.hub import FILES, DownloadError, RemoteFile, WeightFile
+from memflow_cli.weights.models import MODELS
 
 LONGLIVE = MODELS["longlive"]
 

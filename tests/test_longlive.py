@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memflow_cli.render import Renderer, RenderOptions
-from memflow_cli.timeline import read_timeline
+from memflow_cli.inputs.timeline import read_timeline
 from cli_run import cli
 from video_frames import frames_digest
 
@@ -70,7 +70,7 @@ def test_sma_with_longlive_and_unknown_models_are_input_errors(tiny, tmp_path, a
 
 
 def test_a_batch_mixing_models_loads_each_model_once(tiny, tmp_path, monkeypatch):
-    import memflow_cli.checkpoints as checkpoints
+    import memflow_cli.weights.checkpoints as checkpoints
 
     loaded = []
     real_load = checkpoints.load_dit
@@ -98,10 +98,10 @@ def test_resume_state_round_trip_without_a_bank():
     """--resume works for LongLive too: its streaming state (no bank, empty staging) survives snapshot → restore."""
     import torch
 
-    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.engine.generator import StreamingGenerator
     from memflow_cli.model.dit import CausalDiT, DiTConfig
-    from memflow_cli.models import MODELS
-    from memflow_cli.resume import restore, snapshot
+    from memflow_cli.weights.models import MODELS
+    from memflow_cli.render.resume import restore, snapshot
 
     torch.manual_seed(0)
     model = CausalDiT(DiTConfig.preset("tiny")).eval()

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from lora_files import layouts, low_rank_delta, write
-from memflow_cli.checkpoints import load_dit
+from memflow_cli.weights.checkpoints import load_dit
 from memflow_cli.model.dit import DiTConfig
 from memflow_cli.render import Renderer, RenderOptions
-from memflow_cli.timeline import LoraSpec, read_timeline
+from memflow_cli.inputs.timeline import LoraSpec, read_timeline
 from cli_run import cli
 
 

@@ -11,9 +11,8 @@ from safetensors.torch import save_file
 
 from lora_files import CONFIG, DIFFUSERS, RANK, expected, layouts, low_rank_delta, tiny_model, write
 from memflow_cli.errors import InputError
-from memflow_cli.loras import (
-    LoraError, check_sha256, inspect_lora, lora_search_dirs, merge_loras, parse_lora_option,
-)
+from memflow_cli.weights.lora_files import LoraError, inspect_lora
+from memflow_cli.weights.loras import check_sha256, lora_search_dirs, merge_loras, parse_lora_option
 
 DELTA = low_rank_delta()
 LAYOUTS = layouts(DELTA)

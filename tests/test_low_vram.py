@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from memflow_cli import memory_plan
-from memflow_cli.checkpoints import load_dit
-from memflow_cli.hub import resolve_weights
-from memflow_cli.low_vram import KIJAI_FP8_T5, load_generator, text_encoder_file
+from memflow_cli.weights import memory_plan
+from memflow_cli.weights.checkpoints import load_dit
+from memflow_cli.weights.hub import resolve_weights
+from memflow_cli.weights.low_vram import KIJAI_FP8_T5, load_generator, text_encoder_file
 from memflow_cli.model.dit import DiTConfig
-from memflow_cli.quantization import Fp8Linear, quantize_dit
-from memflow_cli.timeline import read_timeline
-from memflow_cli.video import probe
+from memflow_cli.model.quantization import Fp8Linear, quantize_dit
+from memflow_cli.inputs.timeline import read_timeline
+from memflow_cli.render.video import probe
 from cli_run import cli
 from test_cli import FIXTURES
 

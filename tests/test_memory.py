@@ -6,8 +6,8 @@ Keys are filled with their frame index, so a key set can be read back as a list 
 import pytest
 import torch
 
-from memflow_cli.generator import switch_chunks
-from memflow_cli.memory import MemoryBank, MemoryLayout, StreamMemory, route_sparse
+from memflow_cli.engine.generator import switch_chunks
+from memflow_cli.engine.memory import MemoryBank, MemoryLayout, StreamMemory, route_sparse
 
 
 def make_memory(sink=3, slots=3, window=9, layers=1, tokens=2, heads=1, dim=4, sma=None):

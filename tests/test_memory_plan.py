@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from memflow_cli.errors import InputError
-from memflow_cli.generator import StreamSettings
-from memflow_cli.memory import MemoryLayout, StreamMemory
-from memflow_cli.memory_plan import (
+from memflow_cli.engine.generator import StreamSettings
+from memflow_cli.engine.memory import MemoryLayout, StreamMemory
+from memflow_cli.weights.memory_plan import (
     GiB, cache_bytes, check_fits, dit_weight_bytes, plan_memory, plan_table, umt5_weight_bytes,
 )
 from memflow_cli.model.dit import CausalDiT, DiTConfig
 from memflow_cli.model.t5 import UMT5Config, UMT5Encoder
-from memflow_cli.quantization import Fp8Embedding, module_bytes, quantize_dit, quantize_linears
+from memflow_cli.model.quantization import Fp8Embedding, module_bytes, quantize_dit, quantize_linears
 
 
 def _meta_dit(dtype):
@@ -110,7 +110,7 @@ def test_overlap_holds_both_working_sets():
 
 
 def test_live_bytes_counts_storages_once_until_freed():
-    from memflow_cli.memory_plan import LiveBytes
+    from memflow_cli.weights.memory_plan import LiveBytes
 
     with LiveBytes() as counter:
         a = torch.empty(1000)  # 4000 bytes
@@ -128,7 +128,7 @@ def test_live_bytes_counts_storages_once_until_freed():
 @pytest.mark.parametrize("family", ["wan", "tae"])
 def test_decoder_plan_counts_what_a_real_decode_holds(family):
     """The plan counts the decoder on the meta device; the same count over a real CPU decode agrees exactly."""
-    from memflow_cli.memory_plan import counted_decode
+    from memflow_cli.weights.memory_plan import counted_decode
     from memflow_cli.model.tae import TAEConfig, TinyAutoencoder
     from memflow_cli.model.vae import VAEConfig, WanVAE
 
@@ -143,7 +143,7 @@ def test_decoder_plan_counts_what_a_real_decode_holds(family):
 
 
 def test_decoder_lines_are_counted_at_real_size():
-    from memflow_cli.memory_plan import decoder_bytes
+    from memflow_cli.weights.memory_plan import decoder_bytes
 
     weights, state, work = decoder_bytes("wan", 832, 480, torch.bfloat16, 3)
     # the largest tensor of a steady chunk alone: the last level's conv input, 96 channels x (12 + 2) frames
@@ -164,7 +164,7 @@ def _meta_wan_vae():
 
 
 def test_cuda_graphs_add_their_pool():
-    from memflow_cli.memory_plan import pass_activation_bytes
+    from memflow_cli.weights.memory_plan import pass_activation_bytes
 
     eager, graphs = plan_memory(832, 480, overlap=True), plan_memory(832, 480, overlap=True, cuda_graphs=True)
     pool = graphs.part("CUDA-graph pool (--compile)")

@@ -2,10 +2,10 @@
 
 import pytest
 
-from memflow_cli import hub
+from memflow_cli.weights import hub
 from memflow_cli.errors import InputError
-from memflow_cli.generator import StreamSettings
-from memflow_cli.models import MODELS, ModelSpec, check_bank_options, choose_model, get_model, manifest_entry
+from memflow_cli.engine.generator import StreamSettings
+from memflow_cli.weights.models import MODELS, ModelSpec, check_bank_options, choose_model, get_model, manifest_entry
 
 
 def test_registry_entries_stream_as_their_authors_configured():
@@ -68,7 +68,7 @@ def test_manifest_entry_names_repository_commit_and_hashes(tmp_path):
 
 
 def test_revision_per_model():
-    from memflow_cli.models import revision_for
+    from memflow_cli.weights.models import revision_for
 
     assert revision_for(None, "longlive") is None and revision_for("abc", "longlive") == "abc"
     assert revision_for("memflow=aaa, longlive=bbb", "longlive") == "bbb"

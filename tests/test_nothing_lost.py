@@ -64,7 +64,7 @@ def test_revision_that_is_a_path_is_refused(tmp_path, bad):
 
 
 def test_good_revisions_pass_the_check():
-    from memflow_cli.hub import check_revision
+    from memflow_cli.weights.hub import check_revision
 
     for good in ("main", "v1.0", "refs/pr/3", "release/2025-01_b", "a1b2c3d", "0" * 40):
         assert check_revision(good) == good
@@ -92,7 +92,7 @@ def test_fifo_or_device_as_any_input_is_refused_without_opening(tiny, tmp_path, 
 
 
 def test_weight_file_that_is_a_device_is_refused():
-    from memflow_cli.checkpoints import read_state_dict
+    from memflow_cli.model.weights import read_state_dict
     from memflow_cli.errors import CheckpointError
 
     if not os.path.exists("/dev/zero"):
@@ -210,8 +210,8 @@ def test_base_weights_with_nan_are_refused_naming_the_file(tiny, tmp_path):
 def interrupted_render(tiny, tmp_path, seconds=2.0, k=0):
     """A render stopped after chunk k: NAME.resume/ holds a checkpoint to continue at chunk k + 1."""
     from memflow_cli.render import Interrupted, RenderOptions, render
-    from memflow_cli.resume import resume_dir
-    from memflow_cli.timeline import read_timeline
+    from memflow_cli.render.resume import resume_dir
+    from memflow_cli.inputs.timeline import read_timeline
 
     out = tmp_path / "v.mp4"
     t = read_timeline(timeline(tmp_path, seconds=seconds))
@@ -266,8 +266,8 @@ def hidden(tmp_path: Path) -> list[Path]:
 
 def test_failure_before_a_checkpoint_leaves_nothing_behind(tiny, tmp_path):
     from memflow_cli.render import RenderOptions, render
-    from memflow_cli.resume import resume_dir
-    from memflow_cli.timeline import read_timeline
+    from memflow_cli.render.resume import resume_dir
+    from memflow_cli.inputs.timeline import read_timeline
 
     out = tmp_path / "v.mp4"
 
@@ -284,9 +284,9 @@ def test_failure_before_a_checkpoint_leaves_nothing_behind(tiny, tmp_path):
 
 
 def test_a_save_that_fails_keeps_the_previous_checkpoint_whole(tiny, tmp_path, monkeypatch):
-    import memflow_cli.resume as resume
+    import memflow_cli.render.resume as resume
     from memflow_cli.render import RenderOptions, render
-    from memflow_cli.timeline import read_timeline
+    from memflow_cli.inputs.timeline import read_timeline
 
     out = tmp_path / "v.mp4"
     saves, save = [], torch.save
@@ -311,8 +311,8 @@ def test_a_save_that_fails_keeps_the_previous_checkpoint_whole(tiny, tmp_path, m
 
 
 def test_stale_leftovers_are_cleaned_and_an_old_checkpoint_restored(tiny, tmp_path):
-    from memflow_cli.outputs import _host
-    from memflow_cli.resume import clean_stale, resume_dir
+    from memflow_cli.render.outputs import _host
+    from memflow_cli.render.resume import clean_stale, resume_dir
 
     out = tmp_path / "v.mp4"
     folder = resume_dir(out)
@@ -359,7 +359,7 @@ def test_checkpoint_of_another_timeline_is_named(tiny, tmp_path):
 
 
 def test_a_second_render_of_the_same_output_is_refused(tiny, tmp_path):
-    from memflow_cli.outputs import _host, lock_path
+    from memflow_cli.render.outputs import _host, lock_path
 
     out = tmp_path / "v.mp4"
     lock = lock_path(out)
@@ -383,7 +383,7 @@ def test_the_lock_is_exclusive_between_processes(tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from memflow_cli.outputs import output_lock, OutputBusy\n"
+        "from memflow_cli.render.outputs import output_lock, OutputBusy\n"
         "tries = Path(sys.argv[2])\n"
         "def tried():\n"
         "    with open(tries, 'a') as f: f.write('x')\n"
@@ -411,7 +411,7 @@ def test_the_lock_is_exclusive_between_processes(tmp_path):
                  "allocate 274877906944 bytes."),
     MemoryError()])
 def test_out_of_memory_is_a_message_naming_the_resolution(tiny, tmp_path, monkeypatch, failure):
-    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.engine.generator import StreamingGenerator
 
     def allocate(self, *args, **kwargs):
         raise failure
@@ -427,9 +427,9 @@ def test_out_of_memory_is_a_message_naming_the_resolution(tiny, tmp_path, monkey
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tiny, tmp_path, monkeypatch):
-    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.engine.generator import StreamingGenerator
     from memflow_cli.render import RenderOptions, render
-    from memflow_cli.timeline import read_timeline
+    from memflow_cli.inputs.timeline import read_timeline
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
@@ -445,7 +445,7 @@ def test_other_runtime_errors_are_not_called_out_of_memory(tiny, tmp_path, monke
 
 def eager_plan(timeline, blend_method="linear"):
     """The chunk plan as the one-entry-per-chunk loop computed it (the oracle for the lazy plan)."""
-    from memflow_cli.schedule import Blend, Transition, chunk_start_frame, chunks_for_frames, first_chunk_at_or_after
+    from memflow_cli.inputs.schedule import Blend, Transition, chunk_start_frame, chunks_for_frames, first_chunk_at_or_after
 
     blocks = sorted(timeline.blocks, key=lambda b: b.start)
     total = round(timeline.end * 16)
@@ -482,8 +482,8 @@ def eager_plan(timeline, blend_method="linear"):
 def test_lazy_plan_equals_the_per_chunk_loop():
     import random
 
-    from memflow_cli.schedule import plan
-    from memflow_cli.timeline import Block, Timeline, WeightedPrompt
+    from memflow_cli.inputs.schedule import plan
+    from memflow_cli.inputs.timeline import Block, Timeline, WeightedPrompt
 
     rng = random.Random(22)
     for _ in range(200):
@@ -509,8 +509,8 @@ def test_a_very_long_plan_takes_no_memory_and_an_impossible_one_is_refused(tmp_p
     import tracemalloc
 
     from memflow_cli.errors import InputError
-    from memflow_cli.schedule import plan
-    from memflow_cli.timeline import Block, Timeline, WeightedPrompt
+    from memflow_cli.inputs.schedule import plan
+    from memflow_cli.inputs.timeline import Block, Timeline, WeightedPrompt
 
     prompts = (WeightedPrompt("a", 1.0),)
     long = Timeline((Block(0.0, 1e8, prompts), Block(5e7, 1e8, (WeightedPrompt("b", 1.0),), 4)))  # 1.6e9 frames

@@ -80,7 +80,7 @@ def _tiny_random(seed=0):
 
 
 def _stream(model, chunks=3):
-    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.engine.generator import StreamingGenerator
 
     gen = StreamingGenerator(model, num_latent_frames=3 * chunks, latent_height=4, latent_width=4, seed=0)
     gen.set_conditioning(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)))
@@ -109,7 +109,7 @@ def test_fused_qkv_shares_storage_keeps_names_and_follows_in_place_merges():
 
 
 def test_fp8_quantization_after_a_forward_re_fuses_the_projections_from_the_fp8_layers():
-    from memflow_cli.quantization import Fp8Linear, quantize_dit
+    from memflow_cli.model.quantization import Fp8Linear, quantize_dit
 
     model = _tiny_random()
     _stream(model, chunks=1)

@@ -9,12 +9,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from memflow_cli.cli import app
+from memflow_cli.cli.app import app
 from memflow_cli.errors import InputError
-from memflow_cli.option_checks import chunk_start, switch_frame_warnings
-from memflow_cli.output_names import OutputExists, choose_output, prompt_output, slug, unique
-from memflow_cli.schedule import plan
-from memflow_cli.timeline import read_timeline
+from memflow_cli.inputs.option_checks import chunk_start, switch_frame_warnings
+from memflow_cli.render.output_names import OutputExists, choose_output, prompt_output, slug, unique
+from memflow_cli.inputs.schedule import plan
+from memflow_cli.inputs.timeline import read_timeline
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

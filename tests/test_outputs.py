@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from memflow_cli import outputs
+from memflow_cli.render import outputs
 from memflow_cli.errors import InputError
-from memflow_cli.outputs import PublishError, check_output, manifest_path, remove_stale_temporaries, temp_name
-from memflow_cli.video import VideoWriter, probe
+from memflow_cli.render.outputs import PublishError, check_output, manifest_path, remove_stale_temporaries, temp_name
+from memflow_cli.render.video import VideoWriter, probe
 
 
 def frames(n, size=32):
@@ -141,7 +141,7 @@ def test_temporaries_name_their_process(tmp_path):
 
 @pytest.mark.parametrize("where", ["create", "ffmpeg"])
 def test_ctrl_c_while_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, where):
-    import memflow_cli.video as video
+    import memflow_cli.render.video as video
 
     real_create, real_popen = video.create_temp, video.subprocess.Popen
 

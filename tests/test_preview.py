@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from memflow_cli.render import RenderOptions, render
-from memflow_cli.timeline import read_timeline
-from memflow_cli.video import VideoError, VideoWriter, colour_tags
+from memflow_cli.inputs.timeline import read_timeline
+from memflow_cli.render.video import VideoError, VideoWriter, colour_tags
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 W, H = 32, 32
@@ -160,7 +160,7 @@ def test_a_failed_remux_keeps_the_partial_file_and_replaces_nothing(tmp_path, mo
 def test_a_refused_final_rename_keeps_the_partial_file_and_the_old_video(tmp_path, monkeypatch):
     import errno
 
-    from memflow_cli.outputs import PublishError
+    from memflow_cli.render.outputs import PublishError
 
     out = tmp_path / "v.mp4"
     out.write_bytes(b"old video")
@@ -256,8 +256,8 @@ def test_no_preview_renders_the_same_stream_without_a_partial_file(rendered):
 def test_render_sheet_fills_in_while_rendering_and_is_listed_in_the_manifest(rendered):
     from PIL import Image
 
-    from memflow_cli.hub import sha256_file
-    from memflow_cli.sheet import PENDING, ContactSheet, SheetBlock
+    from memflow_cli.weights.hub import sha256_file
+    from memflow_cli.render.sheet import PENDING, ContactSheet, SheetBlock
 
     folder = rendered["folder"]
     manifest = json.loads((folder / "scene.manifest.json").read_text())
@@ -281,7 +281,7 @@ def test_render_sheet_fills_in_while_rendering_and_is_listed_in_the_manifest(ren
     assert pending((folder / "scene.sheet.png").read_bytes()) == 0
     frames = decoded(rendered["out"])
     image = np.asarray(Image.open(folder / "scene.sheet.png").convert("RGB"))
-    from memflow_cli.sheet import thumbnail
+    from memflow_cli.render.sheet import thumbnail
 
     for i, tile in enumerate(sheet.tiles):  # each tile shows its block's middle frame (as rendered, before encoding)
         l, t, r, b = sheet.tile_box(i)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console, Group
 
-from memflow_cli.progress import Pace, PlainReporter, RichReporter, clock_text, reporter_for
-from memflow_cli.schedule import plan
-from memflow_cli.timeline import prompt_timeline, read_timeline
+from memflow_cli.render.progress import Pace, PlainReporter, RichReporter, clock_text, reporter_for
+from memflow_cli.inputs.schedule import plan
+from memflow_cli.inputs.timeline import prompt_timeline, read_timeline
 
 REPO = Path(__file__).parent.parent
 
@@ -118,7 +118,7 @@ def test_reporter_for_picks_plain_lines_off_a_terminal():
 def test_summary_names_the_stages_and_says_when_prompts_were_cached():
     from types import SimpleNamespace
 
-    from memflow_cli.progress import stage_labels
+    from memflow_cli.render.progress import stage_labels
 
     cached = SimpleNamespace(prompt_cache={"path": "/c", "cached": 2, "computed": 0})
     fresh = SimpleNamespace(prompt_cache={"path": "/c", "cached": 1, "computed": 1})
@@ -131,7 +131,7 @@ def test_summary_names_the_stages_and_says_when_prompts_were_cached():
 
 
 def test_middle_ellipsis_keeps_the_file_name():
-    from memflow_cli.progress import middle_ellipsis
+    from memflow_cli.render.progress import middle_ellipsis
 
     path = "/tmp/newcomer/repository/renders/out/scene-12.mp4"
     assert middle_ellipsis(path, 80) == path
@@ -150,7 +150,7 @@ def _rendered(table, width=80) -> str:
 
 def test_batch_and_summary_tables_at_80_columns_keep_what_tells_rows_apart():
     """Rows whose paths share a long start (`/tmp/newcomer/repo…`) stay distinct: the path is cut in the middle."""
-    from memflow_cli.progress import batch_table, summary_table
+    from memflow_cli.render.progress import batch_table, summary_table
     from memflow_cli.render import BatchResult, RenderSummary
 
     base = "/tmp/newcomer/repository-with-a-long-name/timelines/scenes"

@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import memflow_cli.quantization as quant
+import memflow_cli.model.quantization as quant
 from golden_metric import compare
 from golden_pipeline import build_case_model, generate_case
 from memflow_cli.model.dit import DiTConfig, build_dit
-from memflow_cli.quantization import (
+from memflow_cli.model.quantization import (
     DIT_KEEP, FP8, Fp8Embedding, Fp8Linear, dequantize_rows, fp8_compute_path, module_bytes, parse_quantization,
     quantize_dit, quantize_rows,
 )
@@ -197,7 +197,7 @@ def test_t5_file_already_in_fp8_is_taken_as_is(golden_dir, tmp_path):
     """Kijai's umt5-xxl-enc-fp8_e4m3fn.safetensors: fp8 tensors under the original names, no scales."""
     from safetensors.torch import save_file
 
-    from memflow_cli.checkpoints import read_state_dict
+    from memflow_cli.model.weights import read_state_dict
     from memflow_cli.model.t5 import load_umt5_encoder
 
     state = read_state_dict(golden_dir / "t5" / "tiny_umt5_enc_bf16.pth")

@@ -13,13 +13,13 @@ import imageio_ffmpeg
 import pytest
 import torch
 
-from memflow_cli.generator import StreamingGenerator, StreamSettings
+from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.dit import CausalDiT, DiTConfig
 from memflow_cli.render import Interrupted, RenderOptions, render
-from memflow_cli.progress import PlainReporter
-from memflow_cli.resume import ResumeError, resume_dir, restore, snapshot
-from memflow_cli.timeline import read_timeline
-from memflow_cli.video import probe
+from memflow_cli.render.progress import PlainReporter
+from memflow_cli.render.resume import ResumeError, resume_dir, restore, snapshot
+from memflow_cli.inputs.timeline import read_timeline
+from memflow_cli.render.video import probe
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # 6.5 s, 9 chunks: three prompts, a switch at chunk 3 (re-cache), a transition over two chunks, and more
@@ -205,7 +205,7 @@ def test_a_second_ctrl_c_stops_at_once_keeping_what_is_written(tiny, tmp_path, r
     partial file is a valid video of what was written, the checkpoint matches it, and --resume completes."""
     import threading
 
-    from memflow_cli.decoders import WanVideoAutoencoder
+    from memflow_cli.engine.decoders import WanVideoAutoencoder
 
     gate, stuck, calls = threading.Event(), threading.Event(), [0]
     made = WanVideoAutoencoder.stream_decoder

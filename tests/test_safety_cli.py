@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from memflow_cli.cli import app
+from memflow_cli.cli.app import app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

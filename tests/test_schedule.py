@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from memflow_cli.schedule import Blend, Transition, chunk_start_frame, chunks_for_frames, plan
-from memflow_cli.timeline import Block, Timeline, WeightedPrompt, read_timeline, segment_times
+from memflow_cli.inputs.schedule import Blend, Transition, chunk_start_frame, chunks_for_frames, plan
+from memflow_cli.inputs.timeline import Block, Timeline, WeightedPrompt, read_timeline, segment_times
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -3,7 +3,7 @@ the render with the probe in its loop is in test_decode_stage.py)."""
 
 import pytest
 
-from memflow_cli.decode_stage import ScheduleProbe, overlap_mode
+from memflow_cli.engine.decode_stage import ScheduleProbe, overlap_mode
 
 
 class FakeClock:
@@ -63,7 +63,7 @@ def test_overlap_modes():
 
 
 def test_overlap_option_and_its_alias():
-    from memflow_cli.cli import parse_overlap_option
+    from memflow_cli.cli.app import parse_overlap_option
     from memflow_cli.errors import InputError
 
     assert parse_overlap_option(None, False) == "auto" and parse_overlap_option(None, True) == "off"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cli_run import cli
-from memflow_cli.sheet import PENDING, ContactSheet, SheetBlock, clock, prompt_start, thumbnail, tiles_for
+from memflow_cli.render.sheet import PENDING, ContactSheet, SheetBlock, clock, prompt_start, thumbnail, tiles_for
 
 def block(start, end, *prompts):
     return SheetBlock(start, end, tuple(prompts) or (("a prompt", 1.0),))
@@ -67,7 +67,7 @@ def test_sheet_tiles_are_the_frames_and_pending_blocks_are_grey(tmp_path):
 @pytest.fixture
 def finished(tmp_path):
     """A finished 3 s video written by the renderer's writer, with a manifest listing three blocks."""
-    from memflow_cli.video import VideoWriter
+    from memflow_cli.render.video import VideoWriter
 
     rng = np.random.default_rng(2)
     out = tmp_path / "scene.mp4"

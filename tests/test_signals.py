@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from memflow_cli.signals import Stopped, exit_code_of, stop_on_signals
-from memflow_cli.video import probe
+from memflow_cli.render.signals import Stopped, exit_code_of, stop_on_signals
+from memflow_cli.render.video import probe
 
 
 def test_each_signal_becomes_a_stop_with_its_exit_code():
@@ -50,8 +50,9 @@ def test_ignored_signals_stay_ignored():
 
 
 def _some_frames_written(folder) -> bool:
-    """The render's temporary video has bytes (a temporary file may vanish between listing and stat)."""
-    for path in folder.glob(".sig.*tmp.mp4"):
+    """The render's video has bytes: its hidden temporary, or the playable partial file it becomes (a temporary
+    file may vanish between listing and stat)."""
+    for path in [*folder.glob(".sig.*tmp.mp4"), folder / "sig.partial.mp4"]:
         try:
             if path.stat().st_size:
                 return True
@@ -99,7 +100,7 @@ import sys
 
 import torch
 
-from memflow_cli.decoders import WanVideoAutoencoder
+from memflow_cli.engine.decoders import WanVideoAutoencoder
 
 made = WanVideoAutoencoder.stream_decoder
 
@@ -122,7 +123,7 @@ def stream_decoder(self, **kw):
 
 
 WanVideoAutoencoder.stream_decoder = stream_decoder
-from memflow_cli.cli import main
+from memflow_cli.cli.app import main
 
 sys.argv = ["memflow", *sys.argv[1:]]
 main()

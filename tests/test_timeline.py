@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from memflow_cli.errors import InputError
-from memflow_cli.timeline import prompt_timeline, read_timeline, read_timelines, segment_times
+from memflow_cli.inputs.timeline import prompt_timeline, read_timeline, read_timelines, segment_times
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

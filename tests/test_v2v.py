@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from golden_metric import compare
-from memflow_cli.checkpoints import load_dit
+from memflow_cli.weights.checkpoints import load_dit
 from memflow_cli.errors import InputError
-from memflow_cli.generator import StreamingGenerator, StreamSettings
+from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
 from memflow_cli.model.vae import load_wan_vae
-from memflow_cli.v2v import SourceLatents, resolve_video_input
+from memflow_cli.inputs.v2v import SourceLatents, resolve_video_input
 from test_video_source import write_clip
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -165,7 +165,7 @@ def test_chunks_reach_the_encoder_as_9_12_12(clip, vae):
     assert latents.encoder.calls == [9, 12, 12]
     assert all(i.latents.shape == (1, 3, 16, 2, 2) and i.strength == 0.7 for i in items)
     # the same latents as one whole-clip encode of the (lossless) input, tail padded with its last frame
-    from memflow_cli.video_source import VideoSource, frames_to_video_tensor
+    from memflow_cli.inputs.video_source import VideoSource, frames_to_video_tensor
 
     frames = np.concatenate(list(VideoSource(clip, 16, 16).chunks()))
     whole = vae.encode(frames_to_video_tensor(frames))

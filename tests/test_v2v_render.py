@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from memflow_cli.video import probe
-from memflow_cli.video_source import VideoSource
+from memflow_cli.render.video import probe
+from memflow_cli.inputs.video_source import VideoSource
 from cli_run import cli
 
 pytestmark = pytest.mark.usefixtures("isolated")
@@ -123,7 +123,7 @@ def test_an_interrupted_video_to_video_render_resumes_to_the_same_frames(tiny, t
     import signal
 
     from memflow_cli.render import Interrupted, RenderOptions, render
-    from memflow_cli.timeline import read_timeline
+    from memflow_cli.inputs.timeline import read_timeline
 
     t = read_timeline(timeline(tmp_path, end=1.875, noiseController=True))  # 30 frames: chunks of 9, 12, 12
 

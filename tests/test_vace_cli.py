@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from memflow_cli.cli import app
-from memflow_cli.hub import VACE_FILE
+from memflow_cli.cli.app import app
+from memflow_cli.weights.hub import VACE_FILE
 from test_vace_inputs import write_image, write_video
 from video_frames import decoded_frames as frames
 
@@ -130,7 +130,7 @@ def test_interrupted_vace_render_resumes_identically(tiny, tmp_path):
     import signal
 
     from memflow_cli.render import Interrupted, RenderOptions, render as render_api
-    from memflow_cli.timeline import prompt_timeline
+    from memflow_cli.inputs.timeline import prompt_timeline
 
     control = write_video(tmp_path / "control.mp4", 32)
     mask = write_video(tmp_path / "mask.mp4", 32)  # the test pattern's red channel: a mixed mask

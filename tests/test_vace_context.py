@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from memflow_cli.errors import InputError
 from memflow_cli.model.vae import VAEConfig, WanVAE
-from memflow_cli.vace import (
+from memflow_cli.inputs.vace import (
     FrameBuffer,
     VaceContextStream,
     WanStreamEncoder,

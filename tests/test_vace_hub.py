@@ -2,9 +2,9 @@
 
 import pytest
 
-from memflow_cli import hub
+from memflow_cli.weights import hub
 from memflow_cli.errors import InputError
-from memflow_cli.hub import DownloadError
+from memflow_cli.weights.hub import DownloadError
 from test_hub import FakeHub
 
 
@@ -58,7 +58,7 @@ def test_offline_without_the_module_is_an_input_error(env, tmp_path):
 def test_download_command_fetches_the_module_with_vace(env, monkeypatch):
     from typer.testing import CliRunner
 
-    from memflow_cli.cli import app
+    from memflow_cli.cli.app import app
 
     fake = FlakyHub(env / "cache")
     fake.commits.update({hub.MEMFLOW_REPO: "a" * 40, hub.WAN_REPO: "b" * 40})

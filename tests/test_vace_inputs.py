@@ -8,8 +8,8 @@ import imageio_ffmpeg
 import pytest
 
 from memflow_cli.errors import InputError
-from memflow_cli.timeline import read_timeline
-from memflow_cli.vace import VaceInputs, probe_frame_count, read_reference, read_video_frames, validate_inputs
+from memflow_cli.inputs.timeline import read_timeline
+from memflow_cli.inputs.vace import VaceInputs, probe_frame_count, read_reference, read_video_frames, validate_inputs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from memflow_cli.checkpoints import load_dit
+from memflow_cli.weights.checkpoints import load_dit
 from memflow_cli.errors import CheckpointError
 from memflow_cli.model.dit import DiTConfig
 from memflow_cli.model.vace import OwnTokens, VaceGuide, VaceTextCache, load_vace_module, vace_main_layers
@@ -95,7 +95,7 @@ def test_unreadable_file(tmp_path):
 
 
 def _flow(dit, latents, guide=None, frame_start=0):
-    from memflow_cli.memory import CrossAttentionCache, MemoryLayout
+    from memflow_cli.engine.memory import CrossAttentionCache, MemoryLayout
 
     layout = MemoryLayout(CONFIG.num_layers, CONFIG.num_heads, CONFIG.head_dim, 4, 0, 0, 3)
     text = CrossAttentionCache(layout, CONFIG.text_len, "cpu", torch.float32)
@@ -157,7 +157,7 @@ def test_vace_positions_do_not_follow_the_chunk(dit, vace):
 
 
 def _generate(dit, vace=None, scale=1.0, contexts=None, chunks=3, switch_at=None):
-    from memflow_cli.generator import StreamingGenerator
+    from memflow_cli.engine.generator import StreamingGenerator
 
     gen = StreamingGenerator(dit, num_latent_frames=3 * chunks, latent_height=4, latent_width=4, seed=7,
                              vace=vace, vace_scale=scale)
@@ -188,7 +188,7 @@ def test_generator_scale_zero_equals_no_vace_and_contexts_steer(dit, vace):
 
 
 def test_hints_in_denoising_passes_only(dit, vace):
-    from memflow_cli.generator import StreamingGenerator, StreamSettings
+    from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
 
     seen = []
     original = dit.forward

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from memflow_cli.errors import InputError
-from memflow_cli.video import (
+from memflow_cli.render.video import (
     VideoError,
     VideoWriter,
     check_output_path,
@@ -101,7 +101,7 @@ def test_paths_and_manifest(tmp_path):
 def test_finished_files_get_ordinary_permissions(tmp_path):
     import os
 
-    from memflow_cli.video import VideoWriter, write_manifest
+    from memflow_cli.render.video import VideoWriter, write_manifest
 
     old = os.umask(0o022)
     try:
@@ -125,7 +125,7 @@ def _raw_yuv420(path, w, h):
 
 
 def test_bt709_limited_range_tags_and_matrix(tmp_path):
-    from memflow_cli.video import colour_tags
+    from memflow_cli.render.video import colour_tags
 
     out = tmp_path / "red.mp4"
     with VideoWriter(out, 32, 32) as w:
@@ -145,7 +145,7 @@ def test_bt709_limited_range_tags_and_matrix(tmp_path):
 def test_colour_tags_of_an_untagged_file(tmp_path):
     import subprocess
 
-    from memflow_cli.video import colour_tags
+    from memflow_cli.render.video import colour_tags
 
     out = tmp_path / "plain.mp4"
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=blue:s=32x32:d=0.2",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memflow_cli.errors import InputError
-from memflow_cli.video_source import (
+from memflow_cli.inputs.video_source import (
     VideoSource,
     controlled_strength,
     ffmpeg_exe,

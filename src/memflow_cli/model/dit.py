@@ -6,8 +6,8 @@ cache is re-computed after a prompt switch). The model itself holds no streaming
  - `keys`: a key-set provider; `keys.layer(i)` gives block i an object whose `key_set(q, k, v)` stores this
    pass's keys/values where they belong and returns the keys/values the layer attends to (sink + memory
    bank + local window). How that key set is assembled (sink, bank, SMA routing, eviction) lives in
-   memflow_cli.memory, as index writes into fixed buffers: a block's forward has no Python branch on the
-   chunk number, so `torch.compile` traces it whole (see memflow_cli.compiled).
+   memflow_cli.engine.memory, as index writes into fixed buffers: a block's forward has no Python branch on the
+   chunk number, so `torch.compile` traces it whole (see memflow_cli.engine.compiled).
 
 A block is kept lean for eager GPU execution (benchmarks/README.md, "DiT glue"; tests/test_op_count.py): it
 computes with `FusedBlock` tensors derived from its parameters before a pass — one q/k/v GEMM whose weight is
@@ -567,7 +567,7 @@ class CausalDiT(nn.Module):
         self.head = Head(config)
         self._rope = RotaryTable()
         self._fused = FusedBlocks()
-        # set by memflow_cli.compiled.compile_blocks: a compiled `_run_block` for the steady state's passes
+        # set by memflow_cli.engine.compiled.compile_blocks: a compiled `_run_block` for the steady state's passes
         self.compiled_block = None
 
     # -- text ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from memflow_cli.checkpoints import load_flat_module
+from memflow_cli.model.weights import load_flat_module
 from memflow_cli.errors import CheckpointError
 
 
@@ -193,8 +193,8 @@ def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype 
     """
     if quantization is None:
         return load_flat_module(path, "umT5 encoder", UMT5Config.from_state_dict, UMT5Encoder, device, dtype)
-    from memflow_cli.checkpoints import assign_state_dict, read_flat_state
-    from memflow_cli.quantization import FP8, Fp8Embedding, Fp8Linear, quantize_rows
+    from memflow_cli.model.weights import assign_state_dict, read_flat_state
+    from memflow_cli.model.quantization import FP8, Fp8Embedding, Fp8Linear, quantize_rows
 
     if quantization != "fp8":
         raise ValueError(f"unknown quantization {quantization!r}")

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from memflow_cli.checkpoints import load_flat_module
+from memflow_cli.model.weights import load_flat_module
 
 # A stream state maps each MemBlock to the last frame it saw, [B, C, H, W].
 StreamState = dict

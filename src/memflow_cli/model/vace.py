@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memflow_cli.checkpoints import _few, assign_state_dict, read_state_dict, strip_prefixes
+from memflow_cli.model.weights import _few, assign_state_dict, read_state_dict, strip_prefixes
 from memflow_cli.errors import CheckpointError
 from memflow_cli.model.dit import Block, DiTConfig, FusedBlocks, RotaryTable, stacked_text_key_values
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from memflow_cli.checkpoints import load_flat_module
+from memflow_cli.model.weights import load_flat_module
 
 # Per-channel latent statistics of Wan2.1 (spec §7.1). Latents in the pipeline are (z - mean) / std.
 LATENT_MEAN = (

@@ -46,7 +46,7 @@ def steady_block_ops(dtype: torch.dtype = torch.float32, *, preset: str = "tiny"
                      latent_size: int = 4, sma: bool = False, model=None, fp8: str | None = None) -> Counter:
     """Non-view aten ops of block 0 during the first steady denoising pass of a tiny stream, by op name
     (allocations apart: `ops[ALLOCATIONS]`; `total(ops)` leaves them out)."""
-    from memflow_cli.generator import StreamingGenerator, StreamSettings
+    from memflow_cli.engine.generator import StreamingGenerator, StreamSettings
     from memflow_cli.model.dit import DiTConfig, build_dit
 
     if model is None:
@@ -56,7 +56,7 @@ def steady_block_ops(dtype: torch.dtype = torch.float32, *, preset: str = "tiny"
             for p in model.parameters():
                 p.normal_(0.0, 0.05)
         if fp8 is not None:  # "scaled_mm" or "dequantize" (quantization.py): the block's Linears in fp8
-            from memflow_cli.quantization import quantize_dit
+            from memflow_cli.model.quantization import quantize_dit
 
             quantize_dit(model, compute=fp8)
     settings = StreamSettings(sma=sma)

@@ -100,15 +100,15 @@ def tiny_decoder_state(kind: str, gen: torch.Generator) -> dict[str, torch.Tenso
 
 
 def write_tiny_decoders(root: Path, gen: torch.Generator) -> None:
-    from memflow_cli.decoders import DECODERS
+    from memflow_cli.engine.decoders import DECODERS
 
     for kind in ("lightvae", "tae", "lighttae"):
         torch.save(tiny_decoder_state(kind, gen), root / DECODERS[kind].filename)
 
 
 def write_tiny_weights(root: str | Path, seed: int = 0) -> Path:
-    from memflow_cli import hub
-    from memflow_cli.models import DEFAULT_MODEL, MODELS
+    from memflow_cli.weights import hub
+    from memflow_cli.weights.models import DEFAULT_MODEL, MODELS
     from memflow_cli.model.dit import CausalDiT, DiTConfig
     from memflow_cli.model.t5 import UMT5Config, UMT5Encoder
     from memflow_cli.model.vae import VAEConfig, WanVAE

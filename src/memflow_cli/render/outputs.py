@@ -35,22 +35,36 @@ class PublishError(MemflowError):
     """The finished files could not be put in place (permissions, full disk); nothing was replaced."""
 
 
+# Every file a render writes is named from its video's name: one rule, one place.
+
+def _beside(video: str | Path, name: str) -> Path:
+    video = Path(video)
+    return video.with_name(name.format(stem=video.stem, name=video.name, suffix=video.suffix or ".mp4"))
+
+
 def manifest_path(video: str | Path) -> Path:
     """`out.mp4` → `out.manifest.json`: the render's settings, inputs and figures."""
-    video = Path(video)
-    return video.with_name(f"{video.stem}.manifest.json")
+    return _beside(video, "{stem}.manifest.json")
 
 
 def partial_path(path: str | Path) -> Path:
     """`out.mp4` → `out.partial.mp4`: where an interrupted render keeps its frames."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.partial{path.suffix or '.mp4'}")
+    return _beside(path, "{stem}.partial{suffix}")
 
 
 def sheet_path(video: str | Path) -> Path:
     """`out.mp4` → `out.sheet.png` (the contact sheet, sheet.py); `out.partial.mp4` → `out.partial.sheet.png`."""
-    video = Path(video)
-    return video.with_name(f"{video.stem}.sheet.png")
+    return _beside(video, "{stem}.sheet.png")
+
+
+def resume_dir(output: str | Path) -> Path:
+    """`out.mp4` → `out.resume/`: the checkpoint folder of an interrupted render (render/resume.py)."""
+    return _beside(output, "{stem}.resume")
+
+
+def lock_path(output: str | Path) -> Path:
+    """`out.mp4` → `.out.mp4.lock`: held by the render writing `out.mp4` (its PID and host inside)."""
+    return _beside(output, ".{name}.lock")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,18 +132,6 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
             os.unlink(entry.path)
             removed.append(Path(entry.path))
     return removed
-
-
-def resume_dir(output: str | Path) -> Path:
-    """NAME.resume/: the checkpoint folder of an interrupted render of NAME.mp4 (render/resume.py)."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.resume")
-
-
-def lock_path(output: str | Path) -> Path:
-    """`out.mp4` → `.out.mp4.lock`: held by the render writing `out.mp4` (its PID and host inside)."""
-    output = Path(output)
-    return output.with_name(f".{output.name}.lock")
 
 
 class OutputBusy(InputError):

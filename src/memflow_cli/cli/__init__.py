@@ -5,7 +5,8 @@ its own module, imported here so that it registers on the app: render_cmd (`memf
 (`download`, `info`), bench_cmd (`bench`), files_cmd (`sheet`, `lora inspect`).
 """
 
-from memflow_cli.cli import bench_cmd, files_cmd, render_cmd, weights_cmd  # noqa: F401 (they register)
+# (in this order: the commands' order in `memflow --help`)
+from memflow_cli.cli import render_cmd, weights_cmd, bench_cmd, files_cmd  # noqa: F401,I001 (they register)
 from memflow_cli.cli.app import app, main
 
 __all__ = ["app", "main"]

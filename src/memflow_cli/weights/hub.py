@@ -13,38 +13,29 @@ A weights folder given with `--weights-dir` holds the same files under the same 
 (`base.pt`, `Wan2.1_VAE.pth`, `google/umt5-xxl/tokenizer.json`, ...; LongLive's `models/longlive_base.pt`), so
 one folder can serve every model; a `memflow.lock.json` inside it is verified the same way when present.
 
-The network side is behind a small `Downloader` interface so that tests can use a fake one.
+Its parts: hf_cache.py (where the files live, sha256, the errors), downloader.py (the network side, behind a
+small `Downloader` interface so that tests can use a fake one) and lockfile.py (the lock file); their names
+are re-exported here, the one module the rest of the project asks about weight files.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import hashlib
-import json
-import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
-from memflow_cli.errors import CheckpointError, InputError, MemflowError, counted
+from memflow_cli.errors import CheckpointError, InputError, counted
 from memflow_cli.weights.models import DEFAULT_MODEL, MODELS, WAN_REPO, check_revision, get_model
+# hub is the one module the project asks about weight files: its parts' names are re-exported here
+from memflow_cli.weights.downloader import Downloader, HFDownloader, RemoteFile  # noqa: F401
+from memflow_cli.weights.hf_cache import (LOCK_NAME, DownloadError, NoNetwork, endpoint_host, hf_home,  # noqa: F401
+                                         hub_cache, human_size, lock_path, offline_from_env, sha256_file)
+from memflow_cli.weights.lockfile import LOCK_FORMAT, new_lock, read_lock, record, verify, write_lock  # noqa: F401
 
 MEMFLOW_REPO = MODELS["memflow"].repo
-LOCK_NAME = "memflow.lock.json"
-LOCK_FORMAT = 1
 SPACE_MARGIN = 512 * 2**20  # keep this much free beyond the files themselves
-
-
-class DownloadError(MemflowError):
-    """No network, a gated or missing repository, a full disk: something the user must fix."""
-
-
-class NoNetwork(DownloadError):
-    """The hub cannot be reached at all (host not resolvable, no connection): no other file will fare better,
-    so we stop at the first failure instead of retrying file after file."""
 
 
 @dataclass(frozen=True)
@@ -139,222 +130,6 @@ class WeightPaths:
             ident.setdefault("size", path.stat().st_size if path.exists() else None)
             out[f.filename] = {"path": str(path), **ident}
         return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Locations
-
-
-def hf_home() -> Path:
-    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
-
-
-def hub_cache() -> Path:
-    """The Hugging Face hub cache, read from the environment at call time (not at import)."""
-    return Path(os.environ.get("HF_HUB_CACHE") or hf_home() / "hub").expanduser()
-
-
-def lock_path() -> Path:
-    return hf_home() / "memflow-cli" / LOCK_NAME
-
-
-def offline_from_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def endpoint_host() -> str:
-    from urllib.parse import urlparse
-
-    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
-def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------
-# The network side
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    file: WeightFile
-    commit: str
-    size: int | None
-    cached: bool
-
-
-class Downloader(Protocol):
-    def inspect(self, file: WeightFile, revision: str | None) -> RemoteFile: ...
-    def fetch(self, file: WeightFile, revision: str | None) -> Path: ...
-    def cached(self, file: WeightFile, revision: str | None) -> Path | None: ...
-
-
-class HFDownloader:
-    """huggingface_hub behind the Downloader interface, with its errors turned into plain messages.
-
-    Before the first request the hub's host name is resolved once: without a network huggingface_hub
-    retries each request with back-off for ~23 s before giving up, while a failed lookup says the same
-    at once. `resolve` defaults to `socket.getaddrinfo` (tests pass a failing one).
-    """
-
-    def __init__(self, cache_dir: Path | None = None, progress: bool = True, resolve=None):
-        self.cache_dir = cache_dir or hub_cache()
-        self.progress = progress
-        self._resolve = resolve
-        self._resolved = False
-
-    def inspect(self, file: WeightFile, revision: str | None) -> RemoteFile:
-        from huggingface_hub import hf_hub_download
-
-        self.check_network()
-        info = self._call(file, revision, lambda: hf_hub_download(
-            file.repo, file.filename, revision=revision, cache_dir=self.cache_dir, dry_run=True))
-        return RemoteFile(file, info.commit_hash, info.file_size, info.is_cached)
-
-    def fetch(self, file: WeightFile, revision: str | None) -> Path:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-        (enable_progress_bars if self.progress else disable_progress_bars)()
-        self.check_network()
-        return Path(self._call(file, revision, lambda: hf_hub_download(
-            file.repo, file.filename, revision=revision, cache_dir=self.cache_dir)))
-
-    def cached(self, file: WeightFile, revision: str | None) -> Path | None:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(file.repo, file.filename, cache_dir=self.cache_dir, revision=revision)
-        return Path(found) if isinstance(found, str) else None
-
-    def check_network(self) -> None:
-        """Raise NoNetwork when the hub's host name does not resolve (skipped behind a proxy, which resolves it)."""
-        if self._resolved or offline_from_env():
-            return
-        if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-            self._resolved = True
-            return
-        host = endpoint_host()
-        try:
-            (self._resolve or socket.getaddrinfo)(host, 443)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise NoNetwork(f"cannot resolve the host name {host} ({getattr(exc, 'strerror', None) or exc}): no network?") from None
-        self._resolved = True
-
-    def _call(self, file: WeightFile, revision: str | None, fn):
-        from huggingface_hub import errors as e
-
-        where = f"{file.repo}/{file.filename}"
-        try:
-            return fn()
-        except e.GatedRepoError:
-            raise DownloadError(
-                f"{file.repo} is gated: accept its terms at https://huggingface.co/{file.repo} and set HF_TOKEN "
-                "(or run `hf auth login`)"
-            ) from None
-        except e.RevisionNotFoundError:
-            raise DownloadError(f"{file.repo}: revision {revision!r} not found") from None
-        except e.RepositoryNotFoundError:
-            raise DownloadError(
-                f"{file.repo}: repository not found (or private: set HF_TOKEN to a token that can read it)"
-            ) from None
-        except e.RemoteEntryNotFoundError:
-            raise DownloadError(f"{where}: no such file in the repository at revision {revision or 'main'}") from None
-        except e.OfflineModeIsEnabled:
-            raise NoNetwork("HF_HUB_OFFLINE is set") from None
-        except (e.LocalEntryNotFoundError, ConnectionError):
-            raise NoNetwork(f"cannot reach {endpoint_host()} (no network?)") from None
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DownloadError(
-                    f"{where}: the disk is full (cache {self.cache_dir}); free some space or set HF_HOME to a "
-                    "bigger disk, then run the command again (the download resumes)"
-                ) from None
-            if type(exc).__module__.startswith(("httpx", "huggingface_hub", "requests", "urllib3")):
-                raise DownloadError(f"{where}: download failed ({type(exc).__name__}: {exc})") from None
-            raise
-
-
-# ------------------------------------------------------------------------------------------------
-# Lock file
-
-
-def read_lock(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        lock = json.loads(path.read_bytes().decode("utf-8"))
-        if not isinstance(lock, dict) or not isinstance(lock.get("files"), dict):
-            raise ValueError("no `files` table")
-        _check_lock_entries(lock["files"])
-        return lock
-    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise CheckpointError(f"{path}: unreadable lock file ({exc}); delete it and run `memflow download`") from None
-
-
-# Field → (accepted types, what to say): a lock edited by hand or damaged must fail here, naming the field,
-# not later as an AttributeError deep in verification.
-_LOCK_FIELDS = {"repo": ((str,), "a repository name"), "commit": ((str, type(None)), "a commit hash or null"),
-                "size": ((int, type(None)), "a size in bytes or null"), "sha256": ((str, type(None)), "a sha256 hex digest or null"),
-                "recorded": ((str,), "a date")}
-
-
-def _check_lock_entries(files: dict) -> None:
-    for name, entry in files.items():
-        if not isinstance(entry, dict):
-            raise ValueError(f"files.{name}: expected an object, found {type(entry).__name__}")
-        for key, (types, expected) in _LOCK_FIELDS.items():
-            if key in entry and (not isinstance(entry[key], types) or isinstance(entry[key], bool)):
-                raise ValueError(f"files.{name}.{key}: expected {expected}, found {json.dumps(entry[key])[:40]}")
-        if isinstance(entry.get("size"), int) and entry["size"] < 0:
-            raise ValueError(f"files.{name}.size: expected a size in bytes ≥ 0, found {entry['size']}")
-
-
-def write_lock(path: Path, lock: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(lock, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def new_lock() -> dict:
-    return {"format": LOCK_FORMAT, "files": {}}
-
-
-def record(lock: dict, file: WeightFile, path: Path, commit: str | None) -> dict:
-    entry = {"repo": file.repo, "commit": commit, "size": path.stat().st_size, "sha256": sha256_file(path),
-             "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    lock["files"][file.filename] = entry
-    return entry
-
-
-def verify(file: WeightFile, path: Path, entry: dict | None, *, hashes: bool = False,
-           remedy: str = "run `memflow download` to fetch it again") -> None:
-    """Raise CheckpointError when the file on disk is not the one the lock recorded."""
-    if entry is None:
-        return
-    size = path.stat().st_size
-    if entry.get("size") is not None and size != entry["size"]:
-        raise CheckpointError(
-            f"{path}: {size} bytes, but the lock file recorded {entry['size']} for {file.repo}/{file.filename}; "
-            f"the file is truncated or was replaced; {remedy}"
-        )
-    if hashes and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
-        raise CheckpointError(f"{path}: content differs from the recorded sha256 {entry['sha256'][:12]}…; {remedy}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -159,7 +159,8 @@ def test_one_spelling_set_for_dtype(monkeypatch):
 
 
 def test_what_a_render_leaves_next_to_its_video_is_ignored_by_git():
-    """Outputs, manifests, partial files and resume checkpoints (a 260 MB folder) never show up in `git status`."""
+    """Outputs, manifests, partial files, sheets, locks and resume checkpoints (a 260 MB folder) never show up in
+    `git status`: every name the render's naming rule gives (render/outputs.py), beside the video or in a folder."""
     import shutil
     import subprocess
     from pathlib import Path
@@ -168,6 +169,12 @@ def test_what_a_render_leaves_next_to_its_video_is_ignored_by_git():
     if git is None:
         pytest.skip("git is not installed")
     repo = Path(__file__).parent.parent
-    names = ["x.mp4", "x.partial.mp4", "x.manifest.json", "x.resume/meta.json", "out/x.resume/seg-0000.mkv"]
+    from memflow_cli.render.outputs import lock_path, manifest_path, partial_path, resume_dir, sheet_path
+
+    names = ["out/x.resume/seg-0000.mkv"]
+    for video in (Path("x.mp4"), Path("out/x.mp4")):
+        written = [video, manifest_path(video), partial_path(video), manifest_path(partial_path(video)),
+                   sheet_path(video), sheet_path(partial_path(video)), lock_path(video), resume_dir(video) / "meta.json"]
+        names += [str(p) for p in written]
     found = subprocess.run([git, "check-ignore", "--no-index", *names], cwd=repo, capture_output=True, text=True)
     assert sorted(found.stdout.split()) == sorted(names), found

@@ -25,6 +25,8 @@
 #   compile-lighttae  memflow bench --vae lighttae --compile, 24 chunks                                 ~55 s
 #   compile-nographs-lighttae  only when compile-lighttae failed or fell back: --compile-mode default   ~55 s
 #   profile           benchmarks/kernel_profile.py: kernel time by kind, launches per steady chunk      ~35 s
+#   attention         benchmarks/attention.py: every importable attention kernel at the steady shape
+#                     (4680 x 23,400 keys, 12 x 128, bf16): ms, TFLOP/s, error vs float32            ~15 s
 #   flat-lighttae     memflow bench --vae lighttae --chunks 200 (ms per chunk over a long stream; the
 #                     eager lighttae figures, end to end included)                                     ~110 s
 #   compile-wan       memflow bench --vae wan --compile, 16 chunks (+ the serial run)                   ~55 s
@@ -227,6 +229,7 @@ if [ "$DRY_RUN" = 1 ]; then
     # inductor's C++ compile is slow on a small CPU: the compiled golden path is exercised on one case
     GOLDEN_COMPILE=(--cases B1 --dtypes fp32)
     PROFILE=(--preset tiny --resolution 64x64 --vae-dim 8 --device cpu --dtype fp32 --warmup 1 --chunks 1)
+    ATTENTION=(--tiny --device cpu)
 else
     SIZE=(--preset wan2.1-t2v-1.3b --resolution 832x480)
     CHUNKS=24
@@ -236,6 +239,7 @@ else
     GOLDEN_DTYPES=fp32,bf16
     GOLDEN_COMPILE=()
     PROFILE=(--preset wan2.1-t2v-1.3b --resolution 832x480 --device cuda --dtype bf16 --vae wan --warmup 8 --chunks 3)
+    ATTENTION=(--device cuda --dtype bf16)
 fi
 if command -v timeout >/dev/null 2>&1; then HAVE_TIMEOUT=1; else HAVE_TIMEOUT=0; log "warning: no timeout(1): runs are not time-limited"; fi
 
@@ -331,6 +335,12 @@ fi
 if [ -f benchmarks/kernel_profile.py ]; then
     run_step profile profile 35 90 '{"compile": false, "vae": "wan"}' "" - -- \
         "$PY" benchmarks/kernel_profile.py "${PROFILE[@]}"
+fi
+# faster attention than cuDNN where it exists: every importable kernel side by side at the steady shape
+if [ -f benchmarks/attention.py ]; then
+    run_step attention attention 15 60 '{}' "" - -- "$PY" benchmarks/attention.py "${ATTENTION[@]}"
+else
+    ORDER=$((ORDER + 1))
 fi
 # flat ms per chunk over a long stream, and end to end with lighttae (the eager lighttae figures)
 bench_step flat-lighttae 110 200 "$(V false lighttae false null false $VIDEO $LONG_CHUNKS)" "" "$VIDEO_NOTE" -- \

@@ -38,7 +38,7 @@ TARGETS = {
     "flat_late_over_early": 1.10,  # steady-state ms per chunk at most 10 % above the early chunks'
 }
 TIMEOUT_RC = (124, 137)
-KINDS = ("bench", "golden", "profile", "op-count")  # what a step runs  # timeout(1): 124 on SIGTERM, 128 + 9 when it had to kill
+KINDS = ("bench", "golden", "profile", "op-count", "attention")  # what a step runs  # timeout(1): 124 on SIGTERM, 128 + 9 when it had to kill
 
 
 def _tail(path: Path | None, lines: int = 25) -> str:
@@ -471,6 +471,29 @@ def op_count_lines(folder: Path) -> list[str]:
     return ["", "```json", json.dumps(report, indent=1)[:3000], "```"]
 
 
+def attention_lines(folder: Path) -> list[str]:
+    """The attention kernels side by side (benchmarks/attention.py): ms, TFLOP/s, error against float32."""
+    path = folder / "attention.json"
+    if not path.is_file():
+        return ["", "Not run."]
+    data = json.loads(path.read_text())
+    check = data.get("device_check", {})
+    if check.get("status") != "ok":
+        return ["", f"{check.get('status')}: {check.get('reason', '')}"]
+    shape = data.get("shape", {})
+    lines = ["", f"{data.get('device', '?')}, {data.get('dtype', '?')}, {shape.get('queries')} queries x "
+             f"{shape.get('keys')} keys x {shape.get('heads')} heads x {shape.get('head_dim')}; fastest: "
+             f"{data.get('fastest') or '–'}", "", "| kernel | ms / call | TFLOP/s | ms / steady chunk | rel-L2 vs fp32 |",
+             "|---|---|---|---|---|"]
+    for name, k in data.get("kernels", {}).items():
+        if k.get("ran"):
+            lines.append(f"| {name} | {k['ms']:.3f} | {k['tflops']:.1f} | {k['ms'] * 150:.1f} |"
+                         f" {k['rel_l2_vs_fp32']:.2e} |")
+        else:
+            lines.append(f"| {name} | – | – | – | not run: {k.get('reason', '?')} |")
+    return lines
+
+
 def summary(args) -> int:
     folder = args.folder
     rows = run_rows(folder)
@@ -513,6 +536,7 @@ def summary(args) -> int:
         value = _num(c["value"], "{:.3f}" if "flat" in c["target"] else "{:.2f}")
         lines.append(f"| {c['target']} | {value} | {c['run'] or '–'} | {c['status']} | {c['how']} |")
     lines += ["", "## Where a steady chunk's time goes (profile)"] + profile_lines(folder, args.dry_run)
+    lines += ["", "## Attention kernels at the steady shape"] + attention_lines(folder)
     lines += ["", "## Op count"] + op_count_lines(folder)
     lines += ["", "## Golden cases"] + (golden_lines(folder) or ["", "No golden report."])
     steps, for_time = step_lines(folder)

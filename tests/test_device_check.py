@@ -164,7 +164,7 @@ def test_summary_has_a_row_per_run_and_the_targets(dry_run):
     assert [r["name"] for r in data["runs"]] == list(BENCH_RUNS)  # the script's order
     assert len(data["targets"]) == len(summarize.TARGETS)
     assert data["skipped_for_time"] == [] and "Skipped for time: none." in text
-    for step in (*BENCH_RUNS, "golden", "profile", "golden-compile"):
+    for step in (*BENCH_RUNS, "golden", "profile", "attention", "golden-compile"):
         assert f"| {step} | ok |" in text, step
     assert {t["status"] for t in data["targets"]} <= {"met", "missed", "not measured"}
     assert proc.stdout.startswith("# device check")
@@ -477,3 +477,27 @@ def test_profile_step_reports_time_by_kind(dry_run):
     text = (results / "summary.md").read_text()
     assert "## Where a steady chunk's time goes (profile)" in text and "| attention |" in text
     assert "aten ops (CPU; not kernels) per chunk:" in text
+
+
+def test_attention_step_times_the_kernels_that_run_here(dry_run):
+    proc, results = dry_run
+    data = json.loads((results / "attention.json").read_text())
+    assert data["device_check"]["status"] == "ok" and data["device_check"]["kind"] == "attention"
+    sdpa = data["kernels"]["sdpa"]
+    assert sdpa["ran"] and sdpa["ms"] > 0 and sdpa["tflops"] > 0 and sdpa["rel_l2_vs_fp32"] < 1e-5
+    assert data["fastest"] == "sdpa"  # the only kernel a CPU has
+    assert all(not k["ran"] and k["reason"] for n, k in data["kernels"].items() if n != "sdpa")
+    text = (results / "summary.md").read_text()
+    assert "## Attention kernels at the steady shape" in text and "| sdpa |" in text
+    assert "| flash-attn-3 | – | – | – | not run:" in text
+
+
+def test_attention_error_is_measured_against_float32(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import attention
+
+    shape = dict(attention.TINY, queries=40, keys=64)
+    report = attention.run(shape, torch.device("cpu"), torch.bfloat16, repeats=1)
+    err = report["kernels"]["sdpa"]["rel_l2_vs_fp32"]
+    assert 1e-4 < err < 3e-2  # bf16 SDPA against the float32 reference: a real, small error
+    assert report["per_steady_chunk_ms"]["sdpa"] == round(report["kernels"]["sdpa"]["ms"] * 150, 1)

@@ -457,37 +457,42 @@ def profile_lines(folder: Path, dry_run: bool = False) -> list[str]:
     return lines
 
 
-def op_count_lines(folder: Path) -> list[str]:
-    path = folder / "op-count.json"
+def _step_report(folder: Path, name: str, missing: str) -> tuple[dict | None, list[str]]:
+    """A step's JSON when it ran ok, else the lines that say why not (not run, failed, timed out)."""
+    path = folder / f"{name}.json"
     if not path.is_file():
-        return ["", "Not run (no benchmarks/op_count.py in this tree)."]
+        return None, ["", missing]
     data = json.loads(path.read_text())
     check = data.get("device_check", {})
     if check.get("status") != "ok":
-        return ["", f"{check.get('status')}: {check.get('reason', '')}"]
-    if check.get("output"):
-        return ["", "```", check["output"], "```"]
+        return None, ["", f"{check.get('status')}: {check.get('reason', '')}"]
+    return data, []
+
+
+def op_count_lines(folder: Path) -> list[str]:
+    data, lines = _step_report(folder, "op-count", "Not run (no benchmarks/op_count.py in this tree).")
+    if data is None:
+        return lines
+    output = data["device_check"].get("output")
+    if output:
+        return ["", "```", output, "```"]
     report = {k: v for k, v in data.items() if k != "device_check"}
     return ["", "```json", json.dumps(report, indent=1)[:3000], "```"]
 
 
 def attention_lines(folder: Path) -> list[str]:
     """The attention kernels side by side (benchmarks/attention.py): ms, TFLOP/s, error against float32."""
-    path = folder / "attention.json"
-    if not path.is_file():
-        return ["", "Not run."]
-    data = json.loads(path.read_text())
-    check = data.get("device_check", {})
-    if check.get("status") != "ok":
-        return ["", f"{check.get('status')}: {check.get('reason', '')}"]
-    shape = data.get("shape", {})
+    data, lines = _step_report(folder, "attention", "Not run.")
+    if data is None:
+        return lines
+    shape, per_chunk = data.get("shape", {}), data.get("per_steady_chunk_ms", {})
     lines = ["", f"{data.get('device', '?')}, {data.get('dtype', '?')}, {shape.get('queries')} queries x "
              f"{shape.get('keys')} keys x {shape.get('heads')} heads x {shape.get('head_dim')}; fastest: "
              f"{data.get('fastest') or '–'}", "", "| kernel | ms / call | TFLOP/s | ms / steady chunk | rel-L2 vs fp32 |",
              "|---|---|---|---|---|"]
     for name, k in data.get("kernels", {}).items():
         if k.get("ran"):
-            lines.append(f"| {name} | {k['ms']:.3f} | {k['tflops']:.1f} | {k['ms'] * 150:.1f} |"
+            lines.append(f"| {name} | {k['ms']:.3f} | {k['tflops']:.1f} | {per_chunk[name]:.1f} |"
                          f" {k['rel_l2_vs_fp32']:.2e} |")
         else:
             lines.append(f"| {name} | – | – | – | not run: {k.get('reason', '?')} |")

@@ -13,7 +13,7 @@ stage and save a checkpoint; when it returns True the loop ends there (a request
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from memflow_cli.engine.decode_stage import StreamLaps
@@ -30,7 +30,6 @@ class ChunkLoop:
     schedule: Any = None  # None: overlap; else begin(index, changed) / serial(index) / end(index) (see above)
     recache_apart: bool = False  # run a prompt switch's re-cache as its own timed stage ("recache")
     on_lap: Callable[[str, float], None] = lambda stage, seconds: None
-    chunks_done: int = field(default=0, init=False)
 
     def run(self, chunks: Sequence, *, on_chunk: Callable[[Any], None] | None = None,
             between: Callable[[Any, bool], bool] | None = None, last_index: int | None = None) -> None:
@@ -71,7 +70,6 @@ class ChunkLoop:
             if schedule.serial(chunk.index):  # the next chunk's DiT runs alone
                 self.stage.drain()
             schedule.end(chunk.index)
-        self.chunks_done += 1
         self.collect_laps()
 
     def collect_laps(self, wait: bool = False) -> None:
